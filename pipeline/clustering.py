@@ -1,0 +1,29 @@
+"""K-means with FAISS: the baselines' centres, fitted on training tokens."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def fit_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
+    """(M, D) float -> (K, D) float32 centres (FAISS Lloyd iterations, k-means++-free random init)."""
+    import faiss
+
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    if len(points) < k:
+        raise ValueError(f"k-means needs at least K={k} points, got {len(points)}")
+    km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False,
+                      max_points_per_centroid=max(256, -(-len(points) // k)))
+    km.train(points)
+    log.info("k-means: K=%d on %d points of dim %d, final objective %.4g", k, len(points), points.shape[1], km.obj[-1])
+    return km.centroids.copy()
+
+
+def centre_logits(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Scores whose argmax is the nearest centre in L2: 2 x.c - |c|^2 (smooth enough to upsample)."""
+    return 2 * x @ centres.T - centres.pow(2).sum(1)

@@ -1,0 +1,116 @@
+"""psi, the eigenfunction network, and the NeuralEF objective (method.md sections 3-4).
+
+Reads top to bottom like the paper: linear attention -> pre-norm block -> psi (two blocks, final
+LayerNorm = `hidden`, orthogonal head to K outputs) -> training-time output (Gumbel-softmax, column
+L2 normalisation) -> the objective.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import orthogonal
+
+
+class LinearAttention(nn.Module):
+    """Efficient attention (Shen et al.): softmax(q) over features, softmax(k) over tokens, q (k^T v)."""
+
+    def __init__(self, dim: int, heads: int = 18, dim_head: int = 64):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.scale = heads, dim_head ** -0.5
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, dim)
+        b, t, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, d)
+        q = (q * self.scale).softmax(dim=-1)
+        k = k.softmax(dim=-2)
+        context = k.transpose(-2, -1) @ v  # (B, H, d, d)
+        out = (q @ context).transpose(1, 2).reshape(b, t, -1)
+        return self.to_out(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x += Attn(LN(x)); x += MLP(LN(x)). No positional encoding."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp_ratio: float = 0.5):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim), LinearAttention(dim, heads, dim_head)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Psi(nn.Module):
+    """Maps each image's token sequence (B, T, D) to `hidden` (B, T, D) and K eigenfunction logits."""
+
+    def __init__(self, input_dim: int, num_eigenfunctions: int, depth: int = 2, heads: int = 18,
+                 dim_head: int = 64, mlp_ratio: float = 0.5):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(input_dim, heads, dim_head, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(input_dim)
+        head = nn.Linear(input_dim, num_eigenfunctions)
+        nn.init.zeros_(head.bias)
+        self.head = orthogonal(head)  # orthonormal rows (columns when K > D)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden(x))
+
+
+def training_output(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Soft one-hot assignments: Gumbel-softmax over K, then column L2 normalisation over all N
+    tokens of the batch, Psi = y / max(||y_col||, 1) (no running statistics)."""
+    y = F.gumbel_softmax(logits, tau=tau, hard=False, dim=-1)
+    return y / y.norm(dim=0, keepdim=True).clamp_min(1.0)
+
+
+def test_logits(psi: Psi, x: torch.Tensor, tau_min: float) -> torch.Tensor:
+    """At test time Gumbel and normalisation are removed: logits = head(hidden) / tau_min."""
+    return psi(x) / tau_min
+
+
+class Objective(NamedTuple):
+    loss: torch.Tensor
+    trace: torch.Tensor  # trace(R) / K
+    penalty: torch.Tensor  # sum_{i<j} R^_ij^2 / K (before beta)
+
+
+def neuralef_objective(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) -> Objective:
+    """NeuralEF with stop-gradient on the left factor of R^ (method.md section 4).
+
+    psi: (N, K) outputs after normalisation; kernel: anything with `kernel @ (N, K)`: a dense or
+    sparse (N, N) tensor, or a graph.BatchKernel. Psi is scaled by sqrt(t) before R and R^.
+    """
+    k = psi.shape[1]
+    scaled = psi * math.sqrt(t)
+    g_psi = kernel @ scaled
+    r = scaled.T @ g_psi
+    r_hat = scaled.detach().T @ g_psi
+    trace = torch.diagonal(r).sum() / k
+    penalty = torch.triu(r_hat, diagonal=1).pow(2).sum() / k
+    return Objective(-trace + beta * penalty, trace.detach(), penalty.detach())
+
+
+def neuralef_loss(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) -> torch.Tensor:
+    """-trace(R)/K + beta * sum_{i<j} R^_ij^2 / K; see `neuralef_objective`."""
+    return neuralef_objective(psi, kernel, beta, t).loss
+
+
+def default_beta(num_eigenfunctions: int) -> float:
+    """beta * K = 20.48 in every published run (0.08 at K = 256)."""
+    return 20.48 / num_eigenfunctions

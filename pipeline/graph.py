@@ -1,0 +1,130 @@
+"""The kernel over a mini-batch's tokens (method.md section 2).
+
+G = D_f^-1/2 A_f D_f^-1/2 + alpha * D_p^-1/2 A_p D_p^-1/2, where
+- A_f: cosine top-k graph over all N tokens of the batch (links images), self-loops removed,
+  negatives clamped to 0, the cosine values kept, symmetrised (A + A^T) / 2;
+- A_p: per image, two binary k-NN graphs on [r, g, b, w*x, w*y] (k=10 at w=2, k=5 at w=0.1),
+  each OR-symmetrised, OR-ed together, no self-loops; edges only inside an image.
+
+G is never materialised densely: the feature part is a sparse CSR matrix with about 2Nk entries
+and the pixel part a batched (B, hw, hw) tensor, so N = 16 x 30 x 30 tokens costs tens of MB
+rather than the gigabytes of a dense N x N kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_PIXEL_KNN: tuple[tuple[int, float], ...] = ((10, 2.0), (5, 0.1))
+
+
+@dataclass
+class BatchKernel:
+    """G for one batch in factored form; `kernel @ X` is all the objective needs."""
+
+    feature: torch.Tensor  # sparse CSR (N, N), degree-normalised
+    pixel: torch.Tensor | None  # dense (B, hw, hw), degree-normalised per image
+    alpha: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.feature.shape)  # type: ignore[return-value]
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.feature @ x
+        if self.pixel is not None and self.alpha:
+            b, hw, _ = self.pixel.shape
+            out = out + self.alpha * torch.bmm(self.pixel, x.reshape(b, hw, -1)).reshape(x.shape)
+        return out
+
+    def to_dense(self) -> torch.Tensor:
+        """For tests and small references only."""
+        dense = self.feature.to_dense()
+        if self.pixel is not None and self.alpha:
+            dense = dense + self.alpha * torch.block_diag(*self.pixel)
+        return dense
+
+
+@torch.no_grad()
+def build_kernel(high: torch.Tensor, pixels: torch.Tensor, k: int = 256, alpha: float = 0.3,
+                 pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> BatchKernel:
+    """high: (B, hw, C) kernel features; pixels: (B, hw, 5) [r, g, b, x, y] with everything in [0, 1]."""
+    b, hw, c = high.shape
+    feature = feature_graph(high.reshape(b * hw, c).float(), k)
+    pixel = pixel_graph(pixels.float(), pixel_knn) if alpha else None
+    return BatchKernel(feature, pixel, float(alpha))
+
+
+def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k cosine neighbours of every row among the other rows: (values, indices), each (N, k).
+
+    FAISS exact inner-product search on the CPU; chunked matmul + topk on a GPU tensor.
+    """
+    n = feats.shape[0]
+    k = min(k, n - 1)
+    x = torch.nn.functional.normalize(feats, dim=1)
+    if x.is_cuda:
+        vals, idx = _knn_torch(x, k + 1)
+    else:
+        import faiss
+
+        index = faiss.IndexFlatIP(x.shape[1])
+        xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        index.add(xn)
+        v, i = index.search(xn, k + 1)
+        vals, idx = torch.from_numpy(v), torch.from_numpy(i).long()
+    # drop self: it is normally the first hit, but duplicates may displace it
+    rows = torch.arange(n, device=idx.device).unsqueeze(1)
+    vals = vals.masked_fill(idx == rows, float("-inf"))
+    vals, order = vals.topk(k, dim=1)
+    return vals, idx.gather(1, order)
+
+
+def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    vals, idx = [], []
+    for start in range(0, x.shape[0], block):
+        v, i = (x[start:start + block] @ x.T).topk(k, dim=1)
+        vals.append(v)
+        idx.append(i)
+    return torch.cat(vals), torch.cat(idx)
+
+
+def feature_graph(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """Degree-normalised symmetric cosine k-NN graph as a sparse CSR (N, N) tensor."""
+    n = feats.shape[0]
+    vals, idx = knn_cosine(feats, k)
+    vals = vals.clamp_min(0)
+    rows = torch.arange(n, device=idx.device).repeat_interleave(idx.shape[1])
+    cols, vals = idx.reshape(-1), vals.reshape(-1)
+    keep = vals > 0
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    # (A + A^T) / 2: duplicates of mutual neighbours are summed by coalesce
+    sym = torch.sparse_coo_tensor(
+        torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+        torch.cat([vals, vals]) * 0.5, (n, n)).coalesce()
+    r, c = sym.indices()
+    v = sym.values()
+    inv_sqrt_deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, r, v).clamp_min(1e-12).rsqrt()
+    v = v * inv_sqrt_deg[r] * inv_sqrt_deg[c]
+    return torch.sparse_coo_tensor(torch.stack([r, c]), v, (n, n)).coalesce().to_sparse_csr()
+
+
+def pixel_graph(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> torch.Tensor:
+    """Per image binary k-NN graphs on colour + weighted position, OR-ed, normalised: (B, hw, hw)."""
+    b, hw, _ = pixels.shape
+    adj = torch.zeros(b, hw, hw, dtype=torch.bool, device=pixels.device)
+    eye = torch.eye(hw, dtype=torch.bool, device=pixels.device)
+    for k, weight in knn:
+        k = min(k, hw - 1)
+        vec = torch.cat([pixels[..., :3], weight * pixels[..., 3:5]], dim=-1)
+        dist = torch.cdist(vec, vec).masked_fill(eye, float("inf"))
+        nearest = dist.topk(k, dim=-1, largest=False).indices
+        one = torch.zeros_like(adj).scatter_(2, nearest, True)
+        adj |= one | one.transpose(1, 2)
+    a = adj.float()
+    inv_sqrt_deg = a.sum(-1).clamp_min(1e-12).rsqrt()
+    return a * inv_sqrt_deg.unsqueeze(2) * inv_sqrt_deg.unsqueeze(1)

@@ -1,0 +1,111 @@
+"""The training loop (rule `train`): batches of B cached items -> kernel -> psi -> NeuralEF loss.
+
+Adam with a cosine learning-rate decay and a cosine Gumbel temperature, both per step
+(method.md section 5). Nothing supervised touches psi.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cache import FeatureCache
+from .eigenfunctions import default_beta, neuralef_objective, training_output
+from .graph import build_kernel
+from .models import RunModel, build_psi
+from .runtime import save_torch_atomic, seed_everything
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds")
+
+
+def cosine(step: int, total: int, start: float, end: float) -> float:
+    """start at step 0, end at the last step."""
+    return end + (start - end) * (1 + math.cos(math.pi * step / max(total, 1))) / 2
+
+
+def resolved_beta(train_cfg: dict[str, Any]) -> float:
+    beta = train_cfg.get("beta")
+    return float(beta) if beta is not None else default_beta(int(train_cfg["K"]))
+
+
+def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: torch.device) -> RunModel:
+    cfg = spec["train"]
+    generator = seed_everything(int(spec["seed"]))
+    psi = build_psi(cache.dim("input"), cfg).to(device)
+    optimiser = torch.optim.Adam(psi.parameters(), lr=float(cfg["lr"]))
+    beta = resolved_beta(cfg)
+    n_items, batch = len(cache), int(cfg["batch_size"])
+    steps_per_epoch = max(1, n_items // batch)  # full batches only: the kernel wants B images
+    total = steps_per_epoch * int(cfg["epochs"])
+    pixel_knn = [tuple(p) for p in cfg["pixel_knn"]]
+    log.info("training psi: %d items, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
+             n_items, total, cfg["K"], beta, cfg["alpha"], cfg["knn_k"], sum(p.numel() for p in psi.parameters()))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    step, started = 0, time.time()
+    bar = tqdm(total=total, desc=f"train {spec['run']}", unit="step")
+    for epoch in range(int(cfg["epochs"])):
+        order = torch.randperm(n_items, generator=generator).numpy()
+        for b in range(steps_per_epoch):
+            items = order[b * batch:(b + 1) * batch]
+            data = {k: torch.from_numpy(v).to(device) for k, v in cache.read(items).items()}
+            bsz, h, w, _ = data["high"].shape
+            kernel = build_kernel(data["high"].reshape(bsz, h * w, -1), data["pixels"].reshape(bsz, h * w, 5),
+                                  k=int(cfg["knn_k"]), alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
+            tau = cosine(step, total, float(cfg["tau_max"]), float(cfg["tau_min"]))
+            lr = cosine(step, total, float(cfg["lr"]), float(cfg["lr_min"]))
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
+            objective = neuralef_objective(training_output(logits, tau), kernel, beta, float(cfg["t"]))
+            optimiser.zero_grad(set_to_none=True)
+            objective.loss.backward()
+            optimiser.step()
+            rows.append({"step": step, "epoch": epoch, "loss": objective.loss.item(), "trace": objective.trace.item(),
+                         "penalty": objective.penalty.item(), "tau": tau, "lr": lr, "seconds": time.time() - started})
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
+            bar.update()
+            step += 1
+    bar.close()
+    if not np.isfinite(rows[-1]["loss"]):
+        raise FloatingPointError(f"training diverged: final loss {rows[-1]['loss']}")
+    model = RunModel("nes", spec, psi.eval().cpu(), input_dim=cache.dim("input"))
+    write_log(rows, out_dir / "train_log.csv")
+    plot_curves(rows, out_dir / "loss.png")
+    save_torch_atomic(model.checkpoint(), out_dir / "model.pt")
+    log.info("trained in %.1f s", time.time() - started)
+    return model
+
+
+def write_log(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, key in zip(axes, ("loss", "trace", "penalty", "tau")):
+        ax.plot(steps, [r[key] for r in rows])
+        ax.set_title({"trace": "trace(R) / K", "penalty": "sum_{i<j} R^_ij^2 / K"}.get(key, key))
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,104 @@
+"""NeuralEF objective and psi: recovery of known eigenfunctions, stop-gradient, shapes."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse.linalg import eigsh
+from scipy.spatial import cKDTree
+
+from pipeline.eigenfunctions import Psi, neuralef_loss, neuralef_objective, training_output
+from pipeline.eigenfunctions import test_logits as inference_logits
+
+
+def knn_kernel(points, k=30, sigma=0.3):
+    """Degree-normalised Gaussian k-NN graph: a kernel whose eigenvectors eigsh gives exactly."""
+    n = len(points)
+    dist, idx = cKDTree(points).query(points, k + 1)
+    a = sp.coo_matrix((np.exp(-dist[:, 1:].ravel() ** 2 / (2 * sigma**2)), (np.repeat(np.arange(n), k), idx[:, 1:].ravel())), shape=(n, n)).tocsr()
+    a = (a + a.T) / 2
+    d = sp.diags(np.asarray(a.sum(1)).ravel() ** -0.5)
+    return (d @ a @ d).tocsr()
+
+
+def test_neuralef_recovers_top_eigenvectors_of_known_kernel():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 1, (400, 2)) * np.array([4.0, 0.3])  # a strip: well-separated top eigenvalues
+    g = knn_kernel(points)
+    k = 5
+    values, vectors = eigsh(g, k=k + 1, which="LA")
+    order = np.argsort(-values)
+    values, vectors = values[order], vectors[:, order]
+    assert np.all(np.diff(values[: k + 1]) < -2e-3), "test kernel must have separated eigenvalues"
+
+    coo = g.tocoo()
+    kernel = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, g.shape, dtype=torch.float32)
+    x = torch.tensor(points, dtype=torch.float32)
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(), torch.nn.Linear(128, k))
+    opt = torch.optim.Adam(mlp.parameters(), 3e-3)
+    for _ in range(1500):
+        out = mlp(x)
+        psi = out / out.norm(dim=0, keepdim=True)
+        loss = neuralef_loss(psi, kernel, beta=1.0, t=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cos = np.abs(psi.detach().numpy().T @ vectors[:, :k])
+    rows, cols = linear_sum_assignment(-cos)
+    assert cos[rows, cols].mean() >= 0.9, cos
+    # the stop-gradient orders them: the i-th learned function is the i-th eigenvector
+    assert np.all(cols == np.arange(k))
+
+
+def test_penalty_never_moves_the_first_eigenfunction():
+    """sg on the left factor: the penalty's gradient reaches psi_j only through pairs i < j."""
+    torch.manual_seed(0)
+    n, k = 50, 4
+    a = torch.rand(n, n)
+    kernel = (a + a.T) / 2
+    psi = torch.randn(n, k, requires_grad=True)
+    with_penalty = torch.autograd.grad(neuralef_loss(psi, kernel, beta=5.0), psi)[0]
+    without = torch.autograd.grad(neuralef_loss(psi, kernel, beta=0.0), psi)[0]
+    diff = with_penalty - without
+    torch.testing.assert_close(diff[:, 0], torch.zeros(n))
+    assert diff[:, 1:].abs().sum() > 0
+
+
+def test_objective_terms_and_sparse_dense_agree():
+    torch.manual_seed(1)
+    n, k = 30, 3
+    a = torch.rand(n, n)
+    dense = (a + a.T) / 2
+    psi = torch.rand(n, k)
+    t, beta = 0.01, 0.5
+    r = t * psi.T @ dense @ psi
+    expected = -torch.trace(r) / k + beta * torch.triu(r, 1).pow(2).sum() / k
+    obj = neuralef_objective(psi, dense, beta, t)
+    torch.testing.assert_close(obj.loss, expected)
+    torch.testing.assert_close(neuralef_loss(psi, dense.to_sparse(), beta, t), expected)
+
+
+def test_psi_shapes_parameter_count_and_outputs():
+    psi = Psi(1152, 256)
+    n_params = sum(p.numel() for p in psi.parameters())
+    assert 13.3e6 < n_params < 13.9e6  # method.md: about 13.6 M for ViT-S input
+    small = Psi(40, 8, heads=2, dim_head=8)
+    x = torch.randn(3, 20, 40)
+    logits = small(x)
+    assert logits.shape == (3, 20, 8) and small.hidden(x).shape == (3, 20, 40)
+    w = small.head.weight
+    torch.testing.assert_close(w @ w.T, torch.eye(8), atol=1e-5, rtol=0)  # orthonormal rows
+    torch.testing.assert_close(small.head.bias, torch.zeros(8))
+    y = training_output(logits.reshape(60, 8), tau=0.5)
+    assert torch.all(y.norm(dim=0) <= 1 + 1e-5) and torch.all(y >= 0)
+    torch.testing.assert_close(inference_logits(small, x, 0.3), logits / 0.3)
+
+
+@pytest.mark.parametrize("k", [4, 64])
+def test_orthogonal_head_when_k_exceeds_input(k):
+    psi = Psi(16, k, heads=1, dim_head=8)
+    w = psi.head.weight
+    gram = w @ w.T if k <= 16 else w.T @ w
+    torch.testing.assert_close(gram, torch.eye(min(k, 16)), atol=1e-5, rtol=0)

@@ -1,0 +1,82 @@
+"""The factored batch kernel equals the kernel built the straightforward dense way."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.graph import build_kernel, feature_graph, knn_cosine, pixel_graph
+
+
+def dense_reference(high, pixels, k, alpha, pixel_knn):
+    """method.md section 2 written plainly with dense N x N matrices and Python loops."""
+    b, hw, c = high.shape
+    n = b * hw
+    f = torch.nn.functional.normalize(high.reshape(n, c).double(), dim=1)
+    sim = f @ f.T
+    sim.fill_diagonal_(-np.inf)
+    a = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        top = sim[i].topk(k).indices
+        a[i, top] = sim[i, top].clamp_min(0)
+    a = (a + a.T) / 2
+    d = a.sum(1)
+    g_feat = a / torch.sqrt(d[:, None] * d[None, :])
+    g_pix = torch.zeros(n, n, dtype=torch.float64)
+    for img in range(b):
+        ap = torch.zeros(hw, hw, dtype=torch.bool)
+        for kk, w in pixel_knn:
+            v = torch.cat([pixels[img, :, :3], w * pixels[img, :, 3:]], 1).double()
+            dist = torch.cdist(v, v)
+            dist.fill_diagonal_(np.inf)
+            one = torch.zeros(hw, hw, dtype=torch.bool)
+            for i in range(hw):
+                one[i, dist[i].topk(kk, largest=False).indices] = True
+            ap |= one | one.T
+        ap = ap.double()
+        dp = ap.sum(1)
+        s = slice(img * hw, (img + 1) * hw)
+        g_pix[s, s] = ap / torch.sqrt(dp[:, None] * dp[None, :])
+    return g_feat + alpha * g_pix
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_kernel_matches_dense_reference(alpha):
+    gen = torch.Generator().manual_seed(0)
+    b, h, w, c, k = 3, 4, 5, 16, 7
+    high = torch.randn(b, h * w, c, generator=gen)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    pos = torch.stack([xs, ys], -1).reshape(1, h * w, 2).expand(b, -1, -1)
+    pixels = torch.cat([torch.rand(b, h * w, 3, generator=gen), pos], -1)
+    pixel_knn = ((4, 2.0), (3, 0.1))
+    kernel = build_kernel(high, pixels, k=k, alpha=alpha, pixel_knn=pixel_knn)
+    expected = dense_reference(high, pixels, k, alpha, pixel_knn)
+    torch.testing.assert_close(kernel.to_dense().double(), expected, atol=1e-5, rtol=1e-5)
+    x = torch.randn(b * h * w, 6, generator=gen)
+    torch.testing.assert_close((kernel @ x).double(), expected @ x.double(), atol=1e-4, rtol=1e-4)
+
+
+def test_knn_excludes_self_even_with_duplicates():
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    vals, idx = knn_cosine(feats, 2)
+    for row in range(4):
+        assert row not in idx[row].tolist()
+    assert idx[0, 0] == 1 and idx[1, 0] == 0
+    torch.testing.assert_close(vals[0, 0], torch.tensor(1.0))
+
+
+def test_feature_graph_is_symmetric_and_normalised_by_hand():
+    # three tokens: 0 and 1 similar (cos 0.8), 2 orthogonal to 0 and cos 0.6 with 1; k = 1
+    feats = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    g = feature_graph(feats, 1).to_dense()
+    # kNN (k=1): 0->1 (0.8), 1->0 (0.8), 2->1 (0.6); A sym = [[0,.8,0],[.8,0,.3],[0,.3,0]]
+    a = torch.tensor([[0, 0.8, 0], [0.8, 0, 0.3], [0, 0.3, 0]])
+    d = a.sum(1)
+    torch.testing.assert_close(g, a / torch.sqrt(d[:, None] * d[None, :]))
+
+
+def test_pixel_graph_has_only_in_image_edges_and_no_self_loops():
+    pixels = torch.rand(2, 12, 5)
+    g = pixel_graph(pixels)
+    assert g.shape == (2, 12, 12)
+    assert torch.all(torch.diagonal(g, dim1=1, dim2=2) == 0)
+    torch.testing.assert_close(g, g.transpose(1, 2))
