@@ -32,6 +32,7 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports missing CPU variants at INFO
 
 
 def set_threads(threads: int | None) -> None:

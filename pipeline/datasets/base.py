@@ -66,7 +66,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8, or a clear error naming the file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # writable: the CRF needs a real buffer
     except FileNotFoundError:
         raise InputError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
