@@ -17,6 +17,7 @@ NES = f"{sys.executable} -m pipeline"
 RUNS = all_runs(config)
 
 
+include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

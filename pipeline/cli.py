@@ -9,8 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .errors import InputError
 
 log = logging.getLogger("nes")
@@ -121,6 +119,12 @@ def cmd_segment(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from .datasets.download import download_camvid
+
+    print(download_camvid(Path(args.dest)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nes", description=__doc__)
     p.add_argument("--log", help="also write the log to this file")
@@ -155,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("metrics", nargs="+")
     s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("download", help="fetch a dataset from its public source (needs internet)")
+    s.add_argument("dataset", choices=["camvid"])
+    s.add_argument("--dest", default="data/camvid")
+    s.set_defaults(func=cmd_download)
 
     s = sub.add_parser("segment", help="segment images with a trained run: label PNG + overlay per image")
     s.add_argument("--run", required=True)

@@ -14,10 +14,14 @@ rather than the gigabytes of a dense N x N kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
+
+# CSR matmul is all we use of it, and it is tested against a dense reference
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 DEFAULT_PIXEL_KNN: tuple[tuple[int, float], ...] = ((10, 2.0), (5, 0.1))
 
@@ -35,7 +39,7 @@ class BatchKernel:
         return tuple(self.feature.shape)  # type: ignore[return-value]
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.feature @ x
+        out = _SymmetricMatmul.apply(self.feature, x)
         if self.pixel is not None and self.alpha:
             b, hw, _ = self.pixel.shape
             out = out + self.alpha * torch.bmm(self.pixel, x.reshape(b, hw, -1)).reshape(x.shape)
@@ -99,18 +103,48 @@ def feature_graph(feats: torch.Tensor, k: int) -> torch.Tensor:
     vals, idx = knn_cosine(feats, k)
     vals = vals.clamp_min(0)
     rows = torch.arange(n, device=idx.device).repeat_interleave(idx.shape[1])
-    cols, vals = idx.reshape(-1), vals.reshape(-1)
-    keep = vals > 0
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    # (A + A^T) / 2: duplicates of mutual neighbours are summed by coalesce
-    sym = torch.sparse_coo_tensor(
-        torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
-        torch.cat([vals, vals]) * 0.5, (n, n)).coalesce()
-    r, c = sym.indices()
-    v = sym.values()
-    inv_sqrt_deg = torch.zeros(n, dtype=v.dtype, device=v.device).index_add_(0, r, v).clamp_min(1e-12).rsqrt()
-    v = v * inv_sqrt_deg[r] * inv_sqrt_deg[c]
-    return torch.sparse_coo_tensor(torch.stack([r, c]), v, (n, n)).coalesce().to_sparse_csr()
+    crow, col, val = _symmetrise(rows, idx.reshape(-1), vals.reshape(-1), n)
+    inv_sqrt_deg = torch.zeros(n, dtype=val.dtype, device=val.device)
+    inv_sqrt_deg.index_add_(0, torch.arange(n, device=val.device).repeat_interleave(crow.diff()), val)
+    inv_sqrt_deg = inv_sqrt_deg.clamp_min(1e-12).rsqrt()
+    row_of = torch.arange(n, device=val.device).repeat_interleave(crow.diff())
+    val = val * inv_sqrt_deg[row_of] * inv_sqrt_deg[col]
+    return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False)
+
+
+def _symmetrise(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int):
+    """(A + A^T) / 2 in CSR parts (crow, col, val), mutual neighbours summed, zeros dropped.
+
+    scipy does this about 6x faster than torch's CPU coalesce; on a GPU torch's is fast.
+    """
+    if vals.is_cuda:
+        sym = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+                                      torch.cat([vals, vals]) * 0.5, (n, n), check_invariants=False).coalesce()
+        r, c = sym.indices()
+        crow = torch.zeros(n + 1, dtype=torch.long, device=vals.device)
+        crow[1:] = torch.bincount(r, minlength=n).cumsum(0)
+        return crow, c, sym.values()
+    import scipy.sparse as sp
+
+    a = sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n))
+    sym = ((a + a.T) * 0.5).tocsr()
+    sym.eliminate_zeros()
+    sym.sort_indices()
+    return (torch.from_numpy(sym.indptr.astype(np.int64)), torch.from_numpy(sym.indices.astype(np.int64)),
+            torch.from_numpy(sym.data.astype(np.float32)))
+
+
+class _SymmetricMatmul(torch.autograd.Function):
+    """G @ X for a symmetric sparse G: the backward is G @ grad, no transpose needed."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.g = g
+        return g @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, ctx.g @ grad
 
 
 def pixel_graph(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> torch.Tensor:

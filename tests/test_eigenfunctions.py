@@ -33,7 +33,7 @@ def test_neuralef_recovers_top_eigenvectors_of_known_kernel():
     assert np.all(np.diff(values[: k + 1]) < -2e-3), "test kernel must have separated eigenvalues"
 
     coo = g.tocoo()
-    kernel = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, g.shape, dtype=torch.float32)
+    kernel = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, g.shape, dtype=torch.float32, check_invariants=True)
     x = torch.tensor(points, dtype=torch.float32)
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(2, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(), torch.nn.Linear(128, k))

