@@ -56,7 +56,11 @@ def live_batches(backbone: Backbone, dataset: Dataset, input_size: tuple[int, in
 def logits_to_image(logits: torch.Tensor, stride: int, input_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
     """(K, h, w) token logits -> (K, H, W) at the original image size."""
     k, h, w = logits.shape
-    up = F.interpolate(logits[None], size=(h * stride, w * stride), mode="bilinear", align_corners=False)
+    # a genuinely channels-last (1, K, h, w) tensor takes torch's vectorised CPU path and makes
+    # the argmax over K contiguous: about 6x faster than a view of a permuted batch (whose odd
+    # batch stride falls back to a slow generic kernel)
+    x = logits.permute(1, 2, 0).contiguous()[None].permute(0, 3, 1, 2)
+    up = F.interpolate(x, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
     up = up[..., : input_size[0], : input_size[1]]
     if tuple(input_size) != tuple(out_size):
         up = F.interpolate(up, size=tuple(out_size), mode="bilinear", align_corners=False)
