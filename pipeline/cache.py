@@ -6,6 +6,7 @@ Arrays, chunked one item (an image or an augmented view of it) per chunk, Blosc-
   pixels      (n, h, w, 5)       [r, g, b, x, y] on the token grid, colours in [0, 1]
   image_index (n,) int32         which image an item came from (views share it)
   view        (n,) int16         0 = the plain image, > 0 = augmented views
+  image_size  (n, 2) int32       original (height, width) of the item's image
 Group attributes hold the image ids and sizes, the grid, the backbone and its normalisation, the
 extraction fingerprint, `n_done` (items written so far, for resuming) and `complete`.
 """
@@ -60,6 +61,7 @@ class CacheWriter:
                                   chunks=(1, h, w, dim), dtype="float16", compressors=_compressor())
             zarr.create_array(store=self.group.store, name="image_index", shape=(n,), chunks=(n,), dtype="int32")
             zarr.create_array(store=self.group.store, name="view", shape=(n,), chunks=(n,), dtype="int16")
+            zarr.create_array(store=self.group.store, name="image_size", shape=(n, 2), chunks=(n, 2), dtype="int32")
             self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_done": 0, "complete": False})
         self.n_done = int(self.group.attrs["n_done"])
 
@@ -75,11 +77,12 @@ class CacheWriter:
     def complete(self) -> bool:
         return bool(self.group.attrs.get("complete"))
 
-    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+    def write(self, start: int, arrays: dict[str, np.ndarray], image_sizes: np.ndarray) -> None:
         """Write items [start, start + len) and only then advance `n_done`."""
         count = len(arrays["high"])
         for name in ARRAYS:
             self.group[name][start:start + count] = arrays[name].astype(np.float16)
+        self.group["image_size"][start:start + count] = image_sizes.astype(np.int32)
         self.n_done = start + count
         self.group.attrs["n_done"] = self.n_done
 
@@ -100,8 +103,12 @@ class FeatureCache:
         if not self.group.attrs.get("complete"):
             raise InputError(f"{self.path}: feature cache is incomplete (extraction was interrupted); rerun extraction to resume it")
         self.attrs = dict(self.group.attrs)
+        missing = [a for a in (*ARRAYS, "image_index", "view", "image_size") if a not in self.group]
+        if missing:
+            raise InputError(f"{self.path}: cache lacks {', '.join(missing)} (written by an older version?); delete it and its .json manifest, then rerun extraction")
         self.image_index = self.group["image_index"][:]
         self.view = self.group["view"][:]
+        self.image_size = self.group["image_size"][:]
 
     def __len__(self) -> int:
         return len(self.image_index)

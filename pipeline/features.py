@@ -104,20 +104,19 @@ def extract_split(dataset: Dataset, backbone: Backbone, out: Path, input_size: t
     if not writer.complete:
         if writer.n_done:
             log.info("%s: resuming after %d of %d items", out, writer.n_done, len(items))
-        sizes = {}
         bar = tqdm(total=len(items), initial=writer.n_done, desc=f"extract {dataset.name}/{dataset.split}", unit="img")
         for start in range(writer.n_done, len(items), batch_size):
-            crops = []
+            crops, sizes = [], []
             for image_idx, view in items[start:start + batch_size]:
                 image = dataset.load_image(image_idx)
-                sizes[image_idx] = image.shape[:2]
+                sizes.append(image.shape[:2])
                 if view == 0:
                     crops.append(resize_image(image, input_size))
                 else:
                     rng = np.random.default_rng([seed, image_idx, view])
                     crops.append(augmented_view(image, input_size, rng, scale, flip)[0])
             arrays = encode(backbone, normalise_batch(backbone, crops, input_size), device)
-            writer.write(start, {k: v.cpu().numpy() for k, v in arrays.items()})
+            writer.write(start, {k: v.cpu().numpy() for k, v in arrays.items()}, np.array(sizes))
             bar.update(len(crops))
         bar.close()
         writer.finish(np.array([i for i, _ in items]), np.array([v for _, v in items]))

@@ -66,15 +66,16 @@ def table_runs(config: dict, table: str) -> list[dict]:
     tcfg = tables[table]
     sweep = tcfg.get("sweep") or {}
     keys = list(sweep)
-    specs = []
+    specs: dict[str, dict] = {}  # by run id: a run that a sweep does not change (K-means vs alpha) is one run
     for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
         train = copy.deepcopy(config["train"])
         train.update(tcfg.get("train", {}))
         train.update(dict(zip(keys, values)))
         for method in tcfg["methods"]:
             for seed in tcfg["seeds"]:
-                specs.append(make_spec(config, tcfg["dataset"], tcfg["backbone"], method, train, int(seed)))
-    return specs
+                spec = make_spec(config, tcfg["dataset"], tcfg["backbone"], method, train, int(seed))
+                specs.setdefault(spec["run"], spec)
+    return list(specs.values())
 
 
 def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dict, seed: int) -> dict:

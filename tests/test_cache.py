@@ -15,6 +15,7 @@ def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
     cache = FeatureCache(tmp_path / "val.zarr")
     assert manifest["items"] == len(cache) == len(camvid_val)
     assert cache.grid == (24, 30) and cache.ids == [s.id for s in camvid_val.samples]
+    assert (cache.image_size == [360, 480]).all() and cache.image_size.shape == (len(camvid_val), 2)
     direct = features.encode(lite0, features.normalise_batch(lite0, [features.resize_image(camvid_val.load_image(2), (360, 480))], (360, 480)), torch.device("cpu"))
     got = cache.read([2])
     for name in ("high", "input", "pixels"):
@@ -52,6 +53,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, li
     a, b = FeatureCache(reference), FeatureCache(out)
     np.testing.assert_array_equal(a.image_index, b.image_index)
     np.testing.assert_array_equal(a.view, b.view)
+    np.testing.assert_array_equal(a.image_size, b.image_size)
     for name in ("high", "input", "pixels"):
         np.testing.assert_array_equal(a.read(np.arange(len(a)), (name,))[name], b.read(np.arange(len(b)), (name,))[name])
 
