@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import threading
 import time
 from contextlib import contextmanager
@@ -12,6 +14,11 @@ import psutil
 @contextmanager
 def measure(results: dict, name: str, interval: float = 0.002):
     """Wall time and peak RSS growth above the starting RSS, sampled by a thread."""
+    gc.collect()
+    try:  # hand freed heap back to the OS so that the RSS growth we see is this block's own
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     proc = psutil.Process()
     start_rss = proc.memory_info().rss
     peak = [start_rss]
