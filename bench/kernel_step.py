@@ -81,7 +81,7 @@ def main() -> None:
     opt = torch.optim.Adam(psi.parameters(), 1e-3)
 
     variants = {
-        "this (sparse CSR + batched pixel graph)": lambda: build_kernel(high, pixels, k=args.knn, alpha=0.3),
+        "this (sparse CSR feature + block-sparse pixel graph)": lambda: build_kernel(high, pixels, k=args.knn, alpha=0.3),
         "authors' dense N x N": lambda: dense_kernel(high, pixels, k=args.knn, alpha=0.3),
     }
     results: dict[str, dict] = {}

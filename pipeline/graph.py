@@ -7,8 +7,8 @@ G = D_f^-1/2 A_f D_f^-1/2 + alpha * D_p^-1/2 A_p D_p^-1/2, where
   each OR-symmetrised, OR-ed together, no self-loops; edges only inside an image.
 
 G is never materialised densely: the feature part is a sparse CSR matrix with about 2Nk entries
-and the pixel part a batched (B, hw, hw) tensor, so N = 16 x 30 x 30 tokens costs tens of MB
-rather than the gigabytes of a dense N x N kernel.
+and the pixel part a block-sparse CSR matrix with about 30 entries per row (built per image in a
+batched (B, hw, hw) tensor, never as a dense N x N `block_diag`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class BatchKernel:
     """G for one batch in factored form; `kernel @ X` is all the objective needs."""
 
     feature: torch.Tensor  # sparse CSR (N, N), degree-normalised
-    pixel: torch.Tensor | None  # dense (B, hw, hw), degree-normalised per image
+    pixel: torch.Tensor | None  # sparse CSR (N, N), only in-image entries, degree-normalised per image
     alpha: float
 
     @property
@@ -41,15 +41,14 @@ class BatchKernel:
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         out = _SymmetricMatmul.apply(self.feature, x)
         if self.pixel is not None and self.alpha:
-            b, hw, _ = self.pixel.shape
-            out = out + self.alpha * torch.bmm(self.pixel, x.reshape(b, hw, -1)).reshape(x.shape)
+            out = out + self.alpha * _SymmetricMatmul.apply(self.pixel, x)
         return out
 
     def to_dense(self) -> torch.Tensor:
         """For tests and small references only."""
         dense = self.feature.to_dense()
         if self.pixel is not None and self.alpha:
-            dense = dense + self.alpha * torch.block_diag(*self.pixel)
+            dense = dense + self.alpha * self.pixel.to_dense()
         return dense
 
 
@@ -59,7 +58,7 @@ def build_kernel(high: torch.Tensor, pixels: torch.Tensor, k: int = 256, alpha: 
     """high: (B, hw, C) kernel features; pixels: (B, hw, 5) [r, g, b, x, y] with everything in [0, 1]."""
     b, hw, c = high.shape
     feature = feature_graph(high.reshape(b * hw, c).float(), k)
-    pixel = pixel_graph(pixels.float(), pixel_knn) if alpha else None
+    pixel = block_sparse(pixel_graph(pixels.float(), pixel_knn)) if alpha else None
     return BatchKernel(feature, pixel, float(alpha))
 
 
@@ -104,10 +103,8 @@ def feature_graph(feats: torch.Tensor, k: int) -> torch.Tensor:
     vals = vals.clamp_min(0)
     rows = torch.arange(n, device=idx.device).repeat_interleave(idx.shape[1])
     crow, col, val = _symmetrise(rows, idx.reshape(-1), vals.reshape(-1), n)
-    inv_sqrt_deg = torch.zeros(n, dtype=val.dtype, device=val.device)
-    inv_sqrt_deg.index_add_(0, torch.arange(n, device=val.device).repeat_interleave(crow.diff()), val)
-    inv_sqrt_deg = inv_sqrt_deg.clamp_min(1e-12).rsqrt()
     row_of = torch.arange(n, device=val.device).repeat_interleave(crow.diff())
+    inv_sqrt_deg = torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row_of, val).clamp_min(1e-12).rsqrt()
     val = val * inv_sqrt_deg[row_of] * inv_sqrt_deg[col]
     return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False)
 
@@ -162,3 +159,14 @@ def pixel_graph(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT
     a = adj.float()
     inv_sqrt_deg = a.sum(-1).clamp_min(1e-12).rsqrt()
     return a * inv_sqrt_deg.unsqueeze(2) * inv_sqrt_deg.unsqueeze(1)
+
+
+def block_sparse(blocks: torch.Tensor) -> torch.Tensor:
+    """(B, hw, hw) per-image blocks -> the (N, N) block-diagonal matrix as sparse CSR."""
+    b, hw, _ = blocks.shape
+    img, i, j = blocks.nonzero(as_tuple=True)  # row-major order: rows come out sorted
+    rows = img * hw + i
+    n = b * hw
+    crow = torch.zeros(n + 1, dtype=torch.long, device=blocks.device)
+    crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+    return torch.sparse_csr_tensor(crow, img * hw + j, blocks[img, i, j], (n, n), check_invariants=False)
