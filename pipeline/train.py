@@ -10,6 +10,7 @@ import csv
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +52,21 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
              n_items, total, cfg["K"], beta, cfg["alpha"], cfg["knn_k"], sum(p.numel() for p in psi.parameters()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    step, started = 0, time.time()
-    bar = tqdm(total=total, desc=f"train {spec['run']}", unit="step")
+    schedule = []  # (epoch, items) for every step, from one seeded permutation per epoch
     for epoch in range(int(cfg["epochs"])):
         order = torch.randperm(n_items, generator=generator).numpy()
-        for b in range(steps_per_epoch):
-            items = order[b * batch:(b + 1) * batch]
-            data = {k: torch.from_numpy(v).to(device) for k, v in cache.read(items).items()}
+        schedule += [(epoch, order[b * batch:(b + 1) * batch]) for b in range(steps_per_epoch)]
+    rows = []
+    started = time.time()
+    bar = tqdm(total=total, desc=f"train {spec['run']}", unit="step")
+    # the next batch is read and decompressed in a thread while this one trains
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(cache.read, schedule[0][1])
+        for step, (epoch, _) in enumerate(schedule):
+            arrays = pending.result()
+            if step + 1 < total:
+                pending = reader.submit(cache.read, schedule[step + 1][1])
+            data = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
             bsz, h, w, _ = data["high"].shape
             kernel = build_kernel(data["high"].reshape(bsz, h * w, -1), data["pixels"].reshape(bsz, h * w, 5),
                                   k=int(cfg["knn_k"]), alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
@@ -75,7 +83,6 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
                          "penalty": objective.penalty.item(), "tau": tau, "lr": lr, "seconds": time.time() - started})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
             bar.update()
-            step += 1
     bar.close()
     if not np.isfinite(rows[-1]["loss"]):
         raise FloatingPointError(f"training diverged: final loss {rows[-1]['loss']}")
