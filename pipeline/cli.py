@@ -81,11 +81,11 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    import torch
+    from PIL import Image
 
     from .datasets import read_rgb
     from .evaluate import backbone_for, logits_to_image
-    from .features import encode, normalise_batch, resize_image
+    from .features import encode_images
     from .models import RunModel
     from .runtime import resolve_device
     from .visualise import blend, colourise, palette, save_labels
@@ -106,12 +106,10 @@ def cmd_segment(args: argparse.Namespace) -> None:
             log.error("%s", exc)
             failed.append(str(path))
             continue
-        feats = encode(backbone, normalise_batch(backbone, [resize_image(image, input_size)], input_size), device)
+        feats = encode_images(backbone, [image], input_size, device)
         logits = model.token_logits(feats["high"], feats["input"])[0].float()
         clusters = logits_to_image(logits, stride, input_size, image.shape[:2]).argmax(0).cpu().numpy()
         save_labels(clusters, out / f"{path.stem}_labels.png")
-        from PIL import Image
-
         Image.fromarray(blend(image, colourise(clusters, colours))).save(out / f"{path.stem}_overlay.png")
     done = len(args.images) - len(failed)
     print(json.dumps({"segmented": done, "failed": failed, "out": str(out)}))

@@ -22,7 +22,7 @@ from . import metrics as M
 from .backbones import Backbone, BackboneSpec
 from .cache import FeatureCache
 from .datasets import Dataset
-from .features import encode, normalise_batch, resize_image
+from .features import encode_images
 from .models import RunModel
 from .visualise import blend, colourise, palette, save_panel
 
@@ -48,8 +48,7 @@ def live_batches(backbone: Backbone, dataset: Dataset, input_size: tuple[int, in
     """Features computed on the fly: evaluation or segmentation without a cache."""
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
-        crops = [resize_image(dataset.load_image(i), input_size) for i in idx]
-        out = encode(backbone, normalise_batch(backbone, crops, input_size), device)
+        out = encode_images(backbone, [dataset.load_image(i) for i in idx], input_size, device)
         yield idx, out["high"].cpu(), out["input"].cpu()
 
 

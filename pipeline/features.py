@@ -83,6 +83,12 @@ def encode(backbone: Backbone, x: torch.Tensor, device: torch.device) -> dict[st
     return {name: t.float().permute(0, 2, 3, 1) for name, t in (("high", high), ("input", inp), ("pixels", pix))}
 
 
+def encode_images(backbone: Backbone, images: list[np.ndarray], size: tuple[int, int],
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """HxWx3 uint8 images -> features at the input size, without a cache (evaluation, segmentation)."""
+    return encode(backbone, normalise_batch(backbone, [resize_image(im, size) for im in images], size), device)
+
+
 def extract_split(dataset: Dataset, backbone: Backbone, out: Path, input_size: tuple[int, int],
                   views: int = 1, scale: tuple[float, float] = (0.5, 2.0), flip: bool = True,
                   batch_size: int = 8, seed: int = 0, device: torch.device | None = None,

@@ -1,4 +1,4 @@
-"""Fitting a run of any method from the training cache (rules `train`, `fit_kmeans`, `fit_nes_star`)."""
+"""Fitting a run of any method from the training cache (rules `train` and `fit_kmeans`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

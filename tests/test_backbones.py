@@ -25,7 +25,8 @@ def test_vit_multilayer_features_from_local_file(vit_file):
     backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16))
     torch.testing.assert_close(backbone.net.blocks[3].mlp.fc1.weight, reference.blocks[3].mlp.fc1.weight)  # the file was loaded
     assert backbone.layer_indices == [0, 6, 11]
-    x = backbone.normalise(torch.randint(0, 255, (2, 3, 300, 470), dtype=torch.uint8))  # padded to 304 x 480
+    crops = list(torch.randint(0, 255, (2, 3, 300, 470), dtype=torch.uint8))
+    x = normalise_batch(backbone, crops, (300, 470))  # padded to 304 x 480
     assert x.shape[-2:] == (304, 480)
     high, inp = backbone(x)
     assert high.shape == (2, 384, 19, 30) and inp.shape == (2, 1152, 19, 30)

@@ -16,7 +16,7 @@ def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
     assert manifest["items"] == len(cache) == len(camvid_val)
     assert cache.grid == (24, 30) and cache.ids == [s.id for s in camvid_val.samples]
     assert (cache.image_size == [360, 480]).all() and cache.image_size.shape == (len(camvid_val), 2)
-    direct = features.encode(lite0, features.normalise_batch(lite0, [features.resize_image(camvid_val.load_image(2), (360, 480))], (360, 480)), torch.device("cpu"))
+    direct = features.encode_images(lite0, [camvid_val.load_image(2)], (360, 480), torch.device("cpu"))
     got = cache.read([2])
     for name in ("high", "input", "pixels"):
         np.testing.assert_allclose(got[name][0], direct[name][0].numpy(), rtol=1e-2, atol=1e-2)  # float16 storage

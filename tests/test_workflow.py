@@ -84,7 +84,7 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     changed.write_text(yaml.safe_dump(cfg))
     out = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
-    assert jobs == {"train": "1", "fit_nes_star": "1", "evaluate": "2", "table": "1", "total": "5"}, out[-2000:]
+    assert jobs == {"train": "1", "fit_kmeans": "1", "evaluate": "2", "table": "1", "total": "5"}, out[-2000:]
     # nothing changed: nothing to do
     same = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(workflow["config"]))
     assert "Nothing to be done" in same

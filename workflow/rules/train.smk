@@ -25,35 +25,24 @@ rule train:
         "{NES} --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}"
 
 
+def kmeans_inputs(w):
+    """nes_star clusters psi's hidden features, so it also needs the nes run it builds on."""
+    spec = run_spec(w)
+    inputs = {"features": spec["features"]}
+    if spec["method"] == "nes_star":
+        inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
+    return inputs
+
+
 rule fit_kmeans:
-    """K-means baseline: K centres on the training tokens' high-level features."""
+    """K centres on training tokens: of the backbone's high-level features (kmeans, the
+    baseline) or of psi's hidden features (nes_star, the paper's Ours*)."""
     input:
-        features=lambda w: run_spec(w)["features"],
+        unpack(kmeans_inputs),
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
     wildcard_constraints:
-        run="kmeans-.+",
-    params:
-        spec=lambda w: as_param(run_spec(w)),
-        run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
-    log:
-        f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
-    threads: 2
-    resources:
-        mem_mb=8000,
-    shell:
-        "{NES} --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}"
-
-
-rule fit_nes_star:
-    """Ours*: K-means on psi's hidden features of the training tokens."""
-    input:
-        features=lambda w: run_spec(w)["features"],
-        nes=lambda w: f"{RESULTS}/{w.dataset}/runs/{run_spec(w)['nes_run']}/model.pt",
-    output:
-        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
-    wildcard_constraints:
-        run="nes_star-.+",
+        run="(kmeans|nes_star)-.+",
     params:
         spec=lambda w: as_param(run_spec(w)),
         run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
