@@ -9,12 +9,25 @@ min_version("9.0")
 configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
-from pipeline.plan import all_runs, as_param, extraction_spec, features_path, table_runs
+from pipeline.plan import (all_runs, all_tables, as_param, evaluation_spec, extraction_spec, run_dir,
+                           shard_count, table_metrics)
 
 RESULTS = config["results"]
 # the package runs under the interpreter that runs Snakemake: no activated venv needed
 NES = f"{sys.executable} -m pipeline"
 RUNS = all_runs(config)
+TABLES = all_tables(config)
+
+
+wildcard_constraints:
+    dataset="[^/]+",
+    backbone="[^/]+",
+    view="[^/]+",
+    split="[^/.]+",
+    run="[^/]+",
+    evaluation="[^/]+-[^/-]+",
+    folder="|".join(sorted({f for f, _ in TABLES})) or "none",
+    table="|".join(sorted({t for _, t in TABLES})) or "none",
 
 
 include: "workflow/rules/data.smk"
@@ -25,6 +38,13 @@ include: "workflow/rules/tables.smk"
 
 
 rule all:
+    """The tables of `default_tables` (the CamVid demo)."""
     input:
-        [f"{RESULTS}/{t['dataset']}/{name}.csv" for name, t in config["tables"].items()],
+        [f"{RESULTS}/{f}/{t}.csv" for f, t in TABLES if f in config.get("default_tables", [])],
     default_target: True
+
+
+rule all_tables:
+    """Every table of the config (the paper's need their datasets and, realistically, a GPU)."""
+    input:
+        [f"{RESULTS}/{f}/{t}.csv" for f, t in TABLES],

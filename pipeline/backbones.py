@@ -2,7 +2,9 @@
 the multi-layer concatenation that psi reads, on one token grid, plus the input normalisation.
 
 - ViT (`kind: vit`): block 0, block L/2 and the final-norm tokens (method.md section 1); the
-  high-level features are the final-norm tokens. Position embeddings are interpolated for any
+  high-level features are the final-norm tokens, or with `high_level: keys` (DINO) the last
+  block's attention keys. Prefix tokens (class, distillation, registers) are dropped; CLIP image
+  towers work the same way (patch 14 -> `stride: 14`). Position embeddings are interpolated for any
   input size (timm's dynamic image size); inputs are zero-padded after normalisation to a
   multiple of the patch size.
 - CNN (`kind: cnn`): timm `features_only` stages resampled (bilinear) to the grid of `stride`.
@@ -40,6 +42,8 @@ class BackboneSpec:
     kernel_stages: list[int] = field(default_factory=lambda: [4])  # cnn only
     input_stages: list[int] = field(default_factory=lambda: [2, 3, 4])  # cnn only
     weights_dir: str = "weights"
+    high_level: str = "tokens"  # vit only: tokens (final norm) | keys (last block's attention keys, DINO)
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
 
     @property
     def cnn_stages(self) -> list[int]:
@@ -67,6 +71,11 @@ class Backbone(nn.Module):
             depth = len(self.net.blocks)
             self.layer_indices = [0, depth // 2, depth - 1]
             self.pad_multiple = spec.stride
+            if spec.high_level not in ("tokens", "keys"):
+                raise InputError(f"backbones.*.high_level: expected tokens or keys, got {spec.high_level!r}")
+            self._keys: torch.Tensor | None = None
+            if spec.high_level == "keys":
+                self.net.blocks[-1].attn.qkv.register_forward_hook(self._keep_keys)
         else:
             self.pad_multiple = max(self.net.feature_info.reduction())
             self.stage_position = {s: i for i, s in enumerate(spec.cnn_stages)}
@@ -98,7 +107,17 @@ class Backbone(nn.Module):
         # the last block's output goes through the final LayerNorm (channels last for LN)
         last = self.net.norm(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         psi_input = torch.cat([feats[0], feats[1], last], dim=1)
+        if self.spec.high_level == "keys":
+            b, c, h, w = last.shape
+            keys, self._keys = self._keys, None
+            high = keys[:, self.net.num_prefix_tokens:].transpose(1, 2).reshape(b, -1, h, w)
+            return high, psi_input
         return last, psi_input
+
+    def _keep_keys(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        """qkv output (B, N, 3C): keep k, all heads concatenated."""
+        c = output.shape[-1] // 3
+        self._keys = output[..., c:2 * c]
 
     def _cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stages = self.net(x)
@@ -125,7 +144,7 @@ def _create(spec: BackboneSpec) -> nn.Module:
 
     if spec.kind not in ("vit", "cnn"):
         raise InputError(f"backbones.*.kind: expected 'vit' or 'cnn', got {spec.kind!r}")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(spec.model_args)
     if spec.kind == "vit":
         kwargs.update(dynamic_img_size=True, num_classes=0)
     else:

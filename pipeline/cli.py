@@ -19,16 +19,30 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .datasets import load_dataset
     from .features import extract_split
     from .runtime import resolve_device, write_json_atomic
+    from .views import View
 
     spec = json.loads(args.spec)
     dataset = load_dataset(spec["dataset_spec"], spec["split"])
     backbone = Backbone(BackboneSpec.from_config(spec["backbone_spec"]))
-    out = Path(args.out)
-    manifest = extract_split(dataset, backbone, out.with_suffix(".zarr"), spec["input_size"], views=spec["views"],
+    manifest = extract_split(dataset, backbone, Path(args.cache), View.from_config(spec["view"], "view"), views=spec["views"],
                              scale=tuple(spec["scale"]), flip=spec["flip"], batch_size=spec["batch_size"],
                              seed=spec["seed"], device=resolve_device(spec["device"]),
-                             extra_attrs={"backbone": spec["backbone_spec"]})
-    write_json_atomic(out, manifest)
+                             extra_attrs={"backbone": spec["backbone_spec"]}, shard=tuple(args.shard))
+    write_json_atomic(Path(args.out), manifest)
+
+
+def cmd_gather(args: argparse.Namespace) -> None:
+    """Check that the shards form one complete cache, then write the manifest later stages read."""
+    from .cache import FeatureCache
+    from .runtime import write_json_atomic
+
+    out = Path(args.out)
+    cache = FeatureCache(out.with_suffix(".zarr"))
+    shards = [json.loads(Path(p).read_text()) for p in args.shards]
+    if sorted(tuple(s["shard"]) for s in shards) != [(i, len(cache.shards)) for i in range(len(cache.shards))]:
+        raise InputError(f"{out}: shard manifests {', '.join(args.shards)} do not match the cache's {len(cache.shards)} shards")
+    write_json_atomic(out, {"path": str(cache.path), "items": len(cache), "images": len(cache.ids), "shards": len(cache.shards),
+                            "grid": list(cache.grid), "high_dim": cache.dim("high"), "input_dim": cache.dim("input")})
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -37,36 +51,58 @@ def cmd_fit(args: argparse.Namespace) -> None:
     fit_run(json.loads(args.spec), Path(args.run_dir))
 
 
+def default_view(model) -> dict:
+    """The view a run segments or evaluates with when none is given: its training view, with a
+    centre crop turned into sliding windows of the same crop so nothing is cut off."""
+    view = dict(model.config["dataset_spec"]["train_view"])
+    if view["mode"] == "centre_crop":
+        view.update(mode="sliding", stride=max(1, int(view["crop"]) * 2 // 3))
+    return view
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_dataset
-    from .evaluate import backbone_for, cached_batches, evaluate, live_batches
+    from .evaluate import backbone_for, cached_predictions, evaluate, live_predictions
     from .fit import cache_for
     from .models import RunModel
+    from .plan import resolved_beta
     from .runtime import resolve_device, write_json_atomic
+    from .views import View
 
     model = RunModel.load(Path(args.run))
     cfg = model.config
-    ds_spec = dict(cfg["dataset_spec"])
-    if args.dataset and args.dataset != ds_spec["name"]:
-        ds_spec = {"name": args.dataset, "adapter": args.dataset, "input_size": ds_spec["input_size"]}
-    if args.data_root:
-        ds_spec["data_root"] = args.data_root
-    split = args.split or ds_spec.get("eval_split", "val")
-    dataset = load_dataset(ds_spec, split)
-    if not dataset.has_labels:
-        raise InputError(f"{dataset.name}/{split}: no labels, nothing to evaluate against (use `nes segment`)")
-    device = resolve_device(args.device)
-    input_size = tuple(ds_spec["input_size"])
-    stride = int(cfg["backbone_spec"]["stride"])
-    if args.features:
-        batches = cached_batches(cache_for(args.features), dataset, args.batch_size)
+    if args.spec:
+        spec = json.loads(args.spec)
     else:
-        batches = live_batches(backbone_for(model).to(device), dataset, input_size, args.batch_size, device)
+        ds_spec = {k: v for k, v in cfg["dataset_spec"].items() if k not in ("train_split", "train_view")}
+        if args.dataset and args.dataset != ds_spec["name"]:
+            ds_spec = {"name": args.dataset, "adapter": args.dataset}
+        if args.data_root:
+            ds_spec["data_root"] = args.data_root
+        view = json.loads(args.view) if args.view else default_view(model)
+        view["crf"] = bool(args.crf or view.get("crf"))
+        if args.labels:
+            view["labels"] = args.labels
+        spec = {"dataset_spec": ds_spec, "split": args.split, "protocol": args.protocol, "view": view,
+                "features": args.features, "overlays": args.overlays, "batch_size": args.batch_size, "device": args.device}
+    view = View.from_config(spec["view"], "view")
+    dataset = load_dataset(spec["dataset_spec"], spec["split"], view.labels)
+    if not dataset.has_labels:
+        raise InputError(f"{dataset.name}/{spec['split']}: no labels, nothing to evaluate against (use `nes segment`)")
+    device = resolve_device(spec["device"])
+    model = model.to(device)
+    stride = int(cfg["backbone_spec"]["stride"])
+    if spec.get("features"):
+        predictions = cached_predictions(model, cache_for(spec["features"]), dataset, view, stride, spec["batch_size"], device)
+    else:
+        predictions = live_predictions(model, backbone_for(model).to(device), dataset, view, spec["batch_size"], device)
     overlay_dir = Path(args.overlays_dir) if args.overlays_dir else None
-    result = evaluate(model, dataset, batches, stride, input_size, crf=args.crf, overlay_dir=overlay_dir,
-                      n_overlays=args.overlays, device=device)
-    full = {"run": cfg["run"], "method": model.method, "dataset": ds_spec["name"], "backbone": cfg["backbone"],
-            "K": model.num_clusters, "seed": cfg["seed"], "split": split, **result}
+    result = evaluate(model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec["overlays"])
+    train = cfg["train"]
+    full = {"run": cfg["run"], "method": model.method, "dataset": dataset.name, "train_dataset": cfg["dataset"],
+            "protocol": spec["protocol"], "backbone": cfg["backbone"], "K": model.num_clusters,
+            "alpha": train.get("alpha"), "beta": resolved_beta(train) if model.method != "kmeans" else None,
+            "seed": cfg["seed"], "split": spec["split"], **result}
     if args.out:
         write_json_atomic(Path(args.out), full)
     brief = {k: full[k] for k in ("method", "acc", "miou", "miou_hungarian", "per_class_iou")}
@@ -84,18 +120,17 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from .datasets import read_rgb
-    from .evaluate import backbone_for, logits_to_image
-    from .features import encode_images
+    from .evaluate import backbone_for, image_logits
     from .models import RunModel
     from .runtime import resolve_device
+    from .views import View
     from .visualise import blend, colourise, palette, save_labels
 
     model = RunModel.load(Path(args.run))
     device = resolve_device(args.device)
     backbone = backbone_for(model).to(device)
     model = model.to(device)
-    input_size = tuple(model.config["dataset_spec"]["input_size"])
-    stride = int(model.config["backbone_spec"]["stride"])
+    view = View.from_config(json.loads(args.view) if args.view else default_view(model), "--view")
     colours = palette(model.num_clusters)
     out = Path(args.out)
     failed = []
@@ -106,9 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
             log.error("%s", exc)
             failed.append(str(path))
             continue
-        feats = encode_images(backbone, [image], input_size, device)
-        logits = model.token_logits(feats["high"], feats["input"])[0].float()
-        clusters = logits_to_image(logits, stride, input_size, image.shape[:2]).argmax(0).cpu().numpy()
+        clusters = image_logits(model, backbone, [image], view, device)[0].argmax(0).cpu().numpy()
         save_labels(clusters, out / f"{path.stem}_labels.png")
         Image.fromarray(blend(image, colourise(clusters, colours))).save(out / f"{path.stem}_overlay.png")
     done = len(args.images) - len(failed)
@@ -129,10 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("extract", help="backbone features of a split into the Zarr cache")
+    s = sub.add_parser("extract", help="backbone features of a split (or one shard of it) into the Zarr cache")
     s.add_argument("--spec", required=True, help="extraction spec as JSON (the workflow passes it)")
-    s.add_argument("--out", required=True, help="manifest path {split}.json; the cache goes to {split}.zarr")
+    s.add_argument("--cache", required=True, help="the cache directory {split}.zarr")
+    s.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("INDEX", "COUNT"), help="extract shard INDEX of COUNT")
+    s.add_argument("--out", required=True, help="the shard's manifest, written once the shard is complete")
     s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("gather", help="check that a cache's shards are complete and write its manifest")
+    s.add_argument("--out", required=True, help="manifest path {split}.json (the cache is {split}.zarr beside it)")
+    s.add_argument("shards", nargs="+", help="the shards' manifests")
+    s.set_defaults(func=cmd_gather)
 
     s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star) from the training cache")
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")
@@ -141,9 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="score a run on a labelled split; prints one JSON object")
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
+    s.add_argument("--spec", help="evaluation spec as JSON (the workflow passes it; replaces the options below)")
     s.add_argument("--dataset", help="dataset adapter name (default: the run's dataset)")
     s.add_argument("--data-root", help="dataset root (default: the run's data_root)")
-    s.add_argument("--split", help="split (default: the dataset's eval split)")
+    s.add_argument("--split", default="val", help="split (default: val)")
+    s.add_argument("--view", help='view as JSON, e.g. \'{"mode": "centre_crop", "short_side": 320, "crop": 320}\' '
+                                  "(default: the run's training view, centre crops as sliding windows)")
+    s.add_argument("--labels", help="label set where the dataset has several (context59/context60, 27/19)")
+    s.add_argument("--protocol", default="custom", help="name recorded in the metrics")
     s.add_argument("--features", help="use this cache manifest instead of running the backbone")
     s.add_argument("--crf", action="store_true", help="also score with dense-CRF post-processing")
     s.add_argument("--out", help="write the full metrics JSON here (nothing is written otherwise)")
@@ -167,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--device", default="auto")
+    s.add_argument("--view", help="view as JSON (default: the run's training view, centre crops as sliding windows)")
     s.add_argument("images", nargs="+")
     s.set_defaults(func=cmd_segment)
     return p

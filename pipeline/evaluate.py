@@ -1,9 +1,11 @@
-"""A run + a split -> metrics (rule `evaluate`, `nes evaluate`).
+"""A run + a split + a view -> metrics (rule `evaluate`, `nes evaluate`).
 
-Logits on the token grid are upsampled bilinearly to the padded input, cropped to the input,
-resized to the label's size, and arg-maxed; a K x C confusion matrix accumulates in one pass.
-Clusters are matched to classes once over the whole split, separately for CRF and non-CRF
-predictions. Features come from the cache (workflow) or a live backbone (CLI on any images).
+Token logits are upsampled bilinearly to the padded input, cropped to the input, brought to the
+scoring geometry of the view (views.py: the original size for `resize` and `sliding`, the centre
+crop for `centre_crop`) and arg-maxed; a K x C confusion matrix accumulates in one pass, so
+memory is O(K x C) plus one image. Clusters are matched to classes once over the whole split,
+separately for CRF and non-CRF predictions. Features come from the cache (workflow) or a live
+backbone (sliding windows, the CLI on any images).
 """
 
 from __future__ import annotations
@@ -22,38 +24,19 @@ from . import metrics as M
 from .backbones import Backbone, BackboneSpec
 from .cache import FeatureCache
 from .datasets import Dataset
-from .features import encode_images
+from .features import encode_crops
 from .models import RunModel
+from .views import View
 from .visualise import blend, colourise, palette, save_panel
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[list[int], torch.Tensor, torch.Tensor]  # image indices, high (B,h,w,C), input (B,h,w,C)
-
-
-def cached_batches(cache: FeatureCache, dataset: Dataset, batch_size: int) -> Iterator[Batch]:
-    """Plain (un-augmented) items of a cache, checked against the dataset's image ids."""
-    items = cache.plain_items()
-    ids = cache.ids
-    if len(items) != len(dataset) or ids != [s.id for s in dataset.samples]:
-        raise ValueError(f"{cache.path}: cached images do not match dataset {dataset.name}/{dataset.split}; re-extract")
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        data = cache.read(chunk, ("high", "input"))
-        yield list(cache.image_index[chunk]), torch.from_numpy(data["high"]), torch.from_numpy(data["input"])
-
-
-def live_batches(backbone: Backbone, dataset: Dataset, input_size: tuple[int, int], batch_size: int,
-                 device: torch.device) -> Iterator[Batch]:
-    """Features computed on the fly: evaluation or segmentation without a cache."""
-    for start in range(0, len(dataset), batch_size):
-        idx = list(range(start, min(start + batch_size, len(dataset))))
-        out = encode_images(backbone, [dataset.load_image(i) for i in idx], input_size, device)
-        yield idx, out["high"].cpu(), out["input"].cpu()
+Prediction = tuple[int, torch.Tensor]  # image index, (K, H, W) logits at the view's scoring geometry
 
 
 def logits_to_image(logits: torch.Tensor, stride: int, input_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
-    """(K, h, w) token logits -> (K, H, W) at the original image size."""
+    """(K, h, w) token logits -> (K, H, W): upsampled to the padded input, cropped to `input_size`,
+    resized to `out_size`."""
     k, h, w = logits.shape
     # a genuinely channels-last (1, K, h, w) tensor takes torch's vectorised CPU path and makes
     # the argmax over K contiguous: about 6x faster than a view of a permuted batch (whose odd
@@ -66,33 +49,94 @@ def logits_to_image(logits: torch.Tensor, stride: int, input_size: tuple[int, in
     return up[0]
 
 
-def evaluate(model: RunModel, dataset: Dataset, batches: Iterator[Batch], stride: int, input_size: tuple[int, int],
-             crf: bool = False, overlay_dir: Path | None = None, n_overlays: int = 4,
-             device: torch.device | None = None) -> dict[str, Any]:
-    device = device or torch.device("cpu")
-    model = model.to(device)
+def scored_size(view: View, image_hw: tuple[int, int]) -> tuple[int, int]:
+    return view.input_size if view.mode == "centre_crop" else (int(image_hw[0]), int(image_hw[1]))
+
+
+def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, view: View, stride: int,
+                       batch_size: int, device: torch.device) -> Iterator[Prediction]:
+    """Plain (un-augmented) items of a cache, checked against the dataset's image ids."""
+    items = cache.plain_items()
+    if len(items) != len(dataset) or cache.ids != [s.id for s in dataset.samples]:
+        raise ValueError(f"{cache.path}: cached images do not match dataset {dataset.name}/{dataset.split}; re-extract")
+    input_size = tuple(cache.attrs["input_size"])
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        data = cache.read(chunk, ("high", "input"))
+        logits = model.token_logits(torch.from_numpy(data["high"]).to(device), torch.from_numpy(data["input"]).to(device)).float()
+        for j, item in enumerate(chunk):
+            out = scored_size(view, cache.image_size[item])
+            yield int(cache.image_index[item]), logits_to_image(logits[j], stride, input_size, out)
+
+
+def image_logits(model: RunModel, backbone: Backbone, images: list[np.ndarray], view: View,
+                 device: torch.device, window_batch: int = 8) -> list[torch.Tensor]:
+    """Logits at the scoring geometry for images of any size, from a live backbone: one forward
+    pass for `resize` / `centre_crop` views; sliding windows (protocol B) otherwise."""
+    stride = backbone.spec.stride
+    if view.mode != "sliding":
+        feats = encode_crops(backbone, [view.prepare(im) for im in images], device, view.input_size)
+        logits = model.token_logits(feats["high"], feats["input"]).float()
+        return [logits_to_image(logits[j], stride, view.input_size, scored_size(view, im.shape[:2]))
+                for j, im in enumerate(images)]
+    return [sliding_logits(model, backbone, im, view, device, window_batch) for im in images]
+
+
+def sliding_logits(model: RunModel, backbone: Backbone, image: np.ndarray, view: View, device: torch.device,
+                   window_batch: int = 8) -> torch.Tensor:
+    """Protocol B: short side resized, windows of the crop size at the view's stride, logits of
+    overlapping windows averaged, then resized to the original image size."""
+    resized = view.resize(image)
+    height, width = resized.shape[1:]
+    windows = view.windows(height, width)
+    canvas = count = None
+    for start in range(0, len(windows), window_batch):
+        group = windows[start:start + window_batch]
+        feats = encode_crops(backbone, [resized[:, t:b, l:r] for t, b, l, r in group], device)
+        logits = model.token_logits(feats["high"], feats["input"]).float()
+        if canvas is None:
+            canvas = torch.zeros(logits.shape[1], height, width, device=logits.device)
+            count = torch.zeros(1, height, width, device=logits.device)
+        for j, (t, b, l, r) in enumerate(group):
+            canvas[:, t:b, l:r] += logits_to_image(logits[j], backbone.spec.stride, (b - t, r - l), (b - t, r - l))
+            count[:, t:b, l:r] += 1
+    canvas /= count
+    if (height, width) != tuple(image.shape[:2]):
+        canvas = F.interpolate(canvas[None], size=tuple(image.shape[:2]), mode="bilinear", align_corners=False)[0]
+    return canvas
+
+
+def live_predictions(model: RunModel, backbone: Backbone, dataset: Dataset, view: View, batch_size: int,
+                     device: torch.device) -> Iterator[Prediction]:
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        for i, logits in zip(idx, image_logits(model, backbone, [dataset.load_image(i) for i in idx], view, device)):
+            yield i, logits
+
+
+def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction], view: View,
+             crf: bool = False, overlay_dir: Path | None = None, n_overlays: int = 4) -> dict[str, Any]:
     k, c = model.num_clusters, dataset.num_classes
     conf = np.zeros((k, c), dtype=np.int64)
     conf_crf = np.zeros((k, c), dtype=np.int64) if crf else None
     kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     started = time.time()
     bar = tqdm(total=len(dataset), desc=f"evaluate {model.method}", unit="img")
-    for idx, high, inp in batches:
-        logits = model.token_logits(high.to(device), inp.to(device)).float()
-        for j, image_idx in enumerate(idx):
-            image = dataset.load_image(image_idx)
-            label = dataset.load_label(image_idx, expected_hw=image.shape[:2])
-            full = logits_to_image(logits[j], stride, input_size, image.shape[:2])
-            clusters = full.argmax(0).cpu().numpy()
-            conf += M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
-            if crf:
-                from .crf import dense_crf
+    for image_idx, logits in predictions:
+        image = dataset.load_image(image_idx)
+        image, label = view.scored(image, dataset.load_label(image_idx, expected_hw=image.shape[:2]))
+        if tuple(logits.shape[-2:]) != label.shape:
+            raise ValueError(f"prediction {tuple(logits.shape[-2:])} and label {label.shape} differ for {dataset.samples[image_idx].id}")
+        clusters = logits.argmax(0).cpu().numpy()
+        conf += M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
+        if conf_crf is not None:
+            from .crf import dense_crf
 
-                refined = dense_crf(full.softmax(0).cpu().numpy(), image)
-                conf_crf += M.confusion_matrix(refined, label, k, c, dataset.ignore_index)
-            if len(kept) < n_overlays:
-                kept.append((image_idx, image, label, clusters))
-        bar.update(len(idx))
+            refined = dense_crf(logits.softmax(0).cpu().numpy(), np.ascontiguousarray(image))
+            conf_crf += M.confusion_matrix(refined, label, k, c, dataset.ignore_index)
+        if len(kept) < n_overlays:
+            kept.append((image_idx, image, label, clusters))
+        bar.update(1)
     bar.close()
     result = summarise(conf, dataset.class_names)
     result.update(num_images=len(dataset), seconds=round(time.time() - started, 2))

@@ -1,9 +1,14 @@
-"""From the config to the jobs: run ids and the exact parameters each stage depends on.
+"""From the config to the jobs: run ids, evaluations, tables and the exact parameters each stage
+depends on.
 
 A run id is readable and derived from the parameters that define it, e.g.
-`nes-lite0-K128-a0.3-b0.16-s0`, so reruns land in the same place and sweeps sort together. Each
-rule receives only the parameters its output depends on (through Snakemake `params:`), so a
-changed beta retrains and re-evaluates but never re-extracts.
+`nes-lite0-K128-a0.3-b0.16-s0`, so reruns land in the same place and sweeps sort together. Runs
+live under their training dataset (`results/{dataset}/runs/{run}`); an evaluation of a run on a
+dataset under one of its protocols is `{run dir}/{dataset}-{protocol}/metrics.json`, so one run
+serves every table and protocol that needs it (and a zero-shot run is evaluated on other
+datasets). Each rule receives only the parameters its output depends on (through Snakemake
+`params:`): a changed beta retrains and re-evaluates but never re-extracts, a changed protocol
+re-evaluates only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from .eigenfunctions import default_beta
 from .errors import InputError
 
 METHODS = ("kmeans", "nes", "nes_star")
+TRAIN_VIEW = "train"  # the view name of training caches; protocols name the evaluation views
+# what reading a dataset's images depends on (not its protocols, training overrides or splits)
+SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names")
 
 
 def _fmt(x: Any) -> str:
@@ -29,53 +37,121 @@ def dataset_spec(config: dict, dataset: str) -> dict:
     return {"name": dataset, **config["datasets"][dataset]}
 
 
+def source_spec(config: dict, dataset: str) -> dict:
+    ds = dataset_spec(config, dataset)
+    return {k: ds[k] for k in SOURCE_KEYS if k in ds}
+
+
 def backbone_spec(config: dict, backbone: str) -> dict:
     if backbone not in config["backbones"]:
         raise InputError(f"backbones: no backbone {backbone!r} in the config (have: {', '.join(config['backbones'])})")
     return {"weights_dir": config.get("weights_dir", "weights"), **config["backbones"][backbone]}
 
 
-def features_path(config: dict, dataset: str, backbone: str, split: str) -> str:
-    return f"{config['results']}/{dataset}/features/{backbone}/{split}.json"
-
-
-def extraction_spec(config: dict, dataset: str, backbone: str, split: str) -> dict:
+def view_config(config: dict, dataset: str, view: str) -> dict:
     ds = dataset_spec(config, dataset)
-    ext = config["extract"]
-    train = split == ds["train_split"]
+    if view == TRAIN_VIEW:
+        return dict(ds["train_view"])
+    protocols = ds.get("protocols") or {}
+    if view not in protocols:
+        raise InputError(f"datasets.{dataset}.protocols: no protocol {view!r} (have: {', '.join(protocols) or 'none'})")
+    return dict(protocols[view])
+
+
+def features_path(config: dict, dataset: str, backbone: str, view: str, split: str) -> str:
+    return f"{config['results']}/{dataset}/features/{backbone}/{view}/{split}.json"
+
+
+def shard_count(config: dict, dataset: str) -> int:
+    return int(_extract_config(config, dataset).get("shards", 1))
+
+
+def _extract_config(config: dict, dataset: str) -> dict:
+    return {**config["extract"], **(dataset_spec(config, dataset).get("extract") or {})}
+
+
+def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split: str) -> dict:
+    ext = _extract_config(config, dataset)
+    train = view == TRAIN_VIEW
+    spec = view_config(config, dataset, view)
+    if spec["mode"] == "sliding":
+        raise InputError(f"datasets.{dataset}.protocols.{view}: sliding-window protocols are evaluated live, not cached")
     return {
-        "dataset_spec": ds, "backbone_spec": backbone_spec(config, backbone), "split": split,
-        "input_size": ds["input_size"], "views": int(ext["views"]) if train else 1,
-        "scale": ext["scale"], "flip": ext["flip"], "seed": ext["seed"], "batch_size": ext["batch_size"],
-        "device": config["device"],
+        "dataset_spec": source_spec(config, dataset), "backbone_spec": backbone_spec(config, backbone), "split": split,
+        "view": {k: v for k, v in spec.items() if k not in ("labels", "crf")},  # scoring options do not change features
+        "views": int(ext["views"]) if train else 1, "scale": ext["scale"], "flip": ext["flip"], "seed": ext["seed"],
+        "batch_size": ext["batch_size"], "device": config["device"],
     }
 
 
 def run_id(method: str, backbone: str, train: dict, seed: int) -> str:
     if method == "kmeans":
         return f"kmeans-{backbone}-K{train['K']}-s{seed}"
-    beta = train["beta"] if train.get("beta") is not None else default_beta(int(train["K"]))
-    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(beta, 6))}-s{seed}"
+    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}-s{seed}"
 
 
-def table_runs(config: dict, table: str) -> list[dict]:
-    """All run specs of one table: its methods x seeds x sweep grid (sweeps declared in config)."""
-    tables = config.get("tables", {})
-    if table not in tables:
-        raise InputError(f"tables: no table {table!r} in the config (have: {', '.join(tables)})")
-    tcfg = tables[table]
+def resolved_beta(train: dict) -> float:
+    return float(train["beta"]) if train.get("beta") is not None else default_beta(int(train["K"]))
+
+
+def table_config(config: dict, folder: str, table: str) -> dict:
+    tables = config.get("tables") or {}
+    if table not in (tables.get(folder) or {}):
+        have = [f"{f}/{t}" for f, ts in tables.items() for t in (ts or {})]
+        raise InputError(f"tables: no table {folder}/{table} in the config (have: {', '.join(have)})")
+    merged = {**(config.get("table_defaults") or {}), **tables[folder][table]}
+    merged.setdefault("dataset", folder)
+    missing = [k for k in ("backbones", "methods", "seeds") if not merged.get(k)]
+    if missing:
+        raise InputError(f"tables.{folder}.{table}: needs {', '.join(missing)} (or table_defaults for them)")
+    if "protocol" not in merged:
+        protocols = list(dataset_spec(config, folder).get("protocols") or {})
+        if not protocols:
+            raise InputError(f"tables.{folder}.{table}: dataset {folder} declares no protocols to evaluate with")
+        merged["protocol"] = protocols[0]
+    view_config(config, folder, merged["protocol"])  # fails early on an unknown protocol
+    return merged
+
+
+def all_tables(config: dict) -> list[tuple[str, str]]:
+    return [(folder, table) for folder, ts in (config.get("tables") or {}).items() for table in (ts or {})]
+
+
+def table_runs(config: dict, folder: str, table: str) -> list[dict]:
+    """All run specs of one table: its backbones x methods x seeds x sweep grid (sweeps declared
+    in config). A run that a sweep does not change (K-means vs alpha) is one run."""
+    tcfg = table_config(config, folder, table)
     sweep = tcfg.get("sweep") or {}
     keys = list(sweep)
-    specs: dict[str, dict] = {}  # by run id: a run that a sweep does not change (K-means vs alpha) is one run
+    specs: dict[str, dict] = {}
     for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
         train = copy.deepcopy(config["train"])
-        train.update(tcfg.get("train", {}))
+        train.update(dataset_spec(config, tcfg["dataset"]).get("train") or {})
+        train.update(tcfg.get("train") or {})
         train.update(dict(zip(keys, values)))
-        for method in tcfg["methods"]:
-            for seed in tcfg["seeds"]:
-                spec = make_spec(config, tcfg["dataset"], tcfg["backbone"], method, train, int(seed))
-                specs.setdefault(spec["run"], spec)
+        for backbone in tcfg["backbones"]:
+            for method in tcfg["methods"]:
+                for seed in tcfg["seeds"]:
+                    spec = make_spec(config, tcfg["dataset"], backbone, method, train, int(seed))
+                    specs.setdefault(spec["run"], spec)
     return list(specs.values())
+
+
+def table_evaluation(config: dict, folder: str, table: str) -> str:
+    return f"{folder}-{table_config(config, folder, table)['protocol']}"
+
+
+def table_metrics(config: dict, folder: str, table: str) -> list[str]:
+    evaluation = table_evaluation(config, folder, table)
+    return [metrics_path(config, spec, evaluation) for spec in table_runs(config, folder, table)]
+
+
+def run_dir(config: dict, spec: dict) -> str:
+    return f"{config['results']}/{spec['dataset']}/runs/{spec['run']}"
+
+
+def metrics_path(config: dict, spec: dict, evaluation: str) -> str:
+    return f"{run_dir(config, spec)}/{evaluation}/metrics.json"
 
 
 def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dict, seed: int) -> dict:
@@ -84,30 +160,48 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
     ds = dataset_spec(config, dataset)
     spec: dict[str, Any] = {
         "run": run_id(method, backbone, train, seed), "method": method, "seed": seed,
-        "dataset": dataset, "backbone": backbone, "dataset_spec": ds,
+        "dataset": dataset, "backbone": backbone,
+        "dataset_spec": {**source_spec(config, dataset), "train_split": ds["train_split"], "train_view": ds["train_view"]},
         "backbone_spec": backbone_spec(config, backbone),
-        "features": features_path(config, dataset, backbone, ds["train_split"]),
+        "features": features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"]),
         "device": config["device"],
     }
     if method == "kmeans":
         spec["train"] = {"K": train["K"]}
         spec["kmeans"] = config["kmeans"]
     else:
-        spec["train"] = train
+        # canonical values: beta: null and beta: 0.08 at K = 256 are the same run
+        spec["train"] = {**train, "beta": round(resolved_beta(train), 6), "alpha": float(train["alpha"])}
     if method == "nes_star":
         spec["kmeans"] = config["kmeans"]
         spec["nes_run"] = run_id("nes", backbone, train, seed)
     return spec
 
 
+def evaluation_spec(config: dict, spec: dict, evaluation: str) -> dict:
+    """What `evaluate` needs for one run on `{dataset}-{protocol}`: the dataset's images and
+    label set, the protocol's view, and the cached features unless the protocol slides windows."""
+    dataset, protocol = evaluation.rsplit("-", 1)
+    ds = dataset_spec(config, dataset)
+    view = view_config(config, dataset, protocol)
+    cached = view["mode"] != "sliding"
+    return {
+        "dataset_spec": source_spec(config, dataset), "split": ds["eval_split"], "protocol": protocol, "view": view,
+        "features": features_path(config, dataset, spec["backbone"], protocol, ds["eval_split"]) if cached else None,
+        "overlays": config["evaluate"]["overlays"], "batch_size": config["evaluate"].get("batch_size", 8),
+        "device": config["device"],
+    }
+
+
 def all_runs(config: dict) -> dict[tuple[str, str], dict]:
     """(dataset, run id) -> spec over every table; one run shared by several tables is one job."""
     runs: dict[tuple[str, str], dict] = {}
-    for table in config.get("tables", {}):
-        for spec in table_runs(config, table):
+    for folder, table in all_tables(config):
+        for spec in table_runs(config, folder, table):
             key = (spec["dataset"], spec["run"])
             if key in runs and runs[key] != spec:
-                raise InputError(f"tables: run {spec['run']} is declared twice with different parameters")
+                raise InputError(f"tables: run {spec['run']} is declared twice with different parameters "
+                                 f"(e.g. epochs differ between tables but are not part of the run id)")
             runs[key] = spec
     return runs
 

@@ -8,7 +8,8 @@ import timm
 import torch
 
 from pipeline.backbones import Backbone, BackboneSpec, converted_lite0_weights
-from pipeline.features import normalise_batch, resize_image
+from pipeline.features import normalise_batch
+from pipeline.views import resize_image
 
 
 @pytest.fixture(scope="module")

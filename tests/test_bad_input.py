@@ -13,6 +13,7 @@ from pipeline.cache import FeatureCache
 from pipeline.datasets import load_dataset
 from pipeline.errors import InputError
 from pipeline.features import extract_split
+from pipeline.views import View
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,13 +39,13 @@ def test_corrupt_image_is_named_and_cached_items_survive(tmp_path, camvid_root, 
     bad.write_bytes(b"this is not a png")
     out = tmp_path / "val.zarr"
     with pytest.raises(InputError, match=bad.name):
-        extract_split(ds, lite0, out, (360, 480), batch_size=2)
+        extract_split(ds, lite0, out, View("resize", (360, 480)), batch_size=2)
     # the first batch (2 images) is kept; after fixing the file, extraction resumes from there
     shutil.copy(camvid_root / "val" / bad.name, bad)
     import zarr
 
-    assert zarr.open_group(str(out), mode="r").attrs["n_done"] == 2
-    extract_split(ds, lite0, out, (360, 480), batch_size=2)
+    assert zarr.open_group(str(out / "shard-0-of-1"), mode="r").attrs["n_done"] == 2
+    extract_split(ds, lite0, out, View("resize", (360, 480)), batch_size=2)
     assert len(FeatureCache(out)) == 4
 
 

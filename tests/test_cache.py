@@ -8,15 +8,18 @@ import pipeline.features as features
 from pipeline.cache import FeatureCache
 from pipeline.errors import InputError
 from pipeline.features import extract_split, pixel_vectors
+from pipeline.views import View
+
+NATIVE = View("resize", (360, 480))
 
 
 def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
-    manifest = extract_split(camvid_val, lite0, tmp_path / "val.zarr", (360, 480), batch_size=4)
+    manifest = extract_split(camvid_val, lite0, tmp_path / "val.zarr", NATIVE, batch_size=4)
     cache = FeatureCache(tmp_path / "val.zarr")
     assert manifest["items"] == len(cache) == len(camvid_val)
     assert cache.grid == (24, 30) and cache.ids == [s.id for s in camvid_val.samples]
     assert (cache.image_size == [360, 480]).all() and cache.image_size.shape == (len(camvid_val), 2)
-    direct = features.encode_images(lite0, [camvid_val.load_image(2)], (360, 480), torch.device("cpu"))
+    direct = features.encode_crops(lite0, [NATIVE.prepare(camvid_val.load_image(2))], torch.device("cpu"))
     got = cache.read([2])
     for name in ("high", "input", "pixels"):
         np.testing.assert_allclose(got[name][0], direct[name][0].numpy(), rtol=1e-2, atol=1e-2)  # float16 storage
@@ -28,7 +31,7 @@ def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, lite0, monkeypatch):
     reference = tmp_path / "ref.zarr"
-    extract_split(camvid_val, lite0, reference, (360, 480), views=2, batch_size=4, seed=3)
+    extract_split(camvid_val, lite0, reference, NATIVE, views=2, batch_size=4, seed=3)
 
     calls = {"n": 0}
     real_encode = features.encode
@@ -42,13 +45,13 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, li
     out = tmp_path / "resumed.zarr"
     monkeypatch.setattr(features, "encode", dying_encode)
     with pytest.raises(KeyboardInterrupt):
-        extract_split(camvid_val, lite0, out, (360, 480), views=2, batch_size=4, seed=3)
+        extract_split(camvid_val, lite0, out, NATIVE, views=2, batch_size=4, seed=3)
     with pytest.raises(InputError, match="incomplete"):
         FeatureCache(out)
 
     done_batches = []
     monkeypatch.setattr(features, "encode", lambda *a, **k: done_batches.append(1) or real_encode(*a, **k))
-    extract_split(camvid_val, lite0, out, (360, 480), views=2, batch_size=4, seed=3)
+    extract_split(camvid_val, lite0, out, NATIVE, views=2, batch_size=4, seed=3)
     assert len(done_batches) == 2  # 12 items in batches of 4: the first batch was not redone
     a, b = FeatureCache(reference), FeatureCache(out)
     np.testing.assert_array_equal(a.image_index, b.image_index)
@@ -59,7 +62,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, li
 
 
 def test_augmented_views_differ_from_plain_view(tmp_path, camvid_val, lite0):
-    extract_split(camvid_val, lite0, tmp_path / "aug.zarr", (360, 480), views=2, batch_size=6, seed=0)
+    extract_split(camvid_val, lite0, tmp_path / "aug.zarr", NATIVE, views=2, batch_size=6, seed=0)
     cache = FeatureCache(tmp_path / "aug.zarr")
     np.testing.assert_array_equal(cache.view[:4], [0, 1, 0, 1])
     np.testing.assert_array_equal(cache.plain_items(), np.arange(0, 12, 2))

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipeline.errors import InputError
-from pipeline.plan import all_runs, as_param, extraction_spec, table_runs
+from pipeline.plan import all_runs, as_param, evaluation_spec, extraction_spec, table_evaluation, table_metrics, table_runs
 from pipeline.tables import to_markdown, write_table
 
 from conftest import REPO
@@ -20,16 +20,16 @@ def config():
 
 def test_run_ids_are_readable_and_carry_defining_parameters(config):
     config["train"].update(K=64, alpha=0.3, beta=None)
-    config["tables"]["table1"]["seeds"] = [0, 1]
-    ids = sorted(spec["run"] for spec in table_runs(config, "table1"))
+    config["tables"]["camvid"]["table1"]["seeds"] = [0, 1]
+    ids = sorted(spec["run"] for spec in table_runs(config, "camvid", "table1"))
     assert ids == ["kmeans-lite0-K64-s0", "kmeans-lite0-K64-s1",
                    "nes-lite0-K64-a0.3-b0.32-s0", "nes-lite0-K64-a0.3-b0.32-s1",
                    "nes_star-lite0-K64-a0.3-b0.32-s0", "nes_star-lite0-K64-a0.3-b0.32-s1"]
 
 
 def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
-    config["tables"]["table1"].update(seeds=[0], sweep={"K": [64, 128], "alpha": [0.0, 0.3]})
-    specs = table_runs(config, "table1")
+    config["tables"] = {"camvid": {"table1": {"backbones": ["lite0"], "seeds": [0], "sweep": {"K": [64, 128], "alpha": [0.0, 0.3]}}}}
+    specs = table_runs(config, "camvid", "table1")
     assert len(specs) == 2 + 4 + 4
     # K-means runs depend on K only: the alpha sweep does not duplicate them
     kmeans = {s["run"] for s in specs if s["method"] == "kmeans"}
@@ -39,34 +39,83 @@ def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
     assert star["nes_run"] == star["run"].replace("nes_star-", "nes-")
 
 
+def test_paper_tables_share_runs_across_tables_and_protocols(config):
+    """Table 1 (protocol A) and Table 3 (protocol B) evaluate the same ViT-S runs; beta: null and
+    beta 0.08 at K = 256 are one run; the zero-shot table trains on the image folder."""
+    t1 = {s["run"] for s in table_runs(config, "pascal", "table1")}
+    t3 = {s["run"] for s in table_runs(config, "pascal", "table3")}
+    assert len(t1) == 3 * 3 * 3 and t3 < t1
+    assert table_evaluation(config, "pascal", "table1") == "pascal-A" and table_evaluation(config, "pascal", "table3") == "pascal-B"
+    t7 = {s["run"] for s in table_runs(config, "pascal", "table7")}
+    assert "nes-vit_s16-K256-a0.3-b0.08-s0" in t7 & t1
+    t8 = table_runs(config, "pascal", "table8")
+    assert {s["dataset"] for s in t8} == {"imagenet"} and all(s["features"].startswith("results/imagenet/") for s in t8)
+    assert all(m.endswith("/pascal-A/metrics.json") and m.startswith("results/imagenet/runs/")
+               for m in table_metrics(config, "pascal", "table8"))
+    k60 = table_runs(config, "pascal", "matching")
+    assert {s["train"]["K"] for s in k60} == {60}
+    ade = table_runs(config, "ade20k", "table4")
+    assert {s["run"] for s in ade} >= {"nes-vit_s16-K512-a0.3-b0.04-s2"}
+    # sliding-window protocols are evaluated live, single-pass ones from a cache of their view
+    run = table_runs(config, "pascal", "table1")[0]
+    assert evaluation_spec(config, run, "pascal-B")["features"] is None
+    assert evaluation_spec(config, run, "pascal-A")["features"] == f"results/pascal/features/{run['backbone']}/A/val.json"
+    assert len(all_runs(config)) > 100
+
+
 def test_extraction_spec_caches_views_only_for_training(config):
     config["extract"]["views"] = 3
-    assert extraction_spec(config, "camvid", "lite0", "train")["views"] == 3
-    assert extraction_spec(config, "camvid", "lite0", "val")["views"] == 1
-    # training parameters never reach extraction: changing them cannot re-extract
-    before = as_param(extraction_spec(config, "camvid", "lite0", "train"))
+    assert extraction_spec(config, "camvid", "lite0", "train", "train")["views"] == 3
+    assert extraction_spec(config, "camvid", "lite0", "native", "val")["views"] == 1
+    assert extraction_spec(config, "pascal", "vit_s16", "train", "train")["views"] == 4  # dataset override
+    # training parameters and scoring options never reach extraction: changing them cannot re-extract
+    before = as_param(extraction_spec(config, "pascal", "vit_s16", "A", "val"))
     config["train"]["beta"] = 0.5
-    assert as_param(extraction_spec(config, "camvid", "lite0", "train")) == before
+    config["datasets"]["pascal"]["train"]["K"] = 64
+    config["datasets"]["pascal"]["protocols"]["A"]["crf"] = False
+    config["datasets"]["pascal"]["protocols"]["B"]["stride"] = 100
+    assert as_param(extraction_spec(config, "pascal", "vit_s16", "A", "val")) == before
+    with pytest.raises(InputError, match="evaluated live"):
+        extraction_spec(config, "pascal", "vit_s16", "B", "val")
 
 
 def test_unknown_names_are_refused(config):
-    config["tables"]["table1"]["backbone"] = "resnet9000"
+    config["tables"]["camvid"]["table1"]["backbones"] = ["resnet9000"]
     with pytest.raises(InputError, match="resnet9000"):
-        table_runs(config, "table1")
+        table_runs(config, "camvid", "table1")
+    config["tables"]["camvid"]["table1"].update(backbones=["lite0"], protocol="Z")
+    with pytest.raises(InputError, match="no protocol 'Z'"):
+        table_runs(config, "camvid", "table1")
 
 
-def test_table_rows_and_markdown_mean_std(tmp_path):
-    files = []
-    for seed, (acc, miou) in enumerate([(0.70, 0.40), (0.80, 0.50)]):
-        m = {"run": f"nes-x-s{seed}", "method": "nes", "dataset": "camvid", "backbone": "lite0", "K": 8, "seed": seed,
-             "split": "val", "acc": acc, "miou": miou, "miou_hungarian": 0.3,
-             "crf": {"acc": acc + 0.05, "miou": miou + 0.05, "miou_hungarian": 0.35}}
-        f = tmp_path / f"m{seed}.json"
-        f.write_text(json.dumps(m))
-        files.append(f)
-    df = write_table(files, tmp_path / "t.csv")
-    assert len(df) == 4 and set(df["crf"]) == {True, False}
-    assert pd.read_csv(tmp_path / "t.csv")["acc"].tolist() == [70.0, 80.0, 75.0, 85.0]
+def _metrics(tmp_path, name, **fields):
+    m = {"run": name, "method": "nes", "dataset": "camvid", "train_dataset": "camvid", "protocol": "native",
+         "backbone": "lite0", "K": 8, "alpha": 0.3, "beta": 2.56, "split": "val", **fields}
+    f = tmp_path / f"{name}.json"
+    f.write_text(json.dumps(m))
+    return f
+
+
+def test_table_mean_std_over_seeds_runs_csv_and_markdown(tmp_path):
+    files = [_metrics(tmp_path, f"nes-s{seed}", seed=seed, acc=acc, miou=miou, miou_hungarian=0.3,
+                      crf={"acc": acc + 0.05, "miou": miou + 0.05, "miou_hungarian": 0.35})
+             for seed, (acc, miou) in enumerate([(0.70, 0.40), (0.80, 0.50)])]
+    files.append(_metrics(tmp_path, "kmeans-s0", method="kmeans", alpha=None, beta=None, seed=0, acc=0.6, miou=0.3, miou_hungarian=0.2))
+    table = write_table(files, tmp_path / "t.csv")
+    runs = pd.read_csv(tmp_path / "t_runs.csv")
+    assert len(runs) == 5 and runs.loc[runs["method"] == "nes", "acc"].tolist() == [70.0, 80.0, 75.0, 85.0]
+    saved = pd.read_csv(tmp_path / "t.csv")
+    nes = saved[(saved["method"] == "nes") & ~saved["crf"]].iloc[0]
+    assert (nes["seeds"], nes["acc_mean"], nes["acc_std"], nes["miou_mean"], nes["miou_std"]) == (2, 75.0, 5.0, 45.0, 5.0)
+    assert len(saved) == 3 and saved["alpha"].isna().sum() == 1  # K-means has no alpha
     md = (tmp_path / "t.md").read_text()
-    assert "| nes | lite0 | 8 | no | 2 | 75.0 ± 5.0 | 45.0 ± 5.0 | 30.0 ± 0.0 |" in md
-    assert to_markdown(df).count("\n") == 4
+    assert "| Ours | no | 2 | 75.0 ± 5.0 | 45.0 ± 5.0 | 30.0 ± 0.0 |" in md
+    assert "| K-means | no | 1 | 60.0 ± 0.0 | 30.0 ± 0.0 | 20.0 ± 0.0 |" in md
+    assert to_markdown(table).count("\n") == 2 + 3
+
+
+def test_markdown_shows_the_swept_parameter(tmp_path):
+    files = [_metrics(tmp_path, f"nes-a{a}", seed=0, alpha=a, acc=0.5, miou=0.4, miou_hungarian=0.3) for a in (0.0, 0.3)]
+    md = to_markdown(write_table(files, tmp_path / "t.csv"))
+    assert md.splitlines()[0].startswith("| alpha | method |")
+    assert "| 0 | Ours |" in md and "| 0.3 | Ours |" in md

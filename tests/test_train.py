@@ -7,12 +7,13 @@ import torch
 from pipeline.cache import FeatureCache
 from pipeline.features import extract_split
 from pipeline.train import cosine, train_psi
+from pipeline.views import View
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory, camvid_val, lite0):
     path = tmp_path_factory.mktemp("cache") / "val.zarr"
-    extract_split(camvid_val, lite0, path, (180, 240), batch_size=6)
+    extract_split(camvid_val, lite0, path, View("resize", (180, 240)), batch_size=6)
     return FeatureCache(path)
 
 

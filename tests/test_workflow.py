@@ -29,11 +29,12 @@ def tiny_config(results: Path, camvid_root: Path, **train) -> dict:
     return {
         "results": str(results),
         "datasets": {"camvid": {"adapter": "camvid", "data_root": str(camvid_root), "train_split": "train",
-                                "eval_split": "val", "input_size": [360, 480], "max_images": 6}},
+                                "eval_split": "val", "train_view": {"mode": "resize", "size": [360, 480]},
+                                "protocols": {"native": {"mode": "resize", "size": [360, 480]}}, "max_images": 6}},
         "train": {"K": 8, "epochs": 1, "batch_size": 3, "knn_k": 16, "heads": 2, "dim_head": 16, **train},
         "kmeans": {"niter": 5, "max_points": 1000},
-        "evaluate": {"crf": False, "overlays": 1},
-        "tables": {"table1": {"dataset": "camvid", "backbone": "lite0", "methods": ["kmeans", "nes", "nes_star"], "seeds": [0]}},
+        "evaluate": {"overlays": 1},
+        "tables": {"camvid": {"table1": {"backbones": ["lite0"], "methods": ["kmeans", "nes", "nes_star"], "seeds": [0]}}},
     }
 
 
@@ -48,15 +49,18 @@ def workflow(tmp_path_factory, camvid_root):
 
 
 def test_table_has_every_method_with_sane_scores(workflow):
-    table = pd.read_csv(workflow["results"] / "camvid" / "table1.csv")
-    assert list(table.columns[:10]) == ["dataset", "backbone", "method", "K", "seed", "split", "crf", "acc", "miou", "miou_hungarian"]
-    assert sorted(table["method"]) == ["kmeans", "nes", "nes_star"]
-    assert (table["split"] == "val").all() and (table["K"] == 8).all()
+    runs = pd.read_csv(workflow["results"] / "camvid" / "table1_runs.csv")
+    assert list(runs.columns[:9]) == ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "seed"]
+    assert sorted(runs["method"]) == ["kmeans", "nes", "nes_star"]
+    assert (runs["split"] == "val").all() and (runs["K"] == 8).all() and (runs["protocol"] == "native").all()
     for col in ("acc", "miou", "miou_hungarian"):
-        assert table[col].between(1, 100).all(), table
-    assert (table["miou"] >= table["miou_hungarian"] - 1e-9).all()  # majority voting can only do better with K > C
+        assert runs[col].between(1, 100).all(), runs
+    assert (runs["miou"] >= runs["miou_hungarian"] - 1e-9).all()  # majority voting can only do better with K > C
+    table = pd.read_csv(workflow["results"] / "camvid" / "table1.csv")
+    assert sorted(table["method"]) == ["kmeans", "nes", "nes_star"] and (table["seeds"] == 1).all()
+    assert (table["miou_std"] == 0).all() and sorted(table["miou_mean"]) == sorted(runs["miou"])
     md = (workflow["results"] / "camvid" / "table1.md").read_text()
-    assert "| nes |" in md and "±" in md
+    assert "| Ours |" in md and "| Ours* |" in md and "| K-means |" in md and "±" in md
 
 
 def test_run_directories_hold_what_they_need(workflow):
@@ -70,10 +74,10 @@ def test_run_directories_hold_what_they_need(workflow):
         ckpt = torch.load(run / "model.pt", weights_only=True)
         assert ckpt["method"] in run.name and ckpt["config"]["run"] == run.name
         assert yaml.safe_load((run / "config.yaml").read_text())["run"] == run.name
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = json.loads((run / "camvid-native" / "metrics.json").read_text())
         assert set(metrics["per_class_iou"]) == {"sky", "building", "pole", "road", "pavement", "tree", "sign_symbol",
                                                  "fence", "car", "pedestrian", "bicyclist"}
-        panel = next((run / "overlays").glob("*.png"))
+        panel = next((run / "camvid-native" / "overlays").glob("*.png"))
         assert Image.open(panel).size == (4 * 480, 360 + 18)
 
 
@@ -85,6 +89,13 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     out = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
     assert jobs == {"train": "1", "fit_kmeans": "1", "evaluate": "2", "table": "1", "total": "5"}, out[-2000:]
+    # a protocol change re-evaluates and re-extracts the evaluation view only
+    cfg = yaml.safe_load(workflow["config"].read_text())
+    cfg["datasets"]["camvid"]["protocols"]["native"]["size"] = [240, 320]
+    changed.write_text(yaml.safe_dump(cfg))
+    out = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
+    assert jobs == {"extract_features": "1", "gather_features": "1", "evaluate": "3", "table": "1", "total": "6"}, out[-2000:]
     # nothing changed: nothing to do
     same = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(workflow["config"]))
     assert "Nothing to be done" in same
@@ -101,7 +112,7 @@ def test_cli_evaluate_on_live_features_matches_the_workflow(workflow):
     assert set(printed) == {"method", "acc", "miou", "miou_hungarian", "per_class_iou"}
     # same six images as the workflow (the run's dataset spec), features from the backbone rather
     # than the float16 cache: the scores agree up to rounding
-    cached = json.loads((run / "metrics.json").read_text())
+    cached = json.loads((run / "camvid-native" / "metrics.json").read_text())
     assert printed["method"] == "nes"
     assert printed["miou"] == pytest.approx(cached["miou"], abs=0.01)
     assert printed["acc"] == pytest.approx(cached["acc"], abs=0.01)

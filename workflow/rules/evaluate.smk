@@ -1,27 +1,25 @@
-def eval_features(w):
-    spec = RUNS[(w.dataset, w.run)]
-    return features_path(config, w.dataset, spec["backbone"], spec["dataset_spec"]["eval_split"])
+def evaluation(w):
+    return evaluation_spec(config, RUNS[(w.dataset, w.run)], w.evaluation)
 
 
 rule evaluate:
-    """Scores of one run on the dataset's evaluation split, plus overlay panels."""
+    """Scores of one run on {evaluation} = {dataset}-{protocol}, plus overlay panels. Cached
+    features for single-pass protocols; the backbone runs live for sliding windows."""
     input:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
-        features=eval_features,
+        features=lambda w: [evaluation(w)["features"]] if evaluation(w)["features"] else [],
     output:
-        metrics=f"{RESULTS}/{{dataset}}/runs/{{run}}/metrics.json",
-        overlays=directory(f"{RESULTS}/{{dataset}}/runs/{{run}}/overlays"),
+        metrics=f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/metrics.json",
+        overlays=directory(f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/overlays"),
     params:
-        split=lambda w: RUNS[(w.dataset, w.run)]["dataset_spec"]["eval_split"],
-        crf="--crf" if config["evaluate"]["crf"] else "",
-        overlays=config["evaluate"]["overlays"],
-        run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
+        spec=lambda w: as_param(evaluation(w)),
+        run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate_{{run}}.log",
+        f"{RESULTS}/{{dataset}}/logs/evaluate_{{run}}_{{evaluation}}.log",
     threads: 2
     resources:
         mem_mb=8000,
+        gpu=lambda w: 0 if evaluation(w)["features"] else 1,
     shell:
-        "{NES} --threads {threads} evaluate --run {params.run_dir} --features {input.features} "
-        "--split {params.split} {params.crf} --overlays {params.overlays} --overlays-dir {output.overlays} "
-        "--out {output.metrics} > /dev/null 2> {log}"
+        "{NES} --threads {threads} evaluate --run {params.run_dir} --spec {params.spec:q} "
+        "--overlays-dir {output.overlays} --out {output.metrics} > /dev/null 2> {log}"

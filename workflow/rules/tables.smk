@@ -1,13 +1,14 @@
 rule table:
-    """One row per run (and CRF setting): results/{dataset}/{table}.csv and its Markdown twin."""
+    """results/{folder}/{table}.csv (mean and std over seeds), {table}_runs.csv (one row per run
+    and CRF setting) and the Markdown twin {table}.md."""
     input:
-        lambda w: [f"{RESULTS}/{s['dataset']}/runs/{s['run']}/metrics.json" for s in table_runs(config, w.table)],
+        lambda w: table_metrics(config, w.folder, w.table),
     output:
-        csv=f"{RESULTS}/{{dataset}}/{{table}}.csv",
-        md=f"{RESULTS}/{{dataset}}/{{table}}.md",
-    wildcard_constraints:
-        table="|".join(config["tables"]) or "none",
+        csv=f"{RESULTS}/{{folder}}/{{table}}.csv",
+        runs=f"{RESULTS}/{{folder}}/{{table}}_runs.csv",
+        md=f"{RESULTS}/{{folder}}/{{table}}.md",
     log:
-        f"{RESULTS}/{{dataset}}/logs/{{table}}.log",
+        f"{RESULTS}/{{folder}}/logs/{{table}}.log",
+    localrule: True
     shell:
         "{NES} table --out {output.csv} {input} > /dev/null 2> {log}"

@@ -14,7 +14,7 @@ rule train:
         run="nes-.+",
     params:
         spec=lambda w: as_param(run_spec(w)),
-        run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
+        run_dir=lambda w: run_dir(config, run_spec(w)),
     log:
         f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
     threads: 2
@@ -45,7 +45,7 @@ rule fit_kmeans:
         run="(kmeans|nes_star)-.+",
     params:
         spec=lambda w: as_param(run_spec(w)),
-        run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
+        run_dir=lambda w: run_dir(config, run_spec(w)),
     log:
         f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
     threads: 2
