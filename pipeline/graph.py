@@ -65,26 +65,48 @@ def build_kernel(high: torch.Tensor, pixels: torch.Tensor, k: int = 256, alpha: 
 def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k cosine neighbours of every row among the other rows: (values, indices), each (N, k).
 
-    FAISS exact inner-product search on the CPU; chunked matmul + topk on a GPU tensor.
+    FAISS exact inner-product search (on the GPU with faiss-gpu for a GPU tensor); chunked
+    matmul + topk for a GPU tensor without faiss-gpu.
     """
     n = feats.shape[0]
     k = min(k, n - 1)
     x = torch.nn.functional.normalize(feats, dim=1)
-    if x.is_cuda:
+    if x.is_cuda and not faiss_gpus():
         vals, idx = _knn_torch(x, k + 1)
     else:
         import faiss
 
         index = faiss.IndexFlatIP(x.shape[1])
-        xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        if x.is_cuda:
+            index = faiss.index_cpu_to_gpu(_gpu_resources(), x.device.index or 0, index)
+        xn = np.ascontiguousarray(x.float().cpu().numpy(), dtype=np.float32)
         index.add(xn)
         v, i = index.search(xn, k + 1)
-        vals, idx = torch.from_numpy(v), torch.from_numpy(i).long()
+        vals, idx = torch.from_numpy(v).to(x.device), torch.from_numpy(i).long().to(x.device)
     # drop self: it is normally the first hit, but duplicates may displace it
     rows = torch.arange(n, device=idx.device).unsqueeze(1)
     vals = vals.masked_fill(idx == rows, float("-inf"))
     vals, order = vals.topk(k, dim=1)
     return vals, idx.gather(1, order)
+
+
+def faiss_gpus() -> int:
+    """GPUs FAISS can use: 0 with faiss-cpu."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+_GPU_RESOURCES = None
+
+
+def _gpu_resources():
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:
+        import faiss
+
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    return _GPU_RESOURCES
 
 
 def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

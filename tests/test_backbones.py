@@ -71,3 +71,37 @@ def test_lite0_features_carry_semantics_unlike_random_weights(lite0, lite0_spec,
     random_net = Backbone(BackboneSpec.from_config({**lite0_spec, "weights": "random"}))
     real, rand = _token_probe(lite0, camvid_val), _token_probe(random_net, camvid_val)
     assert real > 0.6 and real > rand + 0.1, (real, rand)
+
+
+def test_dino_high_level_features_are_the_last_blocks_attention_keys(tmp_path):
+    from fixtures import TINY_VIT_ARGS, write_tiny_vit
+
+    path = write_tiny_vit(tmp_path / "dino.pth", "vit_small_patch16_224")
+    backbone = Backbone(BackboneSpec(model="vit_small_patch16_224", kind="vit", weights=str(path), stride=16,
+                                     high_level="keys", model_args=TINY_VIT_ARGS))
+    x = torch.randn(2, 3, 48, 64)
+    high, inp = backbone(x)
+    # reference: the last block's input, its first LayerNorm, the k third of qkv, patch tokens only
+    net, seen = backbone.net, {}
+    handle = net.blocks[-1].norm1.register_forward_hook(lambda m, a, out: seen.setdefault("normed", out))
+    net.forward_features(x)
+    handle.remove()
+    qkv = net.blocks[-1].attn.qkv(seen["normed"])
+    keys = qkv[..., 48:96][:, net.num_prefix_tokens:]
+    assert high.shape == (2, 48, 3, 4) and inp.shape == (2, 3 * 48, 3, 4)
+    torch.testing.assert_close(high.flatten(2).transpose(1, 2), keys)
+    assert not torch.allclose(high, inp[:, 96:])  # not the final-norm tokens
+
+
+def test_clip_patch14_tower_on_a_grid_of_14(tmp_path):
+    from fixtures import TINY_VIT_ARGS, write_tiny_vit
+
+    path = write_tiny_vit(tmp_path / "clip.pth", "vit_large_patch14_clip_336.openai")
+    backbone = Backbone(BackboneSpec(model="vit_large_patch14_clip_336.openai", kind="vit", weights=str(path), stride=14,
+                                     model_args=TINY_VIT_ARGS))
+    crops = list(torch.randint(0, 255, (1, 3, 60, 90), dtype=torch.uint8))
+    x = normalise_batch(backbone, crops)
+    assert x.shape[-2:] == (70, 98) and backbone.grid_for(60, 90) == (5, 7)
+    high, inp = backbone(x)
+    assert high.shape == (1, 48, 5, 7) and inp.shape == (1, 144, 5, 7)
+    torch.testing.assert_close(backbone.mean.flatten(), torch.tensor([0.4815, 0.4578, 0.4082]), atol=1e-4, rtol=0)

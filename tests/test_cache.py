@@ -76,3 +76,34 @@ def test_pixel_colours_undo_any_normalisation():
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     pix = pixel_vectors((image - mean) / std, mean, std, (4, 4))
     torch.testing.assert_close(pix[:, :3], torch.full((1, 3, 4, 4), 0.25))
+
+
+def test_sharded_extraction_equals_one_job(tmp_path):
+    """Shards (one job each) read back as one cache identical to a single-job extraction,
+    augmented views included; a changed shard count drops the stale shards."""
+    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
+    from pipeline.backbones import Backbone, BackboneSpec
+    from pipeline.datasets import load_dataset
+
+    root = write_pascal(tmp_path / "pascal", n_train=5)
+    ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "train")
+    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
+                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    view = View.from_config({"mode": "centre_crop", "short_side": 72, "crop": 64})
+    extract_split(ds, backbone, tmp_path / "one.zarr", view, views=2, batch_size=3, seed=1)
+    for shard in range(3):
+        extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(shard, 3))
+    one, sharded = FeatureCache(tmp_path / "one.zarr"), FeatureCache(tmp_path / "sharded.zarr")
+    assert len(sharded.shards) == 3 and len(sharded) == len(one) == 10
+    np.testing.assert_array_equal(one.image_index, sharded.image_index)
+    np.testing.assert_array_equal(one.view, sharded.view)
+    items = np.array([9, 0, 4, 5, 3])  # any order, across shards
+    a, b = one.read(items), sharded.read(items)
+    for name in ("high", "input", "pixels"):
+        np.testing.assert_array_equal(a[name], b[name])
+    assert one.ids == sharded.ids and one.grid == (4, 4)
+    # a shard missing: refused by name; re-sharding removes the old shards
+    extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2))
+    with pytest.raises(InputError, match="do not form one complete set"):
+        FeatureCache(tmp_path / "sharded.zarr")
+    assert sorted(p.name for p in (tmp_path / "sharded.zarr").iterdir() if p.is_dir()) == ["shard-0-of-2"]
