@@ -115,10 +115,18 @@ def live_predictions(model: RunModel, backbone: Backbone, dataset: Dataset, view
 
 
 def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction], view: View,
-             crf: bool = False, overlay_dir: Path | None = None, n_overlays: int = 4) -> dict[str, Any]:
+             crf: bool = False, overlay_dir: Path | None = None, n_overlays: int = 4,
+             crf_workers: int | None = None) -> dict[str, Any]:
+    """One pass over the split; the dense CRF (when on) runs in `crf_workers` processes (default:
+    torch's thread count) while the next images are predicted."""
     k, c = model.num_clusters, dataset.num_classes
     conf = np.zeros((k, c), dtype=np.int64)
     conf_crf = np.zeros((k, c), dtype=np.int64) if crf else None
+    crf_pool = None
+    if crf:
+        from .crf import CRFPool
+
+        crf_pool = CRFPool(crf_workers or torch.get_num_threads())
     kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     started = time.time()
     bar = tqdm(total=len(dataset), desc=f"evaluate {model.method}", unit="img")
@@ -129,14 +137,15 @@ def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction
             raise ValueError(f"prediction {tuple(logits.shape[-2:])} and label {label.shape} differ for {dataset.samples[image_idx].id}")
         clusters = logits.argmax(0).cpu().numpy()
         conf += M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
-        if conf_crf is not None:
-            from .crf import dense_crf
-
-            refined = dense_crf(logits.softmax(0).cpu().numpy(), np.ascontiguousarray(image))
-            conf_crf += M.confusion_matrix(refined, label, k, c, dataset.ignore_index)
+        if crf_pool is not None:
+            for lab, refined in crf_pool.submit(label, logits.softmax(0).cpu().numpy(), np.ascontiguousarray(image)):
+                conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
         if len(kept) < n_overlays:
             kept.append((image_idx, image, label, clusters))
         bar.update(1)
+    if crf_pool is not None:
+        for lab, refined in crf_pool.finish():
+            conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
     bar.close()
     result = summarise(conf, dataset.class_names)
     result.update(num_images=len(dataset), seconds=round(time.time() - started, 2))

@@ -38,24 +38,37 @@ def resolved_beta(train_cfg: dict[str, Any]) -> float:
     return float(beta) if beta is not None else default_beta(int(train_cfg["K"]))
 
 
+def epoch_schedule(image_index: np.ndarray, batch: int, epochs: int, generator: torch.Generator) -> list[tuple[int, np.ndarray]]:
+    """(epoch, items) per step. An epoch visits every image once, in a seeded random order and in
+    one of its cached views drawn at random: the paper's fresh augmentation per epoch, from the
+    views cached at extraction. Full batches only (the kernel wants B images)."""
+    order = np.argsort(image_index, kind="stable")
+    images, starts, counts = np.unique(image_index[order], return_index=True, return_counts=True)
+    steps_per_epoch = max(1, len(images) // batch)
+    schedule = []
+    for epoch in range(epochs):
+        perm = torch.randperm(len(images), generator=generator).numpy()
+        pick = (torch.rand(len(images), generator=generator).numpy() * counts).astype(np.int64)
+        items = order[starts + pick][perm]
+        schedule += [(epoch, items[b * batch:(b + 1) * batch]) for b in range(steps_per_epoch)]
+    return schedule
+
+
 def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: torch.device) -> RunModel:
     cfg = spec["train"]
     generator = seed_everything(int(spec["seed"]))
     psi = build_psi(cache.dim("input"), cfg).to(device)
     optimiser = torch.optim.Adam(psi.parameters(), lr=float(cfg["lr"]))
     beta = resolved_beta(cfg)
-    n_items, batch = len(cache), int(cfg["batch_size"])
-    steps_per_epoch = max(1, n_items // batch)  # full batches only: the kernel wants B images
-    total = steps_per_epoch * int(cfg["epochs"])
+    batch = int(cfg["batch_size"])
+    schedule = epoch_schedule(cache.image_index, batch, int(cfg["epochs"]), generator)
+    total = len(schedule)
     pixel_knn = [tuple(p) for p in cfg["pixel_knn"]]
-    log.info("training psi: %d items, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
-             n_items, total, cfg["K"], beta, cfg["alpha"], cfg["knn_k"], sum(p.numel() for p in psi.parameters()))
+    log.info("training psi: %d items of %d images, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
+             len(cache), len(np.unique(cache.image_index)), total, cfg["K"], beta, cfg["alpha"], cfg["knn_k"],
+             sum(p.numel() for p in psi.parameters()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    schedule = []  # (epoch, items) for every step, from one seeded permutation per epoch
-    for epoch in range(int(cfg["epochs"])):
-        order = torch.randperm(n_items, generator=generator).numpy()
-        schedule += [(epoch, order[b * batch:(b + 1) * batch]) for b in range(steps_per_epoch)]
     rows = []
     started = time.time()
     bar = tqdm(total=total, desc=f"train {spec['run']}", unit="step")

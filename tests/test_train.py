@@ -38,3 +38,20 @@ def test_cosine_schedule_end_points():
     assert cosine(0, 100, 1.0, 0.3) == pytest.approx(1.0)
     assert cosine(50, 100, 1.0, 0.3) == pytest.approx(0.65)
     assert cosine(100, 100, 1.0, 0.3) == pytest.approx(0.3)
+
+
+def test_an_epoch_visits_every_image_once_in_one_of_its_views():
+    from pipeline.train import epoch_schedule
+
+    image_index = np.repeat(np.arange(10), 3)  # 10 images x 3 cached views, items 3i..3i+2
+    schedule = epoch_schedule(image_index, batch=4, epochs=5, generator=torch.Generator().manual_seed(0))
+    assert len(schedule) == 5 * 2 and [e for e, _ in schedule[:3]] == [0, 0, 1]
+    views_seen = set()
+    for epoch in range(5):
+        items = np.concatenate([b for e, b in schedule if e == epoch])
+        assert len(np.unique(image_index[items])) == len(items) == 8  # no image twice in an epoch
+        views_seen |= set(items % 3)
+    assert views_seen == {0, 1, 2}
+    one_view = epoch_schedule(np.arange(7), batch=3, epochs=1, generator=torch.Generator().manual_seed(0))
+    items = np.concatenate([b for _, b in one_view])
+    assert len(one_view) == 2 and len(set(items)) == 6 and set(items) <= set(range(7))
