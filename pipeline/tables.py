@@ -44,7 +44,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Methods as rows; backbone and swept parameters as leading columns only where they vary."""
-    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta") if table[c].nunique(dropna=False) > 1]
+    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta") if table[c].nunique() > 1]
     header = [*varying, "method", "CRF", "seeds", "Acc", "mIoU", "mIoU (Hungarian)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
