@@ -24,6 +24,7 @@ from . import metrics as M
 from .backbones import Backbone, BackboneSpec
 from .cache import FeatureCache
 from .datasets import Dataset
+from .errors import InputError
 from .features import encode_crops
 from .models import RunModel
 from .views import View
@@ -59,6 +60,12 @@ def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, v
     items = cache.plain_items()
     if len(items) != len(dataset) or cache.ids != [s.id for s in dataset.samples]:
         raise ValueError(f"{cache.path}: cached images do not match dataset {dataset.name}/{dataset.split}; re-extract")
+    geometry = ("mode", "size", "short_side", "crop", "interpolation")
+    cached = {k: cache.attrs.get("view_spec", {}).get(k) for k in geometry}
+    wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ((k, getattr(view, k)) for k in geometry)}
+    if cached != wanted:
+        raise InputError(f"{cache.path}: cached for view {cached}, but evaluation asks for {wanted}; "
+                         "use a cache of the same view or run the backbone live (no --features)")
     input_size = tuple(cache.attrs["input_size"])
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]

@@ -102,6 +102,11 @@ def test_sharded_extraction_equals_one_job(tmp_path):
     for name in ("high", "input", "pixels"):
         np.testing.assert_array_equal(a[name], b[name])
     assert one.ids == sharded.ids and one.grid == (4, 4)
+    # evaluation refuses a cache of another view instead of scoring misaligned predictions
+    from pipeline.evaluate import cached_predictions
+
+    with pytest.raises(InputError, match="cached for view"):
+        next(cached_predictions(None, one, ds, View("resize", (64, 64)), 16, 4, torch.device("cpu")))
     # a shard missing: refused by name; re-sharding removes the old shards
     extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2))
     with pytest.raises(InputError, match="do not form one complete set"):
