@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-tables bench clean-results
+.PHONY: install demo test bench clean-results
 
 install: $(STAMP)
 
@@ -22,9 +22,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
-
-test-tables: $(STAMP)  # every paper table end to end on fixture datasets (slow)
-	$(BIN)/python -m pytest -q -m slow tests/test_paper_tables.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/kernel_step.py

@@ -10,7 +10,7 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 from pipeline.plan import (all_runs, all_tables, as_param, evaluation_spec, extraction_spec, run_dir,
-                           shard_count, table_metrics)
+                           segmentation_config, segmentation_outputs, shard_count, source_spec, table_metrics)
 
 RESULTS = config["results"]
 # the package runs under the interpreter that runs Snakemake: no activated venv needed
@@ -35,6 +35,7 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/segment.smk"
 
 
 rule all:
@@ -48,3 +49,9 @@ rule all_tables:
     """Every table of the config (the paper's need their datasets and, realistically, a GPU)."""
     input:
         [f"{RESULTS}/{f}/{t}.csv" for f, t in TABLES],
+
+
+rule all_segmentations:
+    """Every entry of `segmentations` (segment a dataset split with trained runs)."""
+    input:
+        [out for name in config.get("segmentations") or {} for out in segmentation_outputs(config, name)],

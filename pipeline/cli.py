@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .errors import InputError
 
 log = logging.getLogger("nes")
@@ -51,15 +53,6 @@ def cmd_fit(args: argparse.Namespace) -> None:
     fit_run(json.loads(args.spec), Path(args.run_dir))
 
 
-def default_view(model) -> dict:
-    """The view a run segments or evaluates with when none is given: its training view, with a
-    centre crop turned into sliding windows of the same crop so nothing is cut off."""
-    view = dict(model.config["dataset_spec"]["train_view"])
-    if view["mode"] == "centre_crop":
-        view.update(mode="sliding", stride=max(1, int(view["crop"]) * 2 // 3))
-    return view
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_dataset
     from .evaluate import backbone_for, cached_predictions, evaluate, live_predictions
@@ -67,6 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .models import RunModel
     from .plan import resolved_beta
     from .runtime import resolve_device, write_json_atomic
+    from .segmenter import ClassMapping, default_view
     from .views import View
 
     model = RunModel.load(Path(args.run))
@@ -105,6 +99,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "seed": cfg["seed"], "split": spec["split"], **result}
     if args.out:
         write_json_atomic(Path(args.out), full)
+    if args.report:
+        from .report import write_report
+
+        if not args.out:
+            raise InputError("--report needs --out (the report is written beside metrics.json)")
+        write_report(Path(args.out).parent, full, Path(args.compare) if args.compare else None)
+    if args.mapping_out:
+        ClassMapping.from_metrics(full, f"{cfg['run']} on {dataset.name}/{spec['split']} ({spec['protocol']})").save(Path(args.mapping_out))
     brief = {k: full[k] for k in ("method", "acc", "miou", "miou_hungarian", "per_class_iou")}
     print(json.dumps(brief))
 
@@ -116,36 +118,72 @@ def cmd_table(args: argparse.Namespace) -> None:
     print(df.to_string(index=False))
 
 
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their images (sorted), anything else as a glob pattern."""
+    import glob
+
+    from .datasets.base import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists() or not glob.has_magic(item):
+            paths.append(p)  # a missing file is reported by name with the unreadable ones
+        else:
+            paths += sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+    return paths
+
+
 def cmd_segment(args: argparse.Namespace) -> None:
     from PIL import Image
+    from tqdm import tqdm
 
     from .datasets import read_rgb
-    from .evaluate import backbone_for, image_logits
-    from .models import RunModel
-    from .runtime import resolve_device
-    from .views import View
-    from .visualise import blend, colourise, palette, save_labels
+    from .segmenter import UNMATCHED, Segmenter
+    from .visualise import blend, colourise, palette, save_heatmaps, save_labels, with_legend
 
-    model = RunModel.load(Path(args.run))
-    device = resolve_device(args.device)
-    backbone = backbone_for(model).to(device)
-    model = model.to(device)
-    view = View.from_config(json.loads(args.view) if args.view else default_view(model), "--view")
-    colours = palette(model.num_clusters)
+    mapping = {"auto": "auto", "none": None}.get(args.mapping, args.mapping)
+    seg = Segmenter.from_run(args.run, device=args.device, view=json.loads(args.view) if args.view else None,
+                             mapping=mapping, batch_size=1)
+    if args.eigenfunctions and seg.model.method != "nes":
+        raise InputError(f"--eigenfunctions: {args.run} is a {seg.model.method} run; eigenfunction maps need a nes run")
+    if seg.mapping is not None:
+        names, colours = seg.mapping.class_names, palette(len(seg.mapping.class_names))
+        log.info("class ids from %s", seg.mapping.source)
+    else:
+        names, colours = [f"cluster {k}" for k in range(seg.num_clusters)], palette(seg.num_clusters)
+    if args.dataset:
+        from .datasets import load_dataset
+
+        images = [sample.image_path for sample in load_dataset(json.loads(args.dataset), args.split).samples]
+    else:
+        images = expand_inputs(args.images)
+    if not images:
+        raise InputError(f"no images found in {' '.join(args.images) or args.dataset}")
     out = Path(args.out)
     failed = []
-    for path in map(Path, args.images):
+    for path in tqdm(images, desc="segment", unit="img"):
         try:
             image = read_rgb(path)
         except InputError as exc:
-            log.error("%s", exc)
+            log.error("skipped: %s", exc)
             failed.append(str(path))
             continue
-        clusters = image_logits(model, backbone, [image], view, device)[0].argmax(0).cpu().numpy()
-        save_labels(clusters, out / f"{path.stem}_labels.png")
-        Image.fromarray(blend(image, colourise(clusters, colours))).save(out / f"{path.stem}_overlay.png")
-    done = len(args.images) - len(failed)
-    print(json.dumps({"segmented": done, "failed": failed, "out": str(out)}))
+        logits = seg.predict_logits(image)
+        labels = seg.labels_from_logits(logits)
+        save_labels(labels, out / f"{path.stem}_labels.png")
+        present = [i for i in np.unique(labels) if i != UNMATCHED]
+        overlay = with_legend(blend(image, colourise(np.where(labels == UNMATCHED, -1, labels), colours)), present, names, colours)
+        Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
+        if args.eigenfunctions:
+            maps = seg.eigenfunction_maps(logits, args.eigenfunctions)
+            save_heatmaps(maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], out / f"{path.stem}_eigenfunctions.png")
+    summary = {"segmented": len(images) - len(failed), "skipped": len(failed), "failed": failed, "out": str(out),
+               "labels": "classes" if seg.mapping is not None else "clusters"}
+    log.info("segmented %d image(s), skipped %d", summary["segmented"], summary["skipped"])
+    print(json.dumps(summary))
     if failed:
         raise SystemExit(1)
 
@@ -194,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the full metrics JSON here (nothing is written otherwise)")
     s.add_argument("--overlays-dir", help="write image / ground truth / prediction panels here")
     s.add_argument("--overlays", type=int, default=4, help="how many panels")
+    s.add_argument("--report", action="store_true", help="also write report.md and its figures beside --out")
+    s.add_argument("--compare", help="an evaluation folder of a K-means run: its sample predictions join the report")
+    s.add_argument("--mapping-out", help="write the cluster -> class mapping (majority vote) as JSON for `nes segment --mapping`")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_evaluate)
@@ -208,12 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dest", default="data/camvid")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("segment", help="segment images with a trained run: label PNG + overlay per image")
-    s.add_argument("--run", required=True)
-    s.add_argument("--out", required=True)
+    s = sub.add_parser("segment", help="segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image")
+    s.add_argument("--run", required=True, help="run directory (holds model.pt)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--mapping", default="auto",
+                   help="auto: class ids from the run's evaluation when it has one; none: cluster ids; "
+                        "or a JSON file from `nes evaluate --mapping-out` (or a metrics.json)")
+    s.add_argument("--eigenfunctions", type=int, default=0, metavar="N", help="also write the first N eigenfunctions as heat maps (nes runs)")
     s.add_argument("--device", default="auto")
     s.add_argument("--view", help="view as JSON (default: the run's training view, centre crops as sliding windows)")
-    s.add_argument("images", nargs="+")
+    s.add_argument("--dataset", help="segment a dataset split instead: its config entry as JSON (the workflow passes it)")
+    s.add_argument("--split", default="val", help="the split of --dataset")
+    s.add_argument("images", nargs="*", help="image files, folders of images, or glob patterns (quoted)")
     s.set_defaults(func=cmd_segment)
     return p
 

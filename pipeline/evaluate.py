@@ -155,7 +155,7 @@ def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction
             conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
     bar.close()
     result = summarise(conf, dataset.class_names)
-    result.update(num_images=len(dataset), seconds=round(time.time() - started, 2))
+    result.update(num_images=len(dataset), seconds=round(time.time() - started, 2), confusion=conf.tolist())
     if conf_crf is not None:
         result["crf"] = summarise(conf_crf, dataset.class_names)
     if overlay_dir is not None and kept:
@@ -180,12 +180,23 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
 
 
 def write_overlays(kept, mapping: np.ndarray, dataset: Dataset, out_dir: Path) -> None:
+    """A panel per sample image (image / ground truth / prediction / overlay), plus the pieces
+    under samples/ ({id}_image.png, {id}_truth.png and {id}_prediction.png as class ids, 255 =
+    ignore or unmatched) that reports combine across runs."""
+    from PIL import Image
+
     colours = palette(max(dataset.num_classes, 1))
     for image_idx, image, label, clusters in kept:
-        pred = colourise(M.remap(clusters, mapping), colours)
+        sample_id = dataset.samples[image_idx].id
+        mapped = M.remap(clusters, mapping)
+        pred = colourise(mapped, colours)
         gt = colourise(np.where(label == dataset.ignore_index, -1, label), colours)
         save_panel([image, gt, pred, blend(image, pred)], ["image", "ground truth", "prediction (majority vote)", "overlay"],
-                   out_dir / f"{dataset.samples[image_idx].id}.png")
+                   out_dir / f"{sample_id}.png")
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(out_dir / "samples" / f"{sample_id}_image.png")
+        Image.fromarray(np.where(label == dataset.ignore_index, 255, label).astype(np.uint8)).save(out_dir / "samples" / f"{sample_id}_truth.png")
+        Image.fromarray(np.where(mapped < 0, 255, mapped).astype(np.uint8)).save(out_dir / "samples" / f"{sample_id}_prediction.png")
 
 
 def backbone_for(model: RunModel) -> Backbone:

@@ -119,8 +119,30 @@ def all_tables(config: dict) -> list[tuple[str, str]]:
 
 def table_runs(config: dict, folder: str, table: str) -> list[dict]:
     """All run specs of one table: its backbones x methods x seeds x sweep grid (sweeps declared
-    in config). A run that a sweep does not change (K-means vs alpha) is one run."""
-    tcfg = table_config(config, folder, table)
+    in config)."""
+    return grid_runs(config, table_config(config, folder, table))
+
+
+def segmentation_config(config: dict, name: str) -> dict:
+    entries = config.get("segmentations") or {}
+    if name not in entries:
+        raise InputError(f"segmentations: no entry {name!r} in the config (have: {', '.join(entries) or 'none'})")
+    merged = {"methods": ["nes"], "seeds": [0], **entries[name]}
+    merged.setdefault("dataset", name)
+    merged.setdefault("split", dataset_spec(config, merged["dataset"])["eval_split"])
+    if not merged.get("backbones"):
+        raise InputError(f"segmentations.{name}: needs backbones")
+    return merged
+
+
+def segmentation_outputs(config: dict, name: str) -> list[str]:
+    """One folder of label PNGs, overlays (and eigenfunction maps) per run of the entry."""
+    return [f"{run_dir(config, spec)}/segment" for spec in grid_runs(config, segmentation_config(config, name))]
+
+
+def grid_runs(config: dict, tcfg: dict) -> list[dict]:
+    """Backbones x methods x seeds x sweep values; a run that a sweep does not change (K-means
+    vs alpha) is one run."""
     sweep = tcfg.get("sweep") or {}
     keys = list(sweep)
     specs: dict[str, dict] = {}
@@ -196,8 +218,10 @@ def evaluation_spec(config: dict, spec: dict, evaluation: str) -> dict:
 def all_runs(config: dict) -> dict[tuple[str, str], dict]:
     """(dataset, run id) -> spec over every table; one run shared by several tables is one job."""
     runs: dict[tuple[str, str], dict] = {}
-    for folder, table in all_tables(config):
-        for spec in table_runs(config, folder, table):
+    grids = [table_config(config, folder, table) for folder, table in all_tables(config)]
+    grids += [segmentation_config(config, name) for name in config.get("segmentations") or {}]
+    for grid in grids:
+        for spec in grid_runs(config, grid):
             key = (spec["dataset"], spec["run"])
             if key in runs and runs[key] != spec:
                 raise InputError(f"tables: run {spec['run']} is declared twice with different parameters "

@@ -119,22 +119,110 @@ def test_cli_evaluate_on_live_features_matches_the_workflow(workflow):
     assert sorted(p.name for p in run.iterdir()) == before  # wrote nothing
 
 
-def test_cli_segment_writes_labels_and_overlays_and_names_bad_files(workflow, tmp_path):
-    run = next((workflow["results"] / "camvid" / "runs").glob("kmeans-*"))
+def segment(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", "segment", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_segment_folder_with_a_corrupt_file(workflow, tmp_path):
+    """Folders and globs in; a corrupt file is skipped by name, the others are written, exit 1;
+    cluster ids without a mapping, class ids (with a legend) through the run's evaluation."""
+    run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
     images = sorted((workflow["camvid_root"] / "val").glob("*.png"))[:2]
-    corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(b"\x89PNG broken")
-    out = tmp_path / "seg"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "segment", "--run", str(run), "--out", str(out),
-                             *map(str, images), str(corrupt)], capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "corrupt.png" in result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["segmented"] == 2 and summary["failed"] == [str(corrupt)]
+    folder = tmp_path / "in"
+    folder.mkdir()
     for image in images:
-        labels = np.asarray(Image.open(out / f"{image.stem}_labels.png"))
-        overlay = np.asarray(Image.open(out / f"{image.stem}_overlay.png"))
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
+    clusters_out, classes_out = tmp_path / "clusters", tmp_path / "classes"
+    result = segment("--run", run, "--out", clusters_out, "--mapping", "none", "--eigenfunctions", 3, folder)
+    assert result.returncode == 1 and "corrupt.png" in result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == {"segmented": 2, "skipped": 1, "failed": [str(folder / "corrupt.png")], "out": str(clusters_out),
+                       "labels": "clusters"}
+    result = segment("--run", run, "--out", classes_out, str(folder / "0*.png"))  # a glob: the good files only
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["labels"] == "classes"
+    for image in images:
         original = np.asarray(Image.open(image).convert("RGB"))
-        assert labels.shape == original.shape[:2] and overlay.shape == original.shape
-        assert labels.max() < 8 and len(np.unique(labels)) > 1
-        assert np.abs(overlay.astype(int) - original).mean() > 5
+        clusters = np.asarray(Image.open(clusters_out / f"{image.stem}_labels.png"))
+        classes = np.asarray(Image.open(classes_out / f"{image.stem}_labels.png"))
+        assert clusters.shape == classes.shape == original.shape[:2]
+        assert clusters.max() < 8 and len(np.unique(clusters)) > 1 and classes.max() < 11
+        mapping = np.array(json.loads((run / "camvid-native" / "metrics.json").read_text())["mapping"])
+        np.testing.assert_array_equal(classes, mapping[clusters])  # same clusters, mapped to classes
+        overlay = np.asarray(Image.open(classes_out / f"{image.stem}_overlay.png"))
+        assert overlay.shape[0] == original.shape[0] and overlay.shape[1] > original.shape[1]  # legend on the right
+        assert np.abs(overlay[:, :original.shape[1]].astype(int) - original).mean() > 5
+        heat = Image.open(clusters_out / f"{image.stem}_eigenfunctions.png")
+        assert heat.size == (3 * 240, 180 + 18)
+
+
+def test_segmenter_predicts_what_evaluation_scores(workflow):
+    """The Python API gives the evaluation path's logits (singly or batched) and its class map."""
+    from pipeline.datasets import load_dataset
+    from pipeline.evaluate import live_predictions
+    from pipeline.segmenter import Segmenter
+    from pipeline.views import View
+
+    run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
+    seg = Segmenter.from_run(run, device="cpu")
+    ds = load_dataset({"name": "camvid", "adapter": "camvid", "data_root": str(workflow["camvid_root"]), "max_images": 3}, "val")
+    view = View.from_config({"mode": "resize", "size": [360, 480]})
+    live = dict(live_predictions(seg.model, seg.backbone, ds, view, 2, torch.device("cpu")))
+    images = [ds.load_image(i) for i in range(3)]
+    logits = seg.predict_logits(images)  # a batch
+    for i, image in enumerate(images):
+        torch.testing.assert_close(logits[i], live[i], rtol=0, atol=0)
+        torch.testing.assert_close(seg.predict_logits(image), live[i], rtol=0, atol=0)  # one image
+        labels = seg.predict(image)
+        np.testing.assert_array_equal(labels, seg.mapping.mapping[live[i].argmax(0).numpy()])
+
+
+def test_own_images_without_labels_train_and_segment_through_the_workflow(camvid_root, tmp_path):
+    """README "Use your own images": a folder of images, no labels -> extract, train, segment."""
+    images = tmp_path / "mine"
+    images.mkdir()
+    for path in sorted((camvid_root / "val").glob("*.png"))[:4]:
+        (images / f"{path.stem}.jpg").write_bytes(path.read_bytes())  # any suffix PIL reads
+    results = tmp_path / "results"
+    cfg = {
+        "results": str(results),
+        "datasets": {"mine": {"adapter": "folder", "data_root": str(images), "train_split": "train", "eval_split": "train",
+                              "train_view": {"mode": "resize", "size": [180, 240]}}},
+        "train": {"K": 6, "epochs": 1, "batch_size": 2, "knn_k": 16, "heads": 2, "dim_head": 16},
+        "segmentations": {"mine": {"backbones": ["lite0"], "eigenfunctions": 2}},
+    }
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake("all_segmentations", "--cores", "2", "--configfile", str(tmp_path / "mine.yaml"))
+    out = results / "mine" / "runs" / "nes-lite0-K6-a0.3-b3.41333-s0" / "segment"
+    for path in sorted(images.iterdir()):
+        labels = np.asarray(Image.open(out / f"{path.stem}_labels.png"))
+        assert labels.shape == (360, 480) and labels.max() < 6  # cluster ids: nothing to map them to
+        assert Image.open(out / f"{path.stem}_eigenfunctions.png").size == (2 * 240, 180 + 18)
+        assert (out / f"{path.stem}_overlay.png").is_file()
+
+
+def test_every_evaluation_has_a_report(workflow):
+    runs = workflow["results"] / "camvid" / "runs"
+    nes = next(runs.glob("nes-*")) / "camvid-native"
+    md = (nes / "report.md").read_text()
+    assert md.startswith(f"# {nes.parent.name} on camvid (native, val)")
+    for link in ("per_class_iou.png", "confusion.png", "../loss.png", "samples.png", "overlays/"):
+        assert f"({link})" in md, link
+    metrics = json.loads((nes / "metrics.json").read_text())
+    assert f"| majority vote | {100 * metrics['acc']:.1f} | {100 * metrics['miou']:.1f} |" in md
+    conf = np.array(metrics["confusion"])
+    assert conf.shape == (8, 11) and conf.sum() > 0.9 * 360 * 480  # one image's worth at least (void excluded)
+    assert Image.open(nes / "per_class_iou.png").size[1] > 200 and Image.open(nes / "confusion.png").size[0] > 200
+    # input / ground truth / prediction / the K-means run's prediction, one row per sample image
+    assert Image.open(nes / "samples.png").size == (4 * 480, 360 + 18)
+    kmeans = next(runs.glob("kmeans-*")) / "camvid-native"
+    assert Image.open(kmeans / "samples.png").size == (3 * 480, 360 + 18)
+    assert "Training curves" not in (kmeans / "report.md").read_text()
+
+
+def test_snakemake_report_collects_the_figures(workflow, tmp_path):
+    html = tmp_path / "report.html"
+    snakemake("--report", str(html), str(workflow["results"] / "camvid" / "table1.csv"), "--configfile", str(workflow["config"]))
+    text = html.read_text(errors="ignore")
+    assert len(text) > 10_000 and "per-class IoU (camvid-native)" in text

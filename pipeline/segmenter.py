@@ -1,0 +1,143 @@
+"""Segment new images with a trained run: no eigendecomposition, no cache, nothing written.
+
+    seg = Segmenter.from_run("results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0")
+    labels = seg.predict(image)          # (H, W): class ids if the run has a mapping, else cluster ids
+    logits = seg.predict_logits(image)   # (K, H, W) at the image's size
+
+Images of any size go through the run's view: its training view, with a centre-crop training view
+turned into sliding windows of the same crop (protocol B's scheme), so nothing is cut off. The
+cluster -> class mapping comes from an evaluation of the run (its metrics.json) or a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .evaluate import backbone_for, image_logits
+from .models import RunModel
+from .runtime import resolve_device
+from .views import View
+
+UNMATCHED = 255  # label PNG value of pixels whose cluster has no class
+
+
+def default_view(model: RunModel) -> dict[str, Any]:
+    """The run's training view; a centre crop becomes sliding windows (stride 2/3 of the crop)."""
+    view = dict(model.config["dataset_spec"]["train_view"])
+    if view["mode"] == "centre_crop":
+        view.update(mode="sliding", stride=max(1, int(view["crop"]) * 2 // 3))
+    return view
+
+
+@dataclass
+class ClassMapping:
+    """Cluster -> class id (-1: unmatched), with the class names, from one evaluation."""
+
+    mapping: np.ndarray
+    class_names: list[str]
+    source: str = ""
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any], source: str = "") -> "ClassMapping":
+        return cls(np.asarray(metrics["mapping"], dtype=np.int64), list(metrics["per_class_iou"]), source)
+
+    @classmethod
+    def load(cls, path: Path) -> "ClassMapping":
+        """A mapping JSON written by `nes evaluate --mapping-out`, or an evaluation's metrics.json."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: cannot read a cluster -> class mapping ({exc})") from None
+        if "mapping" in data and "class_names" in data:
+            return cls(np.asarray(data["mapping"], dtype=np.int64), list(data["class_names"]), str(path))
+        if "mapping" in data and "per_class_iou" in data:
+            return cls.from_metrics(data, str(path))
+        raise InputError(f"{path}: expected 'mapping' and 'class_names' (or an evaluation's metrics.json)")
+
+    def save(self, path: Path) -> None:
+        from .runtime import write_json_atomic
+
+        write_json_atomic(Path(path), {"mapping": self.mapping.tolist(), "class_names": self.class_names,
+                                       "source": self.source})
+
+    def apply(self, clusters: np.ndarray) -> np.ndarray:
+        """Cluster ids -> class ids, unmatched clusters -> UNMATCHED."""
+        table = np.where(self.mapping >= 0, self.mapping, UNMATCHED)
+        return table[clusters]
+
+
+def run_mapping(run_dir: Path) -> ClassMapping | None:
+    """The mapping of the run's first evaluation (sorted by name), if it has been evaluated."""
+    for metrics in sorted(Path(run_dir).glob("*/metrics.json")):
+        return ClassMapping.from_metrics(json.loads(metrics.read_text()), str(metrics))
+    return None
+
+
+class Segmenter:
+    """A trained run (backbone + psi or centres) that maps images to cluster or class maps."""
+
+    def __init__(self, model: RunModel, view: View, mapping: ClassMapping | None = None,
+                 device: torch.device | None = None, batch_size: int = 4):
+        self.device = device or torch.device("cpu")
+        self.model = model.to(self.device)
+        self.backbone = backbone_for(model).to(self.device)
+        self.view, self.mapping, self.batch_size = view, mapping, batch_size
+        if mapping is not None and len(mapping.mapping) != model.num_clusters:
+            raise InputError(f"{mapping.source}: maps {len(mapping.mapping)} clusters, the run has {model.num_clusters}")
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str = "auto", view: dict[str, Any] | None = None,
+                 mapping: str | Path | None = "auto", batch_size: int = 4) -> "Segmenter":
+        """`mapping`: "auto" (the run's evaluation, if any), None (cluster ids), or a JSON file."""
+        model = RunModel.load(Path(run))
+        if mapping == "auto":
+            resolved = run_mapping(Path(run) if Path(run).is_dir() else Path(run).parent)
+        else:
+            resolved = ClassMapping.load(Path(mapping)) if mapping else None
+        return cls(model, View.from_config(view or default_view(model), "view"), resolved,
+                   resolve_device(device), batch_size)
+
+    @property
+    def num_clusters(self) -> int:
+        return self.model.num_clusters
+
+    def predict_logits(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor | list[torch.Tensor]:
+        """(K, H, W) float logits per HxWx3 uint8 image, at the image's own size."""
+        single = isinstance(images, np.ndarray)
+        batch = [images] if single else list(images)
+        out: list[torch.Tensor] = []
+        for start in range(0, len(batch), self.batch_size):
+            out += [t.cpu() for t in image_logits(self.model, self.backbone, batch[start:start + self.batch_size],
+                                                  self.view, self.device)]
+        return out[0] if single else out
+
+    def predict(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        """(H, W) class ids (UNMATCHED where a cluster has no class) when there is a mapping,
+        cluster ids otherwise."""
+        logits = self.predict_logits(images)
+        maps = [self.labels_from_logits(t) for t in (logits if isinstance(logits, list) else [logits])]
+        return maps if isinstance(logits, list) else maps[0]
+
+    def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """Arg-max cluster per pixel, through the mapping when there is one."""
+        clusters = logits.argmax(0).numpy()
+        return self.mapping.apply(clusters) if self.mapping is not None else clusters
+
+    def eigenfunctions(self, image: np.ndarray, n: int) -> np.ndarray:
+        """The first n of psi's outputs (the learned eigenfunctions, before the Gumbel-softmax) at
+        the image's size: (n, H, W). Only nes runs have them (nes_star's logits are centre scores)."""
+        return self.eigenfunction_maps(self.predict_logits(image), n)
+
+    def eigenfunction_maps(self, logits: torch.Tensor, n: int) -> np.ndarray:
+        """The first n eigenfunctions from already computed logits (logits = psi / tau_min)."""
+        if self.model.method != "nes":
+            raise InputError(f"{self.model.config['run']}: a {self.model.method} run has no eigenfunction outputs; use a nes run")
+        return (logits[:n] * float(self.model.config["train"]["tau_min"])).numpy()
