@@ -135,6 +135,9 @@ def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction
 
         crf_pool = CRFPool(crf_workers or torch.get_num_threads())
     kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    # sample images for panels and reports: spread evenly over the split (neighbouring video
+    # frames look alike), the same for every run
+    samples = set(np.linspace(0, len(dataset) - 1, n_overlays).round().astype(int).tolist()) if n_overlays else set()
     started = time.time()
     bar = tqdm(total=len(dataset), desc=f"evaluate {model.method}", unit="img")
     for image_idx, logits in predictions:
@@ -147,7 +150,7 @@ def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction
         if crf_pool is not None:
             for lab, refined in crf_pool.submit(label, logits.softmax(0).cpu().numpy(), np.ascontiguousarray(image)):
                 conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
-        if len(kept) < n_overlays:
+        if image_idx in samples:
             kept.append((image_idx, image, label, clusters))
         bar.update(1)
     if crf_pool is not None:

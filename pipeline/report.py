@@ -49,12 +49,13 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
 
     conf = np.asarray(metrics["confusion"], dtype=np.float64)
     rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    order = np.argsort(np.asarray(metrics["mapping"]), kind="stable")
+    used = np.flatnonzero(conf.sum(1) > 0)  # clusters no pixel fell into have no row to show
+    order = used[np.argsort(np.asarray(metrics["mapping"])[used], kind="stable")]
     names = list(metrics["per_class_iou"])
     fig, ax = plt.subplots(figsize=(2 + 0.18 * len(names), 2 + min(0.05 * len(order), 10)))
     im = ax.imshow(rows[order], aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=6)
-    ax.set_ylabel(f"{len(order)} clusters (sorted by assigned class)")
+    ax.set_ylabel(f"{len(order)} of {len(conf)} clusters in use (sorted by assigned class)")
     fig.colorbar(im, ax=ax, label="fraction of the cluster's pixels")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
