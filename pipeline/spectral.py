@@ -15,7 +15,10 @@ clustering over a dataset infeasible. Here the graph spans every token of a spli
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -34,40 +37,15 @@ def _normalised_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def dataset_knn(feats: np.ndarray, k: int, index: str = "exact", block: int = 16384, nlist: int | None = None,
-                nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def dataset_knn(feats: np.ndarray, k: int, index: str = "exact", block: int = 16384, **knn_args) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) features -> (similarities, indices), each (N, k): cosine top-k among the other
-    tokens, best first (self excluded). `index`: exact | ivf | hnsw."""
-    import faiss
-
+    tokens, best first (self excluded), in memory. `index`: exact | ivf | hnsw (`knn_args`:
+    nlist, nprobe, hnsw_m, ef_search)."""
     x = _normalised_rows(feats)
-    n, d = x.shape
-    k = min(k, n - 1)
-    if index == "exact":
-        search = faiss.IndexFlatIP(d)
-    elif index == "ivf":
-        nlist = nlist or max(1, int(4 * np.sqrt(n)))
-        quantizer = faiss.IndexFlatIP(d)
-        search = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = x[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
-        search.train(sample)
-        search.nprobe = min(nprobe, nlist)
-    elif index == "hnsw":
-        search = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        search.hnsw.efSearch = max(ef_search, k + 1)
-    else:
-        raise ValueError(f"graph index: expected exact, ivf or hnsw, got {index!r}")
-    search.add(x)
-    sims = np.empty((n, k), np.float32)
-    idx = np.empty((n, k), np.int64)
-    for start in tqdm(range(0, n, block), desc=f"k-NN ({index})", unit="block", disable=n <= block):
-        s, i = search.search(x[start:start + block], k + 1)
-        rows = np.arange(start, start + len(s))[:, None]
-        s = np.where(i == rows, -np.inf, s)  # drop self wherever it was found
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        sims[start:start + len(s)] = np.take_along_axis(s, order, 1)
-        idx[start:start + len(s)] = np.take_along_axis(i, order, 1)
-    return sims, idx
+    k = min(k, len(x) - 1)
+    search = _build_index(x, index, k, **knn_args)
+    parts = [_search_block(search, x, start, min(start + block, len(x)), k) for start in range(0, len(x), block)]
+    return np.concatenate([p[0] for p in parts]).astype(np.float32), np.concatenate([p[1] for p in parts])
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -141,3 +119,87 @@ def eigen_alignment(functions: np.ndarray, eigenvectors: np.ndarray) -> dict[str
 def spectral_embedding(vectors: np.ndarray) -> np.ndarray:
     """Rows of the eigenvector matrix, L2-normalised (Ng, Jordan and Weiss), ready for K-means."""
     return _normalised_rows(vectors)
+
+
+def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tokens: int = 200_000,
+                        approximate: str = "ivf", block: int = 16384, recall_sample: int = 1000,
+                        attrs: dict | None = None, **knn_args) -> dict:
+    """Every token's k nearest tokens over the whole split, written to a Zarr group `out` block by
+    block (resumable: a rerun with the same inputs continues after the last complete block):
+    `indices` (N, k) int32, `similarities` (N, k) float16, `degrees` (N,) float32 of the
+    symmetrised graph. Exact search up to `exact_max_tokens` tokens, `approximate` (ivf | hnsw)
+    above, with its recall@k against exact search on `recall_sample` tokens in the metadata.
+    high: (N, C) features of all tokens. Returns the group's attributes."""
+    import faiss
+    import zarr
+
+    out = Path(out)
+    x = _normalised_rows(high)
+    n, d = x.shape
+    k = min(k, n - 1)
+    index_kind = "exact" if n <= exact_max_tokens else approximate
+    meta = {"tokens": n, "dim": d, "k": k, "index": index_kind, "knn_args": knn_args, **(attrs or {})}
+    fingerprint = json.dumps(meta, sort_keys=True, default=str)
+    group = None
+    if (out / "zarr.json").exists():
+        group = zarr.open_group(str(out), mode="r+")
+        if group.attrs.get("fingerprint") != fingerprint:
+            group = None
+    if group is None:
+        shutil.rmtree(out, ignore_errors=True)
+        group = zarr.open_group(str(out), mode="w", zarr_format=3)
+        group.create_array("indices", shape=(n, k), chunks=(block, k), dtype="int32")
+        group.create_array("similarities", shape=(n, k), chunks=(block, k), dtype="float16")
+        group.attrs.update({**meta, "fingerprint": fingerprint, "n_done": 0, "complete": False})
+    if group.attrs.get("complete"):
+        return dict(group.attrs)
+    search = _build_index(x, index_kind, k, **knn_args)
+    done = int(group.attrs["n_done"])
+    for start in tqdm(range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block,
+                      total=-(-n // block)):
+        sims, idx = _search_block(search, x, start, min(start + block, n), k)
+        group["indices"][start:start + len(idx)] = idx.astype(np.int32)
+        group["similarities"][start:start + len(idx)] = sims.astype(np.float16)
+        group.attrs["n_done"] = start + len(idx)
+    if index_kind != "exact":
+        sample = np.random.default_rng(0).choice(n, min(n, recall_sample), replace=False)
+        flat = faiss.IndexFlatIP(d)
+        flat.add(x)
+        exact = np.concatenate([_search_block(flat, x, i, i + 1, k)[1] for i in sample])
+        found = group["indices"].get_orthogonal_selection((np.sort(sample),))
+        exact = exact[np.argsort(sample)]
+        group.attrs["recall_at_k"] = recall_at_k(found, exact)
+        log.info("%s index: recall@%d = %.3f on %d tokens", index_kind, k, group.attrs["recall_at_k"], len(sample))
+    adjacency = feature_adjacency(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64))
+    group.create_array("degrees", data=np.asarray(adjacency.sum(1)).ravel().astype(np.float32), overwrite=True)
+    group.attrs["complete"] = True
+    return dict(group.attrs)
+
+
+def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
+                 ef_search: int = 128):
+    import faiss
+
+    n, d = x.shape
+    if kind == "exact":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = nlist or max(1, int(4 * np.sqrt(n)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)])
+        index.nprobe = min(nprobe, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(ef_search, k + 1)
+    else:
+        raise ValueError(f"graph index: expected exact, ivf or hnsw, got {kind!r}")
+    index.add(x)
+    return index
+
+
+def _search_block(index, x: np.ndarray, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of rows start..end among the other rows, self removed, best first."""
+    s, i = index.search(x[start:end], k + 1)
+    s = np.where(i == np.arange(start, end)[:, None], -np.inf, s)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)

@@ -93,3 +93,42 @@ def test_alignment_is_one_for_the_eigenvectors_and_low_for_noise():
     assert mixed["principal_cos"] == pytest.approx(1) and mixed["matched_abs_cos"] < 0.9
     noise = eigen_alignment(rng.standard_normal((500, 6)), q)
     assert noise["principal_cos"] < 0.3
+
+
+def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch):
+    import zarr
+
+    import pipeline.spectral as spectral
+
+    x, _ = clustered(n=1500, d=16)
+    attrs = spectral.build_dataset_graph(x, tmp_path / "exact.zarr", k=8, block=400)
+    g = zarr.open_group(str(tmp_path / "exact.zarr"), mode="r")
+    sims, idx = dataset_knn(x, k=8)
+    assert attrs["index"] == "exact" and attrs["complete"] and "recall_at_k" not in attrs
+    assert (np.sort(g["indices"][:], 1) == np.sort(idx, 1)).mean() > 0.999
+    np.testing.assert_allclose(g["similarities"][:].astype(np.float32), sims, atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(g["degrees"][:], np.asarray(feature_adjacency(sims, idx).sum(1)).ravel(), rtol=2e-3)
+
+    # interrupted after two blocks: a rerun continues from there and ends with the same graph
+    real, calls = spectral._search_block, {"n": 0}
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(spectral, "_search_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        spectral.build_dataset_graph(x, tmp_path / "resumed.zarr", k=8, block=400)
+    assert zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r").attrs["n_done"] == 800
+    searched = []
+    monkeypatch.setattr(spectral, "_search_block", lambda *a: searched.append(a[2]) or real(*a))
+    spectral.build_dataset_graph(x, tmp_path / "resumed.zarr", k=8, block=400)
+    assert searched == [800, 1200]
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r")["indices"][:], g["indices"][:])
+
+    # above the exact limit the approximate index is used and its recall is recorded
+    monkeypatch.setattr(spectral, "_search_block", real)
+    approx = spectral.build_dataset_graph(x, tmp_path / "ivf.zarr", k=8, exact_max_tokens=1000, recall_sample=200)
+    assert approx["index"] == "ivf" and 0.9 <= approx["recall_at_k"] <= 1.0
