@@ -47,6 +47,21 @@ def cmd_gather(args: argparse.Namespace) -> None:
                             "grid": list(cache.grid), "high_dim": cache.dim("high"), "input_dim": cache.dim("input")})
 
 
+def cmd_graph(args: argparse.Namespace) -> None:
+    """Dataset-wide k-NN graph over every token of a cached split (rule `build_graph`)."""
+    from .fit import cache_for
+    from .runtime import write_json_atomic
+    from .spectral import build_dataset_graph
+
+    spec = json.loads(args.spec)
+    cache = cache_for(args.features)
+    high = cache.read(np.arange(len(cache)), ("high",))["high"]
+    out = Path(args.out)
+    attrs = build_dataset_graph(high.reshape(-1, high.shape[-1]), out.with_suffix(".zarr"), attrs={"features": args.features},
+                                **spec)
+    write_json_atomic(out, {k: v for k, v in attrs.items() if k != "fingerprint"})
+
+
 def cmd_fit(args: argparse.Namespace) -> None:
     from .fit import fit_run
 
@@ -211,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="manifest path {split}.json (the cache is {split}.zarr beside it)")
     s.add_argument("shards", nargs="+", help="the shards' manifests")
     s.set_defaults(func=cmd_gather)
+
+    s = sub.add_parser("graph", help="dataset-wide k-NN graph over every token of a cached split (FAISS)")
+    s.add_argument("--features", required=True, help="the cache's manifest")
+    s.add_argument("--spec", default="{}", help="graph options as JSON: k, exact_max_tokens, approximate, block, nlist, nprobe, hnsw_m, ef_search")
+    s.add_argument("--out", required=True, help="manifest path {split}.json; the graph goes to {split}.zarr")
+    s.set_defaults(func=cmd_graph)
 
     s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star) from the training cache")
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")

@@ -132,3 +132,31 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
     monkeypatch.setattr(spectral, "_search_block", real)
     approx = spectral.build_dataset_graph(x, tmp_path / "ivf.zarr", k=8, exact_max_tokens=1000, recall_sample=200)
     assert approx["index"] == "ivf" and 0.9 <= approx["recall_at_k"] <= 1.0
+
+
+def test_graph_command_on_a_cached_split(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import zarr
+
+    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
+    from pipeline.backbones import Backbone, BackboneSpec
+    from pipeline.datasets import load_dataset
+    from pipeline.features import extract_split
+    from pipeline.views import View
+
+    ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "pascal"))}, "val")
+    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
+                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    extract_split(ds, backbone, tmp_path / "features" / "val.zarr", View("resize", (48, 64)))
+    (tmp_path / "features" / "val.json").write_text("{}")
+    out = tmp_path / "graphs" / "val.json"
+    result = subprocess.run([sys.executable, "-m", "pipeline", "graph", "--features", str(tmp_path / "features" / "val.json"),
+                             "--spec", json.dumps({"k": 8, "block": 10}), "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads(out.read_text())
+    assert manifest["tokens"] == 3 * 3 * 4 and manifest["k"] == 8 and manifest["complete"] and manifest["index"] == "exact"
+    group = zarr.open_group(str(out.with_suffix(".zarr")), mode="r")
+    assert group["indices"].shape == (36, 8) and (group["degrees"][:] > 0).all()

@@ -96,6 +96,11 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     out = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
     assert jobs == {"extract_features": "1", "gather_features": "1", "evaluate": "3", "table": "1", "total": "6"}, out[-2000:]
+    # the dataset-wide graph of a cached split is one job on top of the cache
+    out = snakemake("-n", str(workflow["results"] / "camvid" / "graphs" / "lite0" / "train" / "train.json"), "--cores", "2",
+                    "--configfile", str(workflow["config"]))
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
+    assert jobs == {"build_graph": "1", "total": "1"}, out[-2000:]
     # nothing changed: nothing to do
     same = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(workflow["config"]))
     assert "Nothing to be done" in same
