@@ -62,6 +62,10 @@ def features_path(config: dict, dataset: str, backbone: str, view: str, split: s
     return f"{config['results']}/{dataset}/features/{backbone}/{view}/{split}.json"
 
 
+def graph_path(config: dict, dataset: str, backbone: str, view: str, split: str) -> str:
+    return f"{config['results']}/{dataset}/graphs/{backbone}/{view}/{split}.json"
+
+
 def shard_count(config: dict, dataset: str) -> int:
     return int(_extract_config(config, dataset).get("shards", 1))
 
@@ -87,7 +91,8 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
 def run_id(method: str, backbone: str, train: dict, seed: int) -> str:
     if method == "kmeans":
         return f"kmeans-{backbone}-K{train['K']}-s{seed}"
-    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}-s{seed}"
+    graph = "-gdataset" if train.get("graph", "batch") == "dataset" else ""  # batch graphs keep the short ids
+    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}{graph}-s{seed}"
 
 
 def resolved_beta(train: dict) -> float:
@@ -194,6 +199,8 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
     else:
         # canonical values: beta: null and beta: 0.08 at K = 256 are the same run
         spec["train"] = {**train, "beta": round(resolved_beta(train), 6), "alpha": float(train["alpha"])}
+    if method == "nes" and train.get("graph", "batch") == "dataset":
+        spec["graph"] = graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
     if method == "nes_star":
         spec["kmeans"] = config["kmeans"]
         spec["nes_run"] = run_id("nes", backbone, train, seed)

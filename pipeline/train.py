@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from .cache import FeatureCache
 from .eigenfunctions import default_beta, neuralef_objective, training_output
-from .graph import build_kernel
+from .errors import InputError
+from .graph import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .models import RunModel, build_psi
 from .runtime import save_torch_atomic, seed_everything
 
@@ -61,7 +62,17 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     optimiser = torch.optim.Adam(psi.parameters(), lr=float(cfg["lr"]))
     beta = resolved_beta(cfg)
     batch = int(cfg["batch_size"])
-    schedule = epoch_schedule(cache.image_index, batch, int(cfg["epochs"]), generator)
+    dataset_graph = None
+    if cfg.get("graph", "batch") == "dataset":
+        from .dataset_graph import DatasetGraph, neighbour_schedule
+
+        h, w = cache.grid
+        dataset_graph = DatasetGraph(Path(spec["graph"]).with_suffix(".zarr"), h * w)
+        if dataset_graph.n_items != len(cache):
+            raise InputError(f"{spec['graph']}: the graph covers {dataset_graph.n_items} items, the cache {len(cache)}; rebuild it")
+        schedule = neighbour_schedule(dataset_graph, batch, int(cfg["epochs"]), generator)
+    else:
+        schedule = epoch_schedule(cache.image_index, batch, int(cfg["epochs"]), generator)
     total = len(schedule)
     pixel_knn = [tuple(p) for p in cfg["pixel_knn"]]
     log.info("training psi: %d items of %d images, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
@@ -75,14 +86,18 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     # the next batch is read and decompressed in a thread while this one trains
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(cache.read, schedule[0][1])
-        for step, (epoch, _) in enumerate(schedule):
+        for step, (epoch, items) in enumerate(schedule):
             arrays = pending.result()
             if step + 1 < total:
                 pending = reader.submit(cache.read, schedule[step + 1][1])
             data = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
             bsz, h, w, _ = data["high"].shape
-            kernel = build_kernel(data["high"].reshape(bsz, h * w, -1), data["pixels"].reshape(bsz, h * w, 5),
-                                  k=int(cfg["knn_k"]), alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
+            if dataset_graph is None:
+                kernel = build_kernel(data["high"].reshape(bsz, h * w, -1), data["pixels"].reshape(bsz, h * w, 5),
+                                      k=int(cfg["knn_k"]), alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
+            else:
+                pixel = block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), pixel_knn)) if cfg["alpha"] else None
+                kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, float(cfg["alpha"]))
             tau = cosine(step, total, float(cfg["tau_max"]), float(cfg["tau_min"]))
             lr = cosine(step, total, float(cfg["lr"]), float(cfg["lr_min"]))
             for group in optimiser.param_groups:

@@ -3,9 +3,10 @@ def run_spec(w):
 
 
 rule train:
-    """psi by the NeuralEF objective on per-batch kernels."""
+    """psi by the NeuralEF objective on per-batch kernels (or batches of the dataset-wide graph)."""
     input:
         features=lambda w: run_spec(w)["features"],
+        graph=lambda w: [run_spec(w)["graph"]] if "graph" in run_spec(w) else [],
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
         log_csv=f"{RESULTS}/{{dataset}}/runs/{{run}}/train_log.csv",
