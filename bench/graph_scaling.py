@@ -1,0 +1,117 @@
+"""Dataset-wide k-NN graph building against the number of tokens: FAISS exact, IVF and HNSW, with
+chunked torch matmul + topk as the reference, plus exact eigsh time; a log-log plot as PNG.
+
+    python bench/graph_scaling.py --sizes 10000 30000 100000 300000 1000000 --out docs/graph_scaling.png
+
+Synthetic clustered features of ViT-S's dimension (384) stand in above CamVid's size. Recall@k of
+the approximate indexes is measured against exact search on 500 query tokens at every size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import measure  # noqa: E402
+
+from pipeline.spectral import (_build_index, _normalised_rows, _search_block, dataset_knn, degree_normalise,  # noqa: E402
+                               feature_adjacency, recall_at_k, top_eigenvectors)
+
+
+def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(10, n // 1000), d)).astype(np.float32)
+    return centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+
+
+def torch_knn(x: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
+    t = torch.from_numpy(_normalised_rows(x))
+    out = []
+    for start in range(0, len(t), block):
+        s = t[start:start + block] @ t.T
+        s[torch.arange(len(s)), torch.arange(start, start + len(s))] = -2
+        out.append(s.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--exact-max", type=int, default=100_000, help="largest N for exact FAISS")
+    p.add_argument("--torch-max", type=int, default=30_000, help="largest N for the torch reference")
+    p.add_argument("--hnsw-max", type=int, default=300_000)
+    p.add_argument("--eigsh-max", type=int, default=100_000)
+    p.add_argument("--eigsh-k", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="docs/graph_scaling.png")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    rows = []
+    for n in args.sizes:
+        x = clustered(n, args.dim)
+        xn = _normalised_rows(x)
+        queries = np.random.default_rng(1).choice(n, min(n, 500), replace=False)
+        flat = _build_index(xn, "exact", args.k)
+        truth = np.concatenate([_search_block(flat, xn, int(q), int(q) + 1, args.k)[1] for q in queries])
+        del flat
+        plans = [("torch matmul+topk", args.torch_max, None), ("faiss exact", args.exact_max, "exact"),
+                 ("faiss ivf", None, "ivf"), ("faiss hnsw", args.hnsw_max, "hnsw")]
+        for name, limit, kind in plans:
+            if limit is not None and n > limit:
+                continue
+            res: dict = {}
+            with measure(res, name):
+                idx = torch_knn(x, args.k) if kind is None else dataset_knn(x, args.k, kind)[1]
+            recall = recall_at_k(idx[queries], truth)
+            rows.append({"n": n, "method": name, "seconds": res[name]["seconds"], "peak_mb": res[name]["peak_mb"], "recall": recall})
+            print(f"N={n:>8} {name:<18} {res[name]['seconds']:8.2f} s {res[name]['peak_mb']:7.0f} MB recall@{args.k}={recall:.3f}", flush=True)
+            if kind == "exact" and n <= args.eigsh_max:
+                sims, knn = dataset_knn(x, 16)  # a sparser graph for the eigensolver
+                g = degree_normalise(feature_adjacency(sims, knn))
+                started = time.perf_counter()
+                top_eigenvectors(g, args.eigsh_k)
+                rows.append({"n": n, "method": f"eigsh top-{args.eigsh_k}", "seconds": time.perf_counter() - started,
+                             "peak_mb": float("nan"), "recall": float("nan")})
+                print(f"N={n:>8} eigsh top-{args.eigsh_k:<8} {rows[-1]['seconds']:8.2f} s", flush=True)
+    print("\n| tokens | method | seconds | peak MB | recall@k |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['recall']:.3f} |")
+    plot(rows, Path(args.out), args.k)
+
+
+def plot(rows: list[dict], path: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = [(r["n"], r["seconds"]) for r in rows if r["method"] == method]
+        ax.loglog(*zip(*pts), marker="o", label=method)
+    ns = np.array(sorted({r["n"] for r in rows}), dtype=float)
+    ax.loglog(ns, ns / ns[0] * min(r["seconds"] for r in rows if r["n"] == ns[0]), "k:", lw=0.8, label="linear")
+    ax.set_xlabel("tokens N")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"dataset-wide {k}-NN graph, 2 CPU threads")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
