@@ -21,6 +21,7 @@ import torch
 import zarr
 
 from .errors import InputError
+from .spectral import feature_adjacency
 
 
 class DatasetGraph:
@@ -51,11 +52,8 @@ class DatasetGraph:
         tokens = (np.asarray(items)[:, None] * self.hw + np.arange(self.hw)).ravel()
         local = np.full(len(self.indices), -1, dtype=np.int64)
         local[tokens] = np.arange(len(tokens))
-        cols = local[self.indices[tokens]]
-        keep = cols >= 0
-        rows = np.repeat(np.arange(len(tokens)), self.indices.shape[1])[keep.ravel()]
-        a = sp.csr_matrix((self.similarities[tokens][keep], (rows, cols[keep])), shape=(len(tokens),) * 2)
-        a = ((a + a.T) * 0.5).tocsr()
+        # neighbours outside the batch become -1: the same symmetrisation as the global graph
+        a = feature_adjacency(self.similarities[tokens], local[self.indices[tokens]])
         inv = 1.0 / np.sqrt(np.maximum(self.degrees[tokens], 1e-12))
         a = sp.diags(inv) @ a @ sp.diags(inv)
         a = a.tocsr()

@@ -130,7 +130,6 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
     symmetrised graph. Exact search up to `exact_max_tokens` tokens, `approximate` (ivf | hnsw)
     above, with its recall@k against exact search on `recall_sample` tokens in the metadata.
     high: (N, C) features of all tokens. Returns the group's attributes."""
-    import faiss
     import zarr
 
     out = Path(out)
@@ -163,8 +162,7 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
         group.attrs["n_done"] = start + len(idx)
     if index_kind != "exact":
         sample = np.random.default_rng(0).choice(n, min(n, recall_sample), replace=False)
-        flat = faiss.IndexFlatIP(d)
-        flat.add(x)
+        flat = _build_index(x, "exact", k)
         exact = np.concatenate([_search_block(flat, x, i, i + 1, k)[1] for i in sample])
         found = group["indices"].get_orthogonal_selection((np.sort(sample),))
         exact = exact[np.argsort(sample)]
