@@ -14,6 +14,9 @@ import numpy as np
 from .errors import InputError
 
 log = logging.getLogger("nes")
+# the feature graph a method's clusters come from, for the tables: psi's per-batch or dataset-wide
+# graph (train.graph), the exact eigenvectors of the evaluated split's graph, or none
+GRAPH_KIND = {"kmeans": None, "spectral": "exact"}
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -50,16 +53,44 @@ def cmd_gather(args: argparse.Namespace) -> None:
 def cmd_graph(args: argparse.Namespace) -> None:
     """Dataset-wide k-NN graph over every token of a cached split (rule `build_graph`)."""
     from .fit import cache_for
-    from .runtime import write_json_atomic
+    from .runtime import measured, write_json_atomic
     from .spectral import build_dataset_graph
 
     spec = json.loads(args.spec)
     cache = cache_for(args.features)
-    high = cache.read(np.arange(len(cache)), ("high",))["high"]
     out = Path(args.out)
-    attrs = build_dataset_graph(high.reshape(-1, high.shape[-1]), out.with_suffix(".zarr"), attrs={"features": args.features},
-                                **spec)
-    write_json_atomic(out, {k: v for k, v in attrs.items() if k != "fingerprint"})
+    with measured() as cost:
+        high = cache.read(np.arange(len(cache)), ("high",))["high"]
+        attrs = build_dataset_graph(high.reshape(-1, high.shape[-1]), out.with_suffix(".zarr"),
+                                    attrs={"features": args.features}, **spec)
+    log.info("graph of %d tokens in %.1f s, peak memory %.0f MB", attrs["tokens"], cost["wall_s"], cost["peak_rss_mb"])
+    write_json_atomic(out, {**{k: v for k, v in attrs.items() if k != "fingerprint"}, "cost": cost})
+
+
+def cmd_eigen(args: argparse.Namespace) -> None:
+    """Top-K eigenpairs of a cached split's G (rule `eigenvectors`)."""
+    from .fit import cache_for
+    from .reference import eigen_reference
+    from .spectral import write_eigen_reference
+
+    spec = json.loads(args.spec)
+    values, vectors, attrs = eigen_reference(cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), int(spec["K"]),
+                                             float(spec["alpha"]), [tuple(p) for p in spec["pixel_knn"]])
+    write_eigen_reference(Path(args.out), values, vectors, {**attrs, "features": spec["features"], "graph": spec["graph"]})
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    """Alignment of a nes run's psi with the exact eigenvectors of a split (rule `align`)."""
+    from .fit import cache_for
+    from .models import RunModel
+    from .reference import psi_alignment
+    from .runtime import write_json_atomic
+
+    spec = json.loads(args.spec)
+    model = RunModel.load(Path(args.run))
+    result = psi_alignment(model, cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), Path(spec["path"]))
+    write_json_atomic(Path(args.out), {"run": model.config.get("run"), **result})
+    print(json.dumps(result["logits"]))
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -110,8 +141,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     train = cfg["train"]
     full = {"run": cfg["run"], "method": model.method, "dataset": dataset.name, "train_dataset": cfg["dataset"],
             "protocol": spec["protocol"], "backbone": cfg["backbone"], "K": model.num_clusters,
-            "alpha": train.get("alpha"), "beta": resolved_beta(train) if model.method != "kmeans" else None,
-            "seed": cfg["seed"], "split": spec["split"], **result}
+            "alpha": train.get("alpha"), "beta": resolved_beta(train) if model.psi is not None else None,
+            "graph": GRAPH_KIND.get(model.method, train.get("graph", "batch")),
+            "seed": cfg["seed"], "split": spec["split"], "fit": model.fit, **result}
     if args.out:
         write_json_atomic(Path(args.out), full)
     if args.report:
@@ -233,7 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="manifest path {split}.json; the graph goes to {split}.zarr")
     s.set_defaults(func=cmd_graph)
 
-    s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star) from the training cache")
+    s = sub.add_parser("eigen", help="top-K eigenvectors of a cached split's graph G (the exact spectral reference)")
+    s.add_argument("--spec", required=True, help="JSON: features and graph manifests, K, alpha, pixel_knn")
+    s.add_argument("--out", required=True, help=".npz with values, vectors and attributes")
+    s.set_defaults(func=cmd_eigen)
+
+    s = sub.add_parser("align", help="alignment of a nes run's psi with a split's exact eigenvectors")
+    s.add_argument("--run", required=True, help="run directory (holds model.pt)")
+    s.add_argument("--spec", required=True, help="JSON: features and graph manifests, path of the eigenvector reference")
+    s.add_argument("--out", required=True, help="alignment JSON")
+    s.set_defaults(func=cmd_align)
+
+    s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star, spectral) from its cache")
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")
     s.add_argument("--run-dir", required=True)
     s.set_defaults(func=cmd_fit)

@@ -1,7 +1,10 @@
-"""Fitting a run of any method from the training cache (rules `train` and `fit_kmeans`)."""
+"""Fitting a run of any method (rules `train` and `fit_kmeans`): psi from the training cache,
+K-means centres on backbone or psi features, or K-means on the exact spectral embedding. Every
+model.pt records the wall time and peak memory of its fitting and of the graph it used."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +17,7 @@ import yaml
 from .cache import FeatureCache
 from .clustering import fit_kmeans
 from .models import RunModel
-from .runtime import resolve_device, save_torch_atomic
+from .runtime import measured, resolve_device, save_torch_atomic
 from .train import train_psi
 
 log = logging.getLogger(__name__)
@@ -46,11 +49,42 @@ def fit_run(spec: dict[str, Any], run_dir: Path) -> RunModel:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    cache = cache_for(spec["features"])
-    device = resolve_device(spec.get("device", "auto"))
+    with measured() as stats:
+        model = _fit(spec, run_dir)
+    model.fit = {"train": stats, **upstream_costs(spec)}
+    if "eigsh" in model.fit:  # the spectral run's training: eigendecomposition, then K-means
+        eig = model.fit.pop("eigsh")
+        model.fit["train"] = {"wall_s": round(eig["wall_s"] + stats["wall_s"], 2),
+                              "peak_rss_mb": max(eig["peak_rss_mb"], stats["peak_rss_mb"]), "eigsh_s": eig["wall_s"]}
+    save_torch_atomic(model.checkpoint(), run_dir / "model.pt")
+    log.info("fitted %s in %.1f s (peak memory %.0f MB)", spec["run"], stats["wall_s"], stats["peak_rss_mb"])
+    return model
+
+
+def upstream_costs(spec: dict[str, Any]) -> dict[str, Any]:
+    """Cost of the dataset-wide graph the run used (from its manifest) and, for spectral runs, of
+    the eigendecomposition (from the eigenvector reference)."""
+    out: dict[str, Any] = {}
+    graph = spec["eigen"]["graph"] if spec["method"] == "spectral" else spec.get("graph")
+    if graph:
+        manifest = json.loads(Path(graph).read_text())
+        out["graph"] = manifest.get("cost", {})
+    if spec["method"] == "spectral":
+        from .spectral import read_eigen_reference
+
+        out["eigsh"] = read_eigen_reference(Path(spec["eigen"]["path"]))[2]["eigsh"]
+    return out
+
+
+def _fit(spec: dict[str, Any], run_dir: Path) -> RunModel:
     method = spec["method"]
+    if method == "spectral":
+        from .reference import fit_spectral
+
+        return fit_spectral(spec)
+    cache = cache_for(spec["features"])
     if method == "nes":
-        return train_psi(cache, spec, run_dir, device)
+        return train_psi(cache, spec, run_dir, resolve_device(spec.get("device", "auto")))
     km = spec["kmeans"]
     k = int(spec["train"]["K"])
     if method == "kmeans":
@@ -58,8 +92,8 @@ def fit_run(spec: dict[str, Any], run_dir: Path) -> RunModel:
             return F.normalize(torch.from_numpy(d["high"]).flatten(0, 2), dim=1).numpy()
 
         points = sample_tokens(cache, embed, ("high",), int(km["max_points"]), int(spec["seed"]))
-        model = RunModel("kmeans", spec, centres=torch.from_numpy(fit_kmeans(points, k, int(spec["seed"]), int(km["niter"]))))
-    elif method == "nes_star":
+        return RunModel("kmeans", spec, centres=torch.from_numpy(fit_kmeans(points, k, int(spec["seed"]), int(km["niter"]))))
+    if method == "nes_star":
         nes = RunModel.load(run_dir.parent / spec["nes_run"])
 
         @torch.no_grad()
@@ -70,8 +104,5 @@ def fit_run(spec: dict[str, Any], run_dir: Path) -> RunModel:
 
         points = sample_tokens(cache, embed, ("input",), int(km["max_points"]), int(spec["seed"]))
         centres = torch.from_numpy(fit_kmeans(points, k, int(spec["seed"]), int(km["niter"])))
-        model = RunModel("nes_star", spec, psi=nes.psi, centres=centres, input_dim=nes.input_dim)
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    save_torch_atomic(model.checkpoint(), run_dir / "model.pt")
-    return model
+        return RunModel("nes_star", spec, psi=nes.psi, centres=centres, input_dim=nes.input_dim)
+    raise ValueError(f"unknown method {method!r}")

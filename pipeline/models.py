@@ -1,14 +1,18 @@
 """What a run directory holds and how any method turns cached tokens into cluster logits.
 
 `model.pt` is a plain dict (loads with torch.load(weights_only=True)):
-  method     kmeans | nes | nes_star
+  method     kmeans | nes | nes_star | spectral
   config     the resolved run spec (plain data)
   input_dim  psi's input dimension (nes, nes_star)
   psi        psi's state dict (nes, nes_star)
   centres    (K, D) k-means centres (kmeans: on normalised high-level features; nes_star: on
-             normalised `hidden`)
+             normalised `hidden`; spectral: on the row-normalised top-K eigenvectors)
+  embedding  (N, K) float16, spectral only: the row-normalised eigenvectors of every token of the
+             split it was fit on (token id = item * h * w + position)
+  fit        wall time and peak memory of fitting (and of the graph it used), for the tables
 Every method yields per-token logits whose argmax is its cluster, so evaluation and segmentation
-treat them alike (bilinear upsampling of logits, then argmax).
+treat them alike (bilinear upsampling of logits, then argmax). `spectral` is transductive: its
+logits come by item of its own split (`item_logits`), never from new features.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from .clustering import centre_logits
 from .eigenfunctions import Psi
 from .errors import InputError
 
-METHODS = ("kmeans", "nes", "nes_star")
+METHODS = ("kmeans", "nes", "nes_star", "spectral")
 
 
 def build_psi(input_dim: int, train_cfg: dict[str, Any]) -> Psi:
@@ -34,12 +38,19 @@ def build_psi(input_dim: int, train_cfg: dict[str, Any]) -> Psi:
 
 class RunModel(nn.Module):
     def __init__(self, method: str, config: dict[str, Any], psi: Psi | None = None,
-                 centres: torch.Tensor | None = None, input_dim: int | None = None):
+                 centres: torch.Tensor | None = None, input_dim: int | None = None,
+                 embedding: torch.Tensor | None = None, fit: dict[str, Any] | None = None):
         super().__init__()
         if method not in METHODS:
             raise InputError(f"model.pt: unknown method {method!r}; expected one of {METHODS}")
         self.method, self.config, self.psi, self.input_dim = method, config, psi, input_dim
+        self.fit = fit or {}
         self.register_buffer("centres", centres if centres is not None else torch.empty(0))
+        self.register_buffer("embedding", embedding if embedding is not None else torch.empty(0))
+
+    @property
+    def transductive(self) -> bool:
+        return self.method == "spectral"
 
     @property
     def num_clusters(self) -> int:
@@ -49,6 +60,9 @@ class RunModel(nn.Module):
     def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
         b, h, w, _ = high.shape
+        if self.transductive:
+            raise InputError(f"{self.config.get('run')}: a spectral run is transductive: it labels only the tokens of the split it "
+                             f"was fit on ({self.config['features']}); it cannot segment other images")
         if self.method == "kmeans":
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:
@@ -60,12 +74,23 @@ class RunModel(nn.Module):
                 logits = centre_logits(hidden.reshape(b * h * w, -1), self.centres)
         return logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def item_logits(self, items: torch.Tensor | list[int], grid: tuple[int, int]) -> torch.Tensor:
+        """spectral: logits (B, K, h, w) of cached items of the split the run was fit on."""
+        h, w = grid
+        if self.embedding.shape[0] % (h * w):
+            raise InputError(f"{self.config.get('run')}: {self.embedding.shape[0]} fitted tokens are not whole {h}x{w} items")
+        tokens = (torch.as_tensor(items)[:, None] * h * w + torch.arange(h * w)).reshape(-1).to(self.embedding.device)
+        logits = centre_logits(self.embedding[tokens].float(), self.centres)
+        return logits.reshape(-1, h, w, logits.shape[-1]).permute(0, 3, 1, 2)
+
     def checkpoint(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "config": self.config, "input_dim": self.input_dim}
+        out: dict[str, Any] = {"method": self.method, "config": self.config, "input_dim": self.input_dim, "fit": self.fit}
         if self.psi is not None:
             out["psi"] = self.psi.state_dict()
-        if self.centres.numel():
-            out["centres"] = self.centres.cpu()
+        for name in ("centres", "embedding"):
+            if getattr(self, name).numel():
+                out[name] = getattr(self, name).cpu()
         return out
 
     @classmethod
@@ -80,4 +105,5 @@ class RunModel(nn.Module):
             psi = build_psi(int(ckpt["input_dim"]), ckpt["config"]["train"])
             psi.load_state_dict(ckpt["psi"])
             psi.eval()
-        return cls(ckpt["method"], ckpt["config"], psi, ckpt.get("centres"), ckpt.get("input_dim"))
+        return cls(ckpt["method"], ckpt["config"], psi, ckpt.get("centres"), ckpt.get("input_dim"), ckpt.get("embedding"),
+                   ckpt.get("fit"))

@@ -21,7 +21,7 @@ from typing import Any
 from .eigenfunctions import default_beta
 from .errors import InputError
 
-METHODS = ("kmeans", "nes", "nes_star")
+METHODS = ("kmeans", "nes", "nes_star", "spectral")
 TRAIN_VIEW = "train"  # the view name of training caches; protocols name the evaluation views
 # what reading a dataset's images depends on (not its protocols, training overrides or splits)
 SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names")
@@ -88,9 +88,11 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
     }
 
 
-def run_id(method: str, backbone: str, train: dict, seed: int) -> str:
+def run_id(method: str, backbone: str, train: dict, seed: int, protocol: str | None = None) -> str:
     if method == "kmeans":
         return f"kmeans-{backbone}-K{train['K']}-s{seed}"
+    if method == "spectral":  # fit on the evaluated split under `protocol`'s view
+        return f"spectral-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-{protocol}-s{seed}"
     graph = "-gdataset" if train.get("graph", "batch") == "dataset" else ""  # batch graphs keep the short ids
     return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}{graph}-s{seed}"
 
@@ -104,7 +106,7 @@ def table_config(config: dict, folder: str, table: str) -> dict:
     if table not in (tables.get(folder) or {}):
         have = [f"{f}/{t}" for f, ts in tables.items() for t in (ts or {})]
         raise InputError(f"tables: no table {folder}/{table} in the config (have: {', '.join(have)})")
-    merged = {**(config.get("table_defaults") or {}), **tables[folder][table]}
+    merged = {**(config.get("table_defaults") or {}), **tables[folder][table], "folder": folder}
     merged.setdefault("dataset", folder)
     missing = [k for k in ("backbones", "methods", "seeds") if not merged.get(k)]
     if missing:
@@ -159,7 +161,8 @@ def grid_runs(config: dict, tcfg: dict) -> list[dict]:
         for backbone in tcfg["backbones"]:
             for method in tcfg["methods"]:
                 for seed in tcfg["seeds"]:
-                    spec = make_spec(config, tcfg["dataset"], backbone, method, train, int(seed))
+                    evaluation = (tcfg["folder"], tcfg["protocol"]) if "folder" in tcfg else None
+                    spec = make_spec(config, tcfg["dataset"], backbone, method, train, int(seed), evaluation)
                     specs.setdefault(spec["run"], spec)
     return list(specs.values())
 
@@ -173,6 +176,56 @@ def table_metrics(config: dict, folder: str, table: str) -> list[str]:
     return [metrics_path(config, spec, evaluation) for spec in table_runs(config, folder, table)]
 
 
+def table_alignments(config: dict, folder: str, table: str) -> list[str]:
+    """A table with the exact `spectral` reference also measures how close each psi comes to its
+    eigenvectors (alignment.json beside the nes runs' metrics)."""
+    if "spectral" not in table_config(config, folder, table)["methods"]:
+        return []
+    evaluation = table_evaluation(config, folder, table)
+    return [alignment_path(config, spec, evaluation) for spec in table_runs(config, folder, table) if spec["method"] == "nes"]
+
+
+def alignment_path(config: dict, spec: dict, evaluation: str) -> str:
+    return f"{run_dir(config, spec)}/{evaluation}/alignment.json"
+
+
+def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: dict) -> dict:
+    """The exact top-K eigenvectors of G over the evaluation split of `dataset` under `protocol`'s
+    view (rule `eigenvectors`), from its dataset-wide graph (rule `build_graph`)."""
+    split = dataset_spec(config, dataset)["eval_split"]
+    if view_config(config, dataset, protocol)["mode"] == "sliding":
+        raise InputError(f"datasets.{dataset}.protocols.{protocol}: the spectral reference needs a cached (single-pass) "
+                         "protocol; sliding windows are evaluated live")
+    k, alpha = int(train["K"]), float(train["alpha"])
+    graph = graph_path(config, dataset, backbone, protocol, split)
+    return {"path": graph.removesuffix(".json") + f"-eigen-K{k}-a{_fmt(alpha)}.npz", "graph": graph,
+            "features": features_path(config, dataset, backbone, protocol, split), "K": k, "alpha": alpha,
+            "pixel_knn": [list(p) for p in train["pixel_knn"]]}
+
+
+def alignment_spec(config: dict, spec: dict, evaluation: str) -> dict:
+    dataset, protocol = evaluation.rsplit("-", 1)
+    return eigen_spec(config, dataset, spec["backbone"], protocol, spec["train"])
+
+
+def all_eigen(config: dict) -> dict[str, dict]:
+    """Eigenvector reference path -> its spec, over every spectral run and alignment of the tables."""
+    out: dict[str, dict] = {}
+    for folder, table in all_tables(config):
+        evaluation = table_evaluation(config, folder, table)
+        for spec in table_runs(config, folder, table):
+            wanted = []
+            if spec["method"] == "spectral":
+                wanted.append(spec["eigen"])
+            elif spec["method"] == "nes" and "spectral" in table_config(config, folder, table)["methods"]:
+                wanted.append(alignment_spec(config, spec, evaluation))
+            for eig in wanted:
+                if out.setdefault(eig["path"], eig) != eig:
+                    raise InputError(f"tables.{folder}.{table}: {eig['path']} is wanted with different pixel graphs "
+                                     "(train.pixel_knn differs between tables but is not part of its name)")
+    return out
+
+
 def run_dir(config: dict, spec: dict) -> str:
     return f"{config['results']}/{spec['dataset']}/runs/{spec['run']}"
 
@@ -181,9 +234,14 @@ def metrics_path(config: dict, spec: dict, evaluation: str) -> str:
     return f"{run_dir(config, spec)}/{evaluation}/metrics.json"
 
 
-def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dict, seed: int) -> dict:
+def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dict, seed: int,
+              evaluation: tuple[str, str] | None = None) -> dict:
+    """One run. `evaluation` = (dataset, protocol) of the table: where a transductive `spectral`
+    run is fit (the evaluated split itself, not the training dataset)."""
     if method not in METHODS:
         raise InputError(f"tables.*.methods: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method == "spectral":
+        return spectral_spec(config, backbone, train, seed, evaluation)
     ds = dataset_spec(config, dataset)
     spec: dict[str, Any] = {
         "run": run_id(method, backbone, train, seed), "method": method, "seed": seed,
@@ -205,6 +263,22 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
         spec["kmeans"] = config["kmeans"]
         spec["nes_run"] = run_id("nes", backbone, train, seed)
     return spec
+
+
+def spectral_spec(config: dict, backbone: str, train: dict, seed: int, evaluation: tuple[str, str] | None) -> dict:
+    if evaluation is None:
+        raise InputError("method spectral is transductive (fit on the split it scores): use it in tables, not segmentations")
+    dataset, protocol = evaluation
+    eigen = eigen_spec(config, dataset, backbone, protocol, train)
+    view = {k: v for k, v in view_config(config, dataset, protocol).items() if k not in ("labels", "crf")}
+    return {
+        "run": run_id("spectral", backbone, train, seed, protocol), "method": "spectral", "seed": seed,
+        "dataset": dataset, "backbone": backbone,
+        "dataset_spec": {**source_spec(config, dataset), "train_split": dataset_spec(config, dataset)["eval_split"], "train_view": view},
+        "backbone_spec": backbone_spec(config, backbone), "features": eigen["features"], "eigen": eigen,
+        "evaluation": f"{dataset}-{protocol}", "train": {"K": eigen["K"], "alpha": eigen["alpha"]},
+        "kmeans": config["kmeans"], "device": config["device"],
+    }
 
 
 def evaluation_spec(config: dict, spec: dict, evaluation: str) -> dict:

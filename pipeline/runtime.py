@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import resource
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +48,36 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+@contextmanager
+def measured() -> Iterator[dict[str, float]]:
+    """Wall time and peak memory of a stage, filled in when the block ends: `wall_s`, `peak_rss_mb`
+    (the process's peak resident memory so far, imports and data included: what a job asks a
+    scheduler for) and `peak_gpu_mb` on CUDA."""
+    stats: dict[str, float] = {}
+    started = time.time()
+    cuda = _cuda_in_use()
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        yield stats
+    finally:
+        stats["wall_s"] = round(time.time() - started, 2)
+        stats["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+        if cuda:
+            import torch
+
+            stats["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _cuda_in_use() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

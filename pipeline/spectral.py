@@ -10,7 +10,10 @@ clustering over a dataset infeasible. Here the graph spans every token of a spli
   each degree-normalised separately, as one scipy sparse matrix;
 - `top_eigenvectors`: its top-K eigenvectors by `scipy.sparse.linalg.eigsh`;
 - `eigen_alignment`: how close a set of learned functions comes to them (mean |cos| after
-  optimal one-to-one matching, and the cosines of the principal angles between the subspaces).
+  optimal one-to-one matching, and the cosines of the principal angles between the subspaces);
+- `write_eigen_reference` / `read_eigen_reference`: the top-K eigenpairs of a cached split's
+  graph (rule `eigenvectors`), shared by the `spectral` runs of every seed and the alignment of
+  psi (rule `align`).
 """
 
 from __future__ import annotations
@@ -116,6 +119,14 @@ def eigen_alignment(functions: np.ndarray, eigenvectors: np.ndarray) -> dict[str
     return {"matched_abs_cos": float(cos[rows, cols].mean()), "principal_cos": float(principal.mean())}
 
 
+def eigenvalue_capture(functions: np.ndarray, g: sp.spmatrix, top_values: np.ndarray) -> float:
+    """tr(Q^T G Q) / (sum of the top-K eigenvalues), Q an orthonormal basis of the functions' span:
+    the share of the top-K spectrum the span reaches (1 exactly for the top-K eigenspace, by Ky
+    Fan's maximum principle never more)."""
+    q, _ = np.linalg.qr(np.asarray(functions, dtype=np.float64))
+    return float(np.sum(q * (g @ q)) / np.sum(top_values))
+
+
 def spectral_embedding(vectors: np.ndarray) -> np.ndarray:
     """Rows of the eigenvector matrix, L2-normalised (Ng, Jordan and Weiss), ready for K-means."""
     return _normalised_rows(vectors)
@@ -172,6 +183,44 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
     group.create_array("degrees", data=np.asarray(adjacency.sum(1)).ravel().astype(np.float32), overwrite=True)
     group.attrs["complete"] = True
     return dict(group.attrs)
+
+
+def split_graph(graph_zarr: Path, pixels: np.ndarray | None, alpha: float,
+                pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
+    """G of a cached split from its dataset-wide graph (rule `build_graph`): the degree-normalised
+    feature graph + alpha * the per-image pixel graph (pixels: (B, hw, 5), token id = item * hw +
+    position, the graph's numbering)."""
+    import zarr
+
+    from .errors import InputError
+
+    group = zarr.open_group(str(graph_zarr), mode="r")
+    if not group.attrs.get("complete"):
+        raise InputError(f"{graph_zarr}: the dataset graph is incomplete; rerun build_graph to resume it")
+    g = degree_normalise(feature_adjacency(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64)))
+    if pixels is not None and alpha:
+        if pixels.shape[0] * pixels.shape[1] != g.shape[0]:
+            raise InputError(f"{graph_zarr}: {g.shape[0]} tokens, but the cache has {pixels.shape[0] * pixels.shape[1]}; rebuild the graph")
+        g = (g + alpha * pixel_adjacency(pixels, pixel_knn)).tocsr()
+    return g
+
+
+def write_eigen_reference(out: Path, values: np.ndarray, vectors: np.ndarray, attrs: dict) -> None:
+    """values (K,), vectors (N, K) float32 and JSON attributes in one .npz, written atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, values=values, vectors=vectors.astype(np.float32), attrs=np.array(json.dumps(attrs, default=str)))
+    tmp.replace(out)
+
+
+def read_eigen_reference(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    from .errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no eigenvector reference; run the eigenvectors rule first")
+    with np.load(path) as f:
+        return f["values"], f["vectors"], json.loads(str(f["attrs"]))
 
 
 def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,

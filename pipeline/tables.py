@@ -1,6 +1,11 @@
 """metrics.json files -> a table: `{table}.csv` with the mean and standard deviation over seeds per
 setting (the paper's rows), `{table}_runs.csv` with one row per run and CRF setting, and a Markdown
-twin `{table}.md` in the paper's layout (methods as rows, Acc and mIoU as mean ± std)."""
+twin `{table}.md` in the paper's layout (methods as rows, Acc and mIoU as mean ± std).
+
+Beside the scores each row carries what it cost (wall time and peak memory of fitting, and of the
+dataset-wide graph where one was built, from model.pt via metrics.json) and, for nes runs with an
+`alignment.json` beside their metrics (tables with the spectral reference), the alignment of psi
+with the exact eigenvectors: matched mean |cos| and mean principal-angle cosine."""
 
 from __future__ import annotations
 
@@ -9,16 +14,32 @@ from pathlib import Path
 
 import pandas as pd
 
-RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "seed", "split",
-               "crf", "acc", "miou", "miou_hungarian", "run"]
-SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "crf"]
 SCORES = ["acc", "miou", "miou_hungarian"]
-METHOD_NAMES = {"kmeans": "K-means", "nes": "Ours", "nes_star": "Ours*"}
+ALIGNMENT = ["align_cos", "align_subspace"]
+COSTS = ["graph_s", "graph_mb", "train_s", "train_mb"]
+RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "seed", "split",
+               "crf", *SCORES, *ALIGNMENT, *COSTS, "run"]
+SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "crf"]
+METHOD_NAMES = {"kmeans": "K-means", "nes": "Ours", "nes_star": "Ours*", "spectral": "Spectral (exact)"}
+
+
+def extras(metrics_path: Path, m: dict) -> dict:
+    """Alignment (from alignment.json beside metrics.json) and costs of one run."""
+    out: dict = {}
+    aligned = Path(metrics_path).with_name("alignment.json")
+    if aligned.is_file():
+        logits = json.loads(aligned.read_text())["logits"]
+        out.update(align_cos=logits["matched_abs_cos"], align_subspace=logits["principal_cos"])
+    fit = m.get("fit") or {}
+    for stage in ("graph", "train"):
+        cost = fit.get(stage) or {}
+        out.update({f"{stage}_s": cost.get("wall_s"), f"{stage}_mb": cost.get("peak_rss_mb")})
+    return out
 
 
 def rows_from_metrics(path: Path) -> list[dict]:
     m = json.loads(Path(path).read_text())
-    base = {k: m.get(k) for k in RUN_COLUMNS if k not in ("crf", *SCORES)}
+    base = {**{k: m.get(k) for k in RUN_COLUMNS if k not in ("crf", *SCORES)}, **extras(path, m)}
     rows = [{**base, "crf": False, **{k: m[k] for k in SCORES}}]
     if "crf" in m:
         rows.append({**base, "crf": True, **{k: m["crf"][k] for k in SCORES}})
@@ -30,29 +51,48 @@ def build_runs(metric_files: list[Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for col in SCORES:
         df[col] = (100 * df[col].astype(float)).round(2)  # percent, as in the paper
-    return df.sort_values(["backbone", "method", "K", "alpha", "beta", "crf", "seed"], kind="stable").reset_index(drop=True)
+    for col in (*ALIGNMENT, *COSTS):
+        df[col] = df[col].astype(float)
+    df[ALIGNMENT] = df[ALIGNMENT].round(3)
+    return df.sort_values(["backbone", "method", "K", "alpha", "beta", "graph", "crf", "seed"], kind="stable").reset_index(drop=True)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and (population) standard deviation over seeds of every setting."""
+    """Mean and (population) standard deviation over seeds of every setting; alignment and costs
+    as means."""
     grouped = runs.groupby(SETTING, sort=False, dropna=False)
-    out = grouped.agg(seeds=("seed", "count"), **{f"{c}_{stat}": (c, stat) for c in SCORES for stat in ("mean", "std")})
+    out = grouped.agg(seeds=("seed", "count"), **{f"{c}_{stat}": (c, stat) for c in SCORES for stat in ("mean", "std")},
+                      **{c: (c, "mean") for c in (*ALIGNMENT, *COSTS)})
     for c in SCORES:
         out[f"{c}_std"] = grouped[c].std(ddof=0).values
-    return out.reset_index().round(2)
+    out = out.reset_index().round(2)
+    out[ALIGNMENT] = grouped[ALIGNMENT].mean().values.round(3)
+    return out
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Methods as rows; backbone and swept parameters as leading columns only where they vary."""
-    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta") if table[c].nunique() > 1]
-    header = [*varying, "method", "CRF", "seeds", "Acc", "mIoU", "mIoU (Hungarian)"]
+    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta", "graph") if table[c].nunique() > 1]
+    # alignment where measured; costs where a dataset-wide graph was built (the graph tables)
+    trailing = [c for c in ALIGNMENT if table[c].notna().any()]
+    trailing += COSTS if table["graph_s"].notna().any() else []
+    header = [*varying, "method", "CRF", "seeds", "Acc", "mIoU", "mIoU (Hungarian)", *(TRAILING_NAMES[c] for c in trailing)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        lead = ["–" if pd.isna(row[c]) else f"{row[c]:g}" if isinstance(row[c], float) else str(row[c]) for c in varying]
+        lead = [_cell(row[c]) for c in varying]
         cells = [f"{row[f'{c}_mean']:.1f} ± {row[f'{c}_std']:.1f}" for c in SCORES]
         lines.append("| " + " | ".join([*lead, METHOD_NAMES.get(row["method"], row["method"]),
-                                        "yes" if row["crf"] else "no", str(row["seeds"]), *cells]) + " |")
+                                        "yes" if row["crf"] else "no", str(row["seeds"]), *cells,
+                                        *(_cell(row[c]) for c in trailing)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+TRAILING_NAMES = {"align_cos": "matched \\|cos\\|", "align_subspace": "principal cos", "graph_s": "graph (s)",
+                  "graph_mb": "graph peak (MB)", "train_s": "fit (s)", "train_mb": "fit peak (MB)"}
+
+
+def _cell(value) -> str:
+    return "–" if pd.isna(value) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def write_table(metric_files: list[Path], csv_path: Path) -> pd.DataFrame:

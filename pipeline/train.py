@@ -23,7 +23,7 @@ from .eigenfunctions import default_beta, neuralef_objective, training_output
 from .errors import InputError
 from .graph import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .models import RunModel, build_psi
-from .runtime import save_torch_atomic, seed_everything
+from .runtime import seed_everything
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds")
@@ -56,6 +56,7 @@ def epoch_schedule(image_index: np.ndarray, batch: int, epochs: int, generator: 
 
 
 def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: torch.device) -> RunModel:
+    """Train psi; writes the log and curves to `out_dir` (the caller saves the model)."""
     cfg = spec["train"]
     generator = seed_everything(int(spec["seed"]))
     psi = build_psi(cache.dim("input"), cfg).to(device)
@@ -117,7 +118,6 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     model = RunModel("nes", spec, psi.eval().cpu(), input_dim=cache.dim("input"))
     write_log(rows, out_dir / "train_log.csv")
     plot_curves(rows, out_dir / "loss.png")
-    save_torch_atomic(model.checkpoint(), out_dir / "model.pt")
     log.info("trained in %.1f s", time.time() - started)
     return model
 

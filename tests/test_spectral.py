@@ -7,8 +7,8 @@ import scipy.sparse as sp
 
 from pipeline import metrics as M
 from pipeline.clustering import fit_kmeans
-from pipeline.spectral import (dataset_knn, degree_normalise, eigen_alignment, feature_adjacency, normalised_graph,
-                               recall_at_k, spectral_embedding, top_eigenvectors)
+from pipeline.spectral import (dataset_knn, degree_normalise, eigen_alignment, eigenvalue_capture, feature_adjacency,
+                               normalised_graph, recall_at_k, spectral_embedding, top_eigenvectors)
 
 
 def clustered(n=4000, d=32, centres=20, spread=0.3, seed=0):
@@ -160,3 +160,16 @@ def test_graph_command_on_a_cached_split(tmp_path):
     assert manifest["tokens"] == 3 * 3 * 4 and manifest["k"] == 8 and manifest["complete"] and manifest["index"] == "exact"
     group = zarr.open_group(str(out.with_suffix(".zarr")), mode="r")
     assert group["indices"].shape == (36, 8) and (group["degrees"][:] > 0).all()
+
+
+def test_eigenvalue_capture_is_one_for_the_top_eigenspace_only():
+    x, _ = clustered(n=600, d=8, centres=5, spread=0.6)
+    sims, idx = dataset_knn(x, k=10)
+    g = degree_normalise(feature_adjacency(sims, idx))
+    values, vectors = top_eigenvectors(g, 6)
+    rng = np.random.default_rng(0)
+    assert eigenvalue_capture(vectors @ rng.standard_normal((6, 6)), g, values) == pytest.approx(1, abs=1e-8)  # any basis
+    dense_values, dense_vectors = np.linalg.eigh(g.toarray())
+    lower = dense_vectors[:, -12:-6]  # the next six eigenvectors: exactly their eigenvalues' share
+    assert eigenvalue_capture(lower, g, values) == pytest.approx(dense_values[-12:-6].sum() / values.sum(), rel=1e-6)
+    assert eigenvalue_capture(rng.standard_normal((600, 6)), g, values) < 0.5

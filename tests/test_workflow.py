@@ -50,7 +50,8 @@ def workflow(tmp_path_factory, camvid_root):
 
 def test_table_has_every_method_with_sane_scores(workflow):
     runs = pd.read_csv(workflow["results"] / "camvid" / "table1_runs.csv")
-    assert list(runs.columns[:9]) == ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "seed"]
+    assert list(runs.columns[:10]) == ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph",
+                                       "seed"]
     assert sorted(runs["method"]) == ["kmeans", "nes", "nes_star"]
     assert (runs["split"] == "val").all() and (runs["K"] == 8).all() and (runs["protocol"] == "native").all()
     for col in ("acc", "miou", "miou_hungarian"):
@@ -231,3 +232,42 @@ def test_snakemake_report_collects_the_figures(workflow, tmp_path):
     snakemake("--report", str(html), str(workflow["results"] / "camvid" / "table1.csv"), "--configfile", str(workflow["config"]))
     text = html.read_text(errors="ignore")
     assert len(text) > 10_000 and "per-class IoU (camvid-native)" in text
+
+
+def test_graph_table_compares_batch_dataset_and_exact_spectral(workflow):
+    """results/camvid/graph.csv: K-means, psi on per-batch and on dataset-wide graphs, and exact
+    spectral clustering of the evaluated split, with psi's eigen-alignment and each one's cost.
+    The batch-graph runs are table1's: they are not trained again."""
+    cfg = yaml.safe_load(workflow["config"].read_text())
+    cfg["tables"]["camvid"]["graph"] = {"backbones": ["lite0"], "methods": ["kmeans", "nes", "spectral"], "seeds": [0],
+                                        "sweep": {"graph": ["batch", "dataset"]}}
+    path = workflow["base"] / "graph.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    target = str(workflow["results"] / "camvid" / "graph.csv")
+    out = snakemake("-n", target, "--cores", "2", "--configfile", str(path))
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
+    # graphs of the train and val caches, one psi on the dataset graph, eigenvectors of val, the
+    # spectral run, two evaluations, two alignments (both psi), the table
+    assert jobs == {"build_graph": "2", "train": "1", "eigenvectors": "1", "fit_kmeans": "1", "evaluate": "2", "align": "2",
+                    "table": "1", "total": "10"}, out[-2000:]
+    snakemake(target, "--cores", "2", "--configfile", str(path))
+    runs = pd.read_csv(workflow["results"] / "camvid" / "graph_runs.csv").set_index("run")
+    assert sorted(zip(runs["method"], runs["graph"].fillna("-"))) == [("kmeans", "-"), ("nes", "batch"), ("nes", "dataset"),
+                                                                     ("spectral", "exact")]
+    nes, other = runs[runs["method"] == "nes"], runs[runs["method"] != "nes"]
+    assert nes[["align_cos", "align_subspace"]].stack().between(0, 1).all() and other["align_cos"].isna().all()
+    assert (runs["train_s"] > 0).all() and (runs["train_mb"] > 100).all()
+    has_graph = (runs["graph"] == "dataset") | (runs["method"] == "spectral")
+    assert (runs.loc[has_graph, "graph_s"] > 0).all() and runs.loc[~has_graph, "graph_s"].isna().all()
+    assert runs["acc"].between(1, 100).all() and runs["miou"].between(1, 100).all()
+    spectral = runs[runs["method"] == "spectral"].index[0]
+    assert spectral == "spectral-lite0-K8-a0.3-native-s0"
+    metrics = json.loads((workflow["results"] / "camvid" / "runs" / spectral / "camvid-native" / "metrics.json").read_text())
+    assert metrics["fit"]["train"]["eigsh_s"] > 0 and metrics["beta"] is None
+    md = (workflow["results"] / "camvid" / "graph.md").read_text()
+    assert "| Spectral (exact) |" in md and "matched \\|cos\\|" in md and "graph (s)" in md
+    # a transductive run scores its own split only: the CLI refuses to segment with it
+    result = subprocess.run([sys.executable, "-m", "pipeline", "segment", "--run", str(workflow["results"] / "camvid" / "runs" / spectral),
+                             "--out", str(workflow["base"] / "seg"), str(next((workflow["camvid_root"] / "val").glob("*.png")))],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "transductive" in result.stderr

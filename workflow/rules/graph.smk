@@ -16,3 +16,61 @@ rule build_graph:
         mem_mb=16000,
     shell:
         "{NES} --threads {threads} graph --features {input} --spec {params.spec:q} --out {output} 2> {log}"
+
+
+def eigen_params(w):
+    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-eigen-K{w.K}-a{w.alpha}.npz"
+    if path not in EIGEN:
+        raise ValueError(f"{path}: no table asks for this eigenvector reference (a table with method spectral does)")
+    return EIGEN[path]
+
+
+rule eigenvectors:
+    """The exact top-K eigenvectors of G = D^-1/2 A D^-1/2 + alpha * pixel graph over every token of
+    an evaluation split (scipy eigsh), with the solver's wall time and peak memory: the reference
+    that spectral runs cluster and that psi is aligned with."""
+    input:
+        features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
+        graph=f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
+    output:
+        f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-eigen-K{{K}}-a{{alpha}}.npz",
+    wildcard_constraints:
+        K=r"\d+",
+        alpha=r"[0-9.e+-]+",
+    params:
+        spec=lambda w: as_param(eigen_params(w)),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/eigen_{{backbone}}_{{view}}_{{split}}_K{{K}}_a{{alpha}}.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+    shell:
+        "{NES} --threads {threads} eigen --spec {params.spec:q} --out {output} 2> {log}"
+
+
+def alignment(w):
+    return alignment_spec(config, RUNS[(w.dataset, w.run)], w.evaluation)
+
+
+rule align:
+    """Alignment of a nes run's psi (its outputs before the Gumbel-softmax) with the exact top-K
+    eigenvectors of the evaluated split: matched mean |cos|, principal angles, spectrum captured."""
+    input:
+        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
+        eigen=lambda w: alignment(w)["path"],
+        features=lambda w: alignment(w)["features"],
+        graph=lambda w: alignment(w)["graph"],
+    output:
+        f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/alignment.json",
+    wildcard_constraints:
+        run="nes-.+",
+    params:
+        spec=lambda w: as_param(alignment(w)),
+        run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
+    log:
+        f"{RESULTS}/{{dataset}}/logs/align_{{run}}_{{evaluation}}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+    shell:
+        "{NES} --threads {threads} align --run {params.run_dir} --spec {params.spec:q} --out {output} > /dev/null 2> {log}"

@@ -1,8 +1,10 @@
 rule table:
     """results/{folder}/{table}.csv (mean and std over seeds), {table}_runs.csv (one row per run
-    and CRF setting) and the Markdown twin {table}.md."""
+    and CRF setting) and the Markdown twin {table}.md; with the eigen-alignment of psi where the
+    table has the spectral reference."""
     input:
-        lambda w: table_metrics(config, w.folder, w.table),
+        metrics=lambda w: table_metrics(config, w.folder, w.table),
+        alignments=lambda w: table_alignments(config, w.folder, w.table),  # read beside the metrics
     output:
         csv=f"{RESULTS}/{{folder}}/{{table}}.csv",
         runs=f"{RESULTS}/{{folder}}/{{table}}_runs.csv",
@@ -11,4 +13,4 @@ rule table:
         f"{RESULTS}/{{folder}}/logs/{{table}}.log",
     localrule: True
     shell:
-        "{NES} table --out {output.csv} {input} > /dev/null 2> {log}"
+        "{NES} table --out {output.csv} {input.metrics} > /dev/null 2> {log}"

@@ -27,8 +27,11 @@ rule train:
 
 
 def kmeans_inputs(w):
-    """nes_star clusters psi's hidden features, so it also needs the nes run it builds on."""
+    """nes_star clusters psi's hidden features, so it also needs the nes run it builds on;
+    spectral clusters the exact eigenvectors of the evaluated split."""
     spec = run_spec(w)
+    if spec["method"] == "spectral":
+        return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"]}
     inputs = {"features": spec["features"]}
     if spec["method"] == "nes_star":
         inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
@@ -36,14 +39,15 @@ def kmeans_inputs(w):
 
 
 rule fit_kmeans:
-    """K centres on training tokens: of the backbone's high-level features (kmeans, the
-    baseline) or of psi's hidden features (nes_star, the paper's Ours*)."""
+    """K centres on tokens: of the backbone's high-level features (kmeans, the baseline), of psi's
+    hidden features (nes_star, the paper's Ours*) or of the row-normalised exact eigenvectors of
+    the evaluated split's graph (spectral, the transductive reference)."""
     input:
         unpack(kmeans_inputs),
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
     wildcard_constraints:
-        run="(kmeans|nes_star)-.+",
+        run="(kmeans|nes_star|spectral)-.+",
     params:
         spec=lambda w: as_param(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
