@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import measure  # noqa: E402
 
-from pipeline.spectral import (_build_index, _normalised_rows, _search_block, dataset_knn, degree_normalise,  # noqa: E402
+from pipeline.spectral import (_build_index, _normalised_rows, _search_rows, dataset_knn, degree_normalise,  # noqa: E402
                                feature_adjacency, recall_at_k, top_eigenvectors)
 
 
@@ -65,7 +65,7 @@ def main() -> None:
         xn = _normalised_rows(x)
         queries = np.random.default_rng(1).choice(n, min(n, 500), replace=False)
         flat = _build_index(xn, "exact", args.k)
-        truth = np.concatenate([_search_block(flat, xn, int(q), int(q) + 1, args.k)[1] for q in queries])
+        truth = _search_rows(flat, xn, queries, args.k)[1]
         del flat
         plans = [("torch matmul+topk", args.torch_max, None), ("faiss exact", args.exact_max, "exact"),
                  ("faiss ivf", None, "ivf"), ("faiss hnsw", args.hnsw_max, "hnsw")]

@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("graph", help="dataset-wide k-NN graph over every token of a cached split (FAISS)")
     s.add_argument("--features", required=True, help="the cache's manifest")
-    s.add_argument("--spec", default="{}", help="graph options as JSON: k, exact_max_tokens, approximate, block, nlist, nprobe, hnsw_m, ef_search")
+    s.add_argument("--spec", default="{}", help="graph options as JSON: k, exact_max_tokens, approximate, target_recall, block, nlist, nprobe, hnsw_m, ef_search")
     s.add_argument("--out", required=True, help="manifest path {split}.json; the graph goes to {split}.zarr")
     s.set_defaults(func=cmd_graph)
 

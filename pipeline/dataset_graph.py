@@ -42,7 +42,8 @@ class DatasetGraph:
 
     def neighbour_items(self, item: int, top: int) -> np.ndarray:
         """The items (other than `item`) holding most of its tokens' neighbours, most first."""
-        nbr = self.indices[item * self.hw:(item + 1) * self.hw].ravel() // self.hw
+        nbr = self.indices[item * self.hw:(item + 1) * self.hw].ravel()
+        nbr = nbr[nbr >= 0] // self.hw  # -1: fewer than k found by an approximate search
         nbr = nbr[nbr != item]
         values, counts = np.unique(nbr, return_counts=True)
         return values[np.argsort(-counts, kind="stable")[:top]]
@@ -52,8 +53,9 @@ class DatasetGraph:
         tokens = (np.asarray(items)[:, None] * self.hw + np.arange(self.hw)).ravel()
         local = np.full(len(self.indices), -1, dtype=np.int64)
         local[tokens] = np.arange(len(tokens))
-        # neighbours outside the batch become -1: the same symmetrisation as the global graph
-        a = feature_adjacency(self.similarities[tokens], local[self.indices[tokens]])
+        # neighbours outside the batch (or missing: -1) become -1: the same symmetrisation as the global graph
+        neighbours = self.indices[tokens]
+        a = feature_adjacency(self.similarities[tokens], np.where(neighbours >= 0, local[neighbours], -1))
         inv = 1.0 / np.sqrt(np.maximum(self.degrees[tokens], 1e-12))
         a = sp.diags(inv) @ a @ sp.diags(inv)
         a = a.tocsr()

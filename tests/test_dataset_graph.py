@@ -1,6 +1,8 @@
 """Training on the dataset-wide graph: batch kernels are the global normalised graph restricted to
 the batch, and neighbour-aware batches hold the pairs that random batches miss."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,24 @@ def test_batch_kernel_is_the_global_graph_restricted_to_the_batch(graph):
     tokens = (items[:, None] * HW + np.arange(HW)).ravel()
     torch.testing.assert_close(g.feature_kernel(items).to_dense(), torch.from_numpy(global_g[np.ix_(tokens, tokens)]).float(),
                                atol=2e-3, rtol=2e-3)  # similarities stored as float16
+
+
+def test_missing_neighbours_of_an_approximate_search_carry_no_weight(graph):
+    """An approximate index may return fewer than k neighbours (index -1): they must not wrap
+    around to the last token or the last item."""
+    g, _, _ = graph
+    g = copy.copy(g)
+    g.indices = g.indices.copy()
+    g.indices[:, -3:] = -1
+    g.similarities = np.where(g.indices < 0, 0, g.similarities)
+    g.degrees = np.asarray(feature_adjacency(g.similarities, g.indices).sum(1)).ravel().astype(np.float32)
+    last = g.n_items - 1
+    items = np.array([last, 0, 5])
+    tokens = (items[:, None] * HW + np.arange(HW)).ravel()
+    global_g = degree_normalise(feature_adjacency(g.similarities, g.indices)).toarray()
+    torch.testing.assert_close(g.feature_kernel(items).to_dense(), torch.from_numpy(global_g[np.ix_(tokens, tokens)]).float(),
+                               atol=2e-3, rtol=2e-3)
+    assert all((g.neighbour_items(i, 8) >= 0).all() for i in range(g.n_items))
 
 
 def test_neighbour_batches_fill_the_kernel_random_batches_do_not(graph):

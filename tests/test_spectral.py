@@ -133,6 +133,15 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
     approx = spectral.build_dataset_graph(x, tmp_path / "ivf.zarr", k=8, exact_max_tokens=1000, recall_sample=200)
     assert approx["index"] == "ivf" and 0.9 <= approx["recall_at_k"] <= 1.0
 
+    # one probed list of many misses neighbours; the target recall widens the search until it is met
+    narrow = spectral.build_dataset_graph(x, tmp_path / "narrow.zarr", k=8, exact_max_tokens=1000, recall_sample=200,
+                                          target_recall=None, nlist=64, nprobe=1)
+    tuned = spectral.build_dataset_graph(x, tmp_path / "tuned.zarr", k=8, exact_max_tokens=1000, recall_sample=200,
+                                         target_recall=0.99, nlist=64, nprobe=1)
+    assert narrow["recall_at_k"] < 0.9 and "search_breadth" not in narrow
+    assert tuned["search_breadth"]["nprobe"] > 1 and tuned["search_breadth"]["tuning_recall"] >= 0.99
+    assert tuned["recall_at_k"] >= 0.97  # measured on other tokens than the ones it was tuned on
+
 
 def test_graph_command_on_a_cached_split(tmp_path):
     import json
