@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from pipeline.errors import InputError
-from pipeline.plan import all_runs, as_param, evaluation_spec, extraction_spec, table_evaluation, table_metrics, table_runs
+from pipeline.plan import (all_eigen, all_runs, as_param, evaluation_spec, extraction_spec, make_spec, table_alignments,
+                           table_evaluation, table_metrics, table_runs)
 from pipeline.tables import to_markdown, write_table
 
 from conftest import REPO
@@ -61,6 +62,33 @@ def test_paper_tables_share_runs_across_tables_and_protocols(config):
     assert evaluation_spec(config, run, "pascal-B")["features"] is None
     assert evaluation_spec(config, run, "pascal-A")["features"] == f"results/pascal/features/{run['backbone']}/A/val.json"
     assert len(all_runs(config)) > 100
+
+
+def test_spectral_runs_fit_the_evaluated_split_and_share_eigenvectors_across_seeds(config):
+    """The camvid graph table: spectral runs live under the evaluated dataset, are named by the
+    protocol whose cache they cluster, and share one eigenvector reference with psi's alignments;
+    a zero-shot table's spectral run is fit on the evaluation dataset, not the training folder."""
+    specs = {s["run"]: s for s in table_runs(config, "camvid", "graph")}
+    assert set(specs) == {"kmeans-lite0-K128-s0", "kmeans-lite0-K128-s1", "nes-lite0-K128-a0.3-b0.16-s0",
+                          "nes-lite0-K128-a0.3-b0.16-s1", "nes-lite0-K128-a0.3-b0.16-gdataset-s0",
+                          "nes-lite0-K128-a0.3-b0.16-gdataset-s1", "spectral-lite0-K128-a0.3-native-s0",
+                          "spectral-lite0-K128-a0.3-native-s1"}
+    spectral = specs["spectral-lite0-K128-a0.3-native-s0"]
+    eigen = "results/camvid/graphs/lite0/native/val-eigen-K128-a0.3.npz"
+    assert spectral["features"] == "results/camvid/features/lite0/native/val.json" and spectral["eigen"]["path"] == eigen
+    assert specs["nes-lite0-K128-a0.3-b0.16-gdataset-s0"]["graph"] == "results/camvid/graphs/lite0/train/train.json"
+    assert sorted(table_alignments(config, "camvid", "graph")) == sorted(
+        f"results/camvid/runs/{r}/camvid-native/alignment.json" for r in specs if r.startswith("nes-"))
+    assert table_alignments(config, "camvid", "table1") == []  # no spectral reference, no alignment
+    assert list(all_eigen(config)) == [eigen]
+    config["tables"]["pascal"]["table8"]["methods"] = ["spectral"]
+    (zero_shot,) = table_runs(config, "pascal", "table8")[:1]
+    assert zero_shot["dataset"] == "pascal" and zero_shot["features"] == "results/pascal/features/vit_s16/A/val.json"
+    config["tables"]["pascal"]["table3"]["methods"] = ["spectral"]
+    with pytest.raises(InputError, match="sliding windows are evaluated live"):
+        table_runs(config, "pascal", "table3")
+    with pytest.raises(InputError, match="transductive"):
+        make_spec(config, "camvid", "lite0", "spectral", config["train"], 0)
 
 
 def test_extraction_spec_caches_views_only_for_training(config):
@@ -119,3 +147,28 @@ def test_markdown_shows_the_swept_parameter(tmp_path):
     md = to_markdown(write_table(files, tmp_path / "t.csv"))
     assert md.splitlines()[0].startswith("| alpha | method |")
     assert "| 0 | Ours |" in md and "| 0.3 | Ours |" in md
+
+
+def test_alignment_and_costs_join_the_rows(tmp_path):
+    """alignment.json beside a run's metrics and the fit costs in it become columns (means over
+    seeds); the graph kind varies, so it leads the Markdown rows."""
+    files = []
+    for seed, cos in ((0, 0.6), (1, 0.8)):
+        run = tmp_path / f"nes-gdataset-s{seed}" / "camvid-native"
+        run.mkdir(parents=True)
+        (run / "alignment.json").write_text(json.dumps({"logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1}}))
+        metrics = _metrics(tmp_path, f"nes-gdataset-s{seed}", seed=seed, graph="dataset", acc=0.5, miou=0.4, miou_hungarian=0.3,
+                           fit={"graph": {"wall_s": 100.0, "peak_rss_mb": 4000.0}, "train": {"wall_s": 50.0 + seed, "peak_rss_mb": 2000.0}})
+        files.append(metrics.replace(run / "metrics.json"))
+    files.append(_metrics(tmp_path, "spectral-s0", method="spectral", graph="exact", beta=None, seed=0, acc=0.6, miou=0.5,
+                          miou_hungarian=0.3, fit={"graph": {"wall_s": 20.0, "peak_rss_mb": 900.0},
+                                                   "train": {"wall_s": 70.0, "peak_rss_mb": 3000.0, "eigsh_s": 60.0}}))
+    table = write_table(files, tmp_path / "t.csv")
+    nes = table[table["method"] == "nes"].iloc[0]
+    assert (nes["align_cos"], nes["align_subspace"], nes["graph_s"], nes["train_s"]) == (0.7, 0.8, 100.0, 50.5)
+    assert table.loc[table["method"] == "spectral", "align_cos"].isna().all()
+    md = to_markdown(table)
+    assert md.splitlines()[0] == ("| graph | method | CRF | seeds | Acc | mIoU | mIoU (Hungarian) | matched \\|cos\\| | principal cos "
+                                  "| graph (s) | graph peak (MB) | fit (s) | fit peak (MB) |")
+    assert "| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.7 | 0.8 | 100 | 4000 | 50.5 | 2000 |" in md
+    assert "| exact | Spectral (exact) | no | 1 |" in md
