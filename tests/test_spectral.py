@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from pipeline import metrics as M
 from pipeline.clustering import fit_kmeans
 from pipeline.spectral import (dataset_knn, degree_normalise, eigen_alignment, eigenvalue_capture, feature_adjacency,
-                               normalised_graph, recall_at_k, spectral_embedding, top_eigenvectors)
+                               normalised_graph, recall_at_k, spectral_embedding, symmetric_degrees, top_eigenvectors)
 
 
 def clustered(n=4000, d=32, centres=20, spread=0.3, seed=0):
@@ -40,6 +40,11 @@ def test_symmetrised_graph_and_degrees_by_hand():
     deg = np.array([0.8, 1.05, 0.25])
     np.testing.assert_allclose(g, a / np.sqrt(np.outer(deg, deg)), rtol=1e-6)
     assert feature_adjacency(np.array([[-0.3], [0.2]], np.float32), np.array([[1], [0]])).toarray()[0, 1] == pytest.approx(0.1)
+    np.testing.assert_allclose(symmetric_degrees(sims, idx), deg, rtol=1e-6)
+    padded = np.array([[1, -1], [0, 2], [1, -1]])  # -1: fewer than k found
+    np.testing.assert_allclose(symmetric_degrees(np.array([[0.8, 9], [0.8, 0.1], [0.5, 9]], np.float32), padded),
+                               np.asarray(feature_adjacency(np.array([[0.8, 9], [0.8, 0.1], [0.5, 9]], np.float32), padded).sum(1)).ravel(),
+                               rtol=1e-6)
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
