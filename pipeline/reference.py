@@ -65,23 +65,28 @@ def fit_spectral(spec: dict[str, Any]) -> RunModel:
 
 
 @torch.no_grad()
-def psi_outputs(model: RunModel, cache: FeatureCache, batch_items: int = 16) -> np.ndarray:
-    """psi's outputs before the Gumbel-softmax (its logits) on every token of a plain cache, (N, K)."""
+def psi_outputs(model: RunModel, cache: FeatureCache, batch_items: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """psi's outputs before the Gumbel-softmax (its logits) on every token of a plain cache, (N, K),
+    and, as the floor to compare them with, K seeded random linear functions of the same inputs."""
     if model.method != "nes":
         raise InputError(f"{model.config.get('run')}: alignment needs a nes run (psi), not {model.method}")
-    out = []
+    k = int(model.config["train"]["K"])
+    projection = torch.randn(cache.dim("input"), k, generator=torch.Generator().manual_seed(seed))
+    logits, random = [], []
     for start in range(0, len(cache), batch_items):
         inp = torch.from_numpy(cache.read(np.arange(start, min(start + batch_items, len(cache))), ("input",))["input"])
-        out.append(model.psi(inp.flatten(1, 2)).flatten(0, 1).float().numpy())
-    return np.concatenate(out)
+        logits.append(model.psi(inp.flatten(1, 2)).flatten(0, 1).float().numpy())
+        random.append((inp.flatten(0, 2) @ projection).numpy())
+    return np.concatenate(logits), np.concatenate(random)
 
 
 def psi_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_path: Path) -> dict[str, Any]:
     """Matched mean |cos| and principal-angle cosines between psi's K outputs and the exact top-K
-    eigenvectors of the split's G, and the share of the top-K spectrum psi's span captures; also
-    for softmax(logits / tau_min), the deterministic counterpart of the trained output."""
+    eigenvectors of the split's G, and the share of the top-K spectrum psi's span captures; the
+    same for softmax(logits / tau_min), the deterministic counterpart of the trained output, and
+    for K random linear functions of psi's input (`random_input`: what no training gives)."""
     values, vectors, attrs = read_eigen_reference(eigen_path)
-    logits = psi_outputs(model, cache)
+    logits, random = psi_outputs(model, cache)
     if len(logits) != len(vectors):
         raise InputError(f"{eigen_path}: eigenvectors over {len(vectors)} tokens, the cache {cache.path} has {len(logits)}")
     k = logits.shape[1]
@@ -92,8 +97,8 @@ def psi_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_
     g = split_graph(graph_zarr, _split_pixels(cache) if alpha else None, alpha, [tuple(p) for p in attrs["pixel_knn"]])
     soft = torch.softmax(torch.from_numpy(logits) / float(model.config["train"]["tau_min"]), dim=1).numpy()
     result: dict[str, Any] = {"tokens": len(logits), "K": k, "eigen_reference": str(eigen_path)}
-    for name, functions in (("logits", logits), ("softmax", soft)):
+    for name, functions in (("logits", logits), ("softmax", soft), ("random_input", random)):
         result[name] = {**eigen_alignment(functions, vectors), "eigenvalue_capture": eigenvalue_capture(functions, g, values)}
-    log.info("alignment of psi with the top-%d eigenvectors: matched |cos| %.3f, principal cos %.3f, capture %.3f",
-             k, result["logits"]["matched_abs_cos"], result["logits"]["principal_cos"], result["logits"]["eigenvalue_capture"])
+    log.info("alignment with the top-%d eigenvectors (matched |cos|, principal cos, capture): psi %.3f %.3f %.3f; "
+             "random functions of its input %.3f %.3f %.3f", k, *result["logits"].values(), *result["random_input"].values())
     return result

@@ -5,7 +5,8 @@ twin `{table}.md` in the paper's layout (methods as rows, Acc and mIoU as mean �
 Beside the scores each row carries what it cost (wall time and peak memory of fitting, and of the
 dataset-wide graph where one was built, from model.pt via metrics.json) and, for nes runs with an
 `alignment.json` beside their metrics (tables with the spectral reference), the alignment of psi
-with the exact eigenvectors: matched mean |cos| and mean principal-angle cosine."""
+with the exact eigenvectors: matched mean |cos| and mean principal-angle cosine, and the latter
+for random linear functions of psi's input (the floor)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 SCORES = ["acc", "miou", "miou_hungarian"]
-ALIGNMENT = ["align_cos", "align_subspace"]
+ALIGNMENT = ["align_cos", "align_subspace", "align_subspace_random"]
 COSTS = ["graph_s", "graph_mb", "train_s", "train_mb"]
 RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "seed", "split",
                "crf", *SCORES, *ALIGNMENT, *COSTS, "run"]
@@ -28,8 +29,9 @@ def extras(metrics_path: Path, m: dict) -> dict:
     out: dict = {}
     aligned = Path(metrics_path).with_name("alignment.json")
     if aligned.is_file():
-        logits = json.loads(aligned.read_text())["logits"]
-        out.update(align_cos=logits["matched_abs_cos"], align_subspace=logits["principal_cos"])
+        aligned = json.loads(aligned.read_text())
+        out.update(align_cos=aligned["logits"]["matched_abs_cos"], align_subspace=aligned["logits"]["principal_cos"],
+                   align_subspace_random=aligned.get("random_input", {}).get("principal_cos"))
     fit = m.get("fit") or {}
     for stage in ("graph", "train"):
         cost = fit.get(stage) or {}
@@ -83,16 +85,21 @@ def to_markdown(table: pd.DataFrame) -> str:
         cells = [f"{row[f'{c}_mean']:.1f} ± {row[f'{c}_std']:.1f}" for c in SCORES]
         lines.append("| " + " | ".join([*lead, METHOD_NAMES.get(row["method"], row["method"]),
                                         "yes" if row["crf"] else "no", str(row["seeds"]), *cells,
-                                        *(_cell(row[c]) for c in trailing)]) + " |")
+                                        *(_cell(row[c], 3 if c in ALIGNMENT else 0) for c in trailing)]) + " |")
     return "\n".join(lines) + "\n"
 
 
-TRAILING_NAMES = {"align_cos": "matched \\|cos\\|", "align_subspace": "principal cos", "graph_s": "graph (s)",
-                  "graph_mb": "graph peak (MB)", "train_s": "fit (s)", "train_mb": "fit peak (MB)"}
+TRAILING_NAMES = {"align_cos": "matched \\|cos\\|", "align_subspace": "principal cos",
+                  "align_subspace_random": "principal cos, random", "graph_s": "graph (s)", "graph_mb": "graph peak (MB)",
+                  "train_s": "fit (s)", "train_mb": "fit peak (MB)"}
 
 
-def _cell(value) -> str:
-    return "–" if pd.isna(value) else f"{value:g}" if isinstance(value, float) else str(value)
+def _cell(value, digits: int | None = None) -> str:
+    if pd.isna(value):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if digits is not None else f"{value:g}"
+    return str(value)
 
 
 def write_table(metric_files: list[Path], csv_path: Path) -> pd.DataFrame:

@@ -156,7 +156,8 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
     for seed, cos in ((0, 0.6), (1, 0.8)):
         run = tmp_path / f"nes-gdataset-s{seed}" / "camvid-native"
         run.mkdir(parents=True)
-        (run / "alignment.json").write_text(json.dumps({"logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1}}))
+        (run / "alignment.json").write_text(json.dumps({"logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1},
+                                                        "random_input": {"matched_abs_cos": 0.1, "principal_cos": 0.4}}))
         metrics = _metrics(tmp_path, f"nes-gdataset-s{seed}", seed=seed, graph="dataset", acc=0.5, miou=0.4, miou_hungarian=0.3,
                            fit={"graph": {"wall_s": 100.0, "peak_rss_mb": 4000.0}, "train": {"wall_s": 50.0 + seed, "peak_rss_mb": 2000.0}})
         files.append(metrics.replace(run / "metrics.json"))
@@ -169,6 +170,6 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
     assert table.loc[table["method"] == "spectral", "align_cos"].isna().all()
     md = to_markdown(table)
     assert md.splitlines()[0] == ("| graph | method | CRF | seeds | Acc | mIoU | mIoU (Hungarian) | matched \\|cos\\| | principal cos "
-                                  "| graph (s) | graph peak (MB) | fit (s) | fit peak (MB) |")
-    assert "| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.7 | 0.8 | 100 | 4000 | 50.5 | 2000 |" in md
+                                  "| principal cos, random | graph (s) | graph peak (MB) | fit (s) | fit peak (MB) |")
+    assert "| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.700 | 0.800 | 0.400 | 100 | 4000 | 50 | 2000 |" in md
     assert "| exact | Spectral (exact) | no | 1 |" in md

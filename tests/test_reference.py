@@ -79,7 +79,7 @@ def test_psi_alignment_on_the_split(planted):
     model = RunModel("nes", {"run": "nes-test", "train": {"K": 3, "tau_min": 0.3}}, psi.eval(), input_dim=32)
     result = psi_alignment(model, planted["cache"], planted["root"] / "graph.zarr", planted["root"] / "eigen.npz")
     assert result["tokens"] == 6 * H * W and result["K"] == 3
-    for kind in ("logits", "softmax"):
+    for kind in ("logits", "softmax", "random_input"):
         scores = result[kind]
         assert 0 <= scores["matched_abs_cos"] <= 1 and 0 <= scores["principal_cos"] <= 1
         assert 0 < scores["eigenvalue_capture"] <= 1 + 1e-9
