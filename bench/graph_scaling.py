@@ -2,6 +2,10 @@
 chunked torch matmul + topk as the reference, plus exact eigsh time; a log-log plot as PNG.
 
     python bench/graph_scaling.py --sizes 10000 30000 100000 300000 1000000 --out docs/graph_scaling.png
+    python bench/graph_scaling.py --sizes 1000000 --methods hnsw --append   # add points to the table
+
+Measurements go to a CSV beside the PNG (docs/graph_scaling.csv); with --append, new points
+replace those of the same size and method and the plot shows them all.
 
 Synthetic clustered features of ViT-S's dimension (384) stand in above CamVid's size. Recall@k of
 the approximate indexes is measured against exact search on 500 query tokens at every size.
@@ -15,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,8 +57,10 @@ def main() -> None:
     p.add_argument("--hnsw-max", type=int, default=300_000)
     p.add_argument("--eigsh-max", type=int, default=100_000)
     p.add_argument("--eigsh-k", type=int, default=64)
+    p.add_argument("--methods", nargs="+", default=["torch", "exact", "ivf", "hnsw"], help="which of torch exact ivf hnsw")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/graph_scaling.png")
+    p.add_argument("--append", action="store_true", help="merge with the CSV beside --out instead of replacing it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import faiss
@@ -70,7 +77,7 @@ def main() -> None:
         plans = [("torch matmul+topk", args.torch_max, None), ("faiss exact", args.exact_max, "exact"),
                  ("faiss ivf", None, "ivf"), ("faiss hnsw", args.hnsw_max, "hnsw")]
         for name, limit, kind in plans:
-            if limit is not None and n > limit:
+            if (limit is not None and n > limit) or (kind or "torch") not in args.methods:
                 continue
             res: dict = {}
             with measure(res, name):
@@ -86,10 +93,21 @@ def main() -> None:
                 rows.append({"n": n, "method": f"eigsh top-{args.eigsh_k}", "seconds": time.perf_counter() - started,
                              "peak_mb": float("nan"), "recall": float("nan")})
                 print(f"N={n:>8} eigsh top-{args.eigsh_k:<8} {rows[-1]['seconds']:8.2f} s", flush=True)
+    table = Path(args.out).with_suffix(".csv")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and table.is_file():
+        new = {(r["n"], r["method"]) for r in rows}
+        old = pd.read_csv(table).to_dict("records")
+        rows = sorted([r for r in old if (r["n"], r["method"]) not in new] + rows, key=lambda r: r["n"])
+    pd.DataFrame(rows, columns=["n", "method", "seconds", "peak_mb", "recall"]).to_csv(table, index=False)
     print("\n| tokens | method | seconds | peak MB | recall@k |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['recall']:.3f} |")
+        print(f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {_num(r['peak_mb'], 0)} | {_num(r['recall'], 3)} |")
     plot(rows, Path(args.out), args.k)
+
+
+def _num(value: float, digits: int) -> str:
+    return "–" if value != value else f"{value:.{digits}f}"  # NaN -> dash
 
 
 def plot(rows: list[dict], path: Path, k: int) -> None:
