@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import measure  # noqa: E402
 
 from pipeline.fit import cache_for  # noqa: E402
-from pipeline.reference import _split_pixels  # noqa: E402
+from pipeline.reference import split_pixels  # noqa: E402
 from pipeline.spectral import split_graph, top_eigenvectors  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> None:
         cache = cache_for(meta["features"])
         results: dict = {}
         with measure(results, "G"):
-            g = split_graph(Path(manifest).with_suffix(".zarr"), _split_pixels(cache), args.alpha, [(10, 2.0), (5, 0.1)])
+            g = split_graph(Path(manifest).with_suffix(".zarr"), split_pixels(cache), args.alpha, [(10, 2.0), (5, 0.1)])
         rows.append((manifest, g.shape[0], g.nnz, "build G", results["G"]))
         for k in args.K:
             with measure(results, f"eigsh{k}"):

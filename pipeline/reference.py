@@ -29,7 +29,8 @@ from .spectral import (eigen_alignment, eigenvalue_capture, read_eigen_reference
 log = logging.getLogger(__name__)
 
 
-def _split_pixels(cache: FeatureCache) -> np.ndarray:
+def split_pixels(cache: FeatureCache) -> np.ndarray:
+    """(B, hw, 5) pixel vectors of every item of a plain (un-augmented) cache."""
     if len(cache.plain_items()) != len(cache):
         raise InputError(f"{cache.path}: holds augmented views; the spectral reference needs a split's plain view (an evaluation cache)")
     return cache.read(np.arange(len(cache)), ("pixels",))["pixels"].reshape(len(cache), -1, 5)
@@ -40,7 +41,7 @@ def eigen_reference(cache: FeatureCache, graph_zarr: Path, k: int, alpha: float,
     """Top-k eigenpairs of the split's G: (values, (N, k) vectors, attributes with the solver's
     wall time and peak memory)."""
     with measured() as stats:
-        g = split_graph(graph_zarr, _split_pixels(cache) if alpha else None, alpha, pixel_knn)
+        g = split_graph(graph_zarr, split_pixels(cache) if alpha else None, alpha, pixel_knn)
         log.info("G of %s: %d tokens, %d non-zeros; eigsh for the top %d eigenpairs", cache.path, g.shape[0], g.nnz, k)
         values, vectors = top_eigenvectors(g, k, seed)
     log.info("eigsh: %.1f s, peak memory %.0f MB; eigenvalues %.4f .. %.4f", stats["wall_s"], stats["peak_rss_mb"],
@@ -94,7 +95,7 @@ def psi_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_
         raise InputError(f"{eigen_path}: {vectors.shape[1]} eigenvectors, psi has K={k} outputs")
     values, vectors = values[:k], vectors[:, :k]
     alpha = float(attrs["alpha"])
-    g = split_graph(graph_zarr, _split_pixels(cache) if alpha else None, alpha, [tuple(p) for p in attrs["pixel_knn"]])
+    g = split_graph(graph_zarr, split_pixels(cache) if alpha else None, alpha, [tuple(p) for p in attrs["pixel_knn"]])
     soft = torch.softmax(torch.from_numpy(logits) / float(model.config["train"]["tau_min"]), dim=1).numpy()
     result: dict[str, Any] = {"tokens": len(logits), "K": k, "eigen_reference": str(eigen_path)}
     for name, functions in (("logits", logits), ("softmax", soft), ("random_input", random)):

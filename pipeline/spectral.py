@@ -3,8 +3,9 @@
 The paper confines the feature k-NN graph to each mini-batch and calls exact spectral
 clustering over a dataset infeasible. Here the graph spans every token of a split:
 - `dataset_knn`: every token's k nearest tokens by cosine similarity through FAISS, exact
-  (`IndexFlatIP` on normalised vectors, queried in blocks) or approximate (IVF or HNSW), with
-  `recall_at_k` to measure the approximation against exact search;
+  (`IndexFlatIP` on normalised vectors, queried in blocks, on the GPU with faiss-gpu) or
+  approximate (IVF or HNSW, on the CPU), with `recall_at_k` to measure the approximation against
+  exact search;
 - `normalised_graph`: the same kernel as per batch (method.md section 2), over all tokens:
   A = (A + A^T) / 2 of the clamped top-k cosines, plus alpha times the per-image pixel graph,
   each degree-normalised separately, as one scipy sparse matrix;
@@ -267,6 +268,10 @@ def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, npr
     n, d = x.shape
     if kind == "exact":
         index = faiss.IndexFlatIP(d)
+        if gpu_search():  # brute force is what GPUs do best; the approximate indexes stay on the CPU
+            from .graph import _gpu_resources
+
+            index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
     elif kind == "ivf":
         nlist = nlist or max(1, int(4 * np.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -279,6 +284,13 @@ def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, npr
         raise ValueError(f"graph index: expected exact, ivf or hnsw, got {kind!r}")
     index.add(x)
     return index
+
+
+def gpu_search() -> bool:
+    """Exact dataset-wide search runs on the GPU when faiss-gpu sees one."""
+    from .graph import faiss_gpus
+
+    return faiss_gpus() > 0
 
 
 def _search_block(index, x: np.ndarray, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
