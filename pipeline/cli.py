@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_table(args: argparse.Namespace) -> None:
     from .tables import write_table
 
-    df = write_table([Path(p) for p in args.metrics], Path(args.out))
+    df = write_table([Path(p) for p in args.metrics], Path(args.out), [Path(p) for p in args.alignments])
     print(df.to_string(index=False))
 
 
@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("table", help="metrics.json files -> table CSV + Markdown")
     s.add_argument("--out", required=True)
+    s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files of nes runs (beside their metrics)")
     s.add_argument("metrics", nargs="+")
     s.set_defaults(func=cmd_table)
 

@@ -3,9 +3,9 @@ setting (the paper's rows), `{table}_runs.csv` with one row per run and CRF sett
 twin `{table}.md` in the paper's layout (methods as rows, Acc and mIoU as mean ± std).
 
 Beside the scores each row carries what it cost (wall time and peak memory of fitting, and of the
-dataset-wide graph where one was built, from model.pt via metrics.json) and, for nes runs with an
-`alignment.json` beside their metrics (tables with the spectral reference), the alignment of psi
-with the exact eigenvectors: matched mean |cos| and mean principal-angle cosine, and the latter
+dataset-wide graph where one was built, from model.pt via metrics.json) and, for the nes runs
+whose `alignment.json` the table is given (tables with the spectral reference; the file sits
+beside the run's metrics.json), the alignment of psi with the exact eigenvectors: matched mean |cos| and mean principal-angle cosine, and the latter
 for random linear functions of psi's input (the floor)."""
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "a
 METHOD_NAMES = {"kmeans": "K-means", "nes": "Ours", "nes_star": "Ours*", "spectral": "Spectral (exact)"}
 
 
-def extras(metrics_path: Path, m: dict) -> dict:
-    """Alignment (from alignment.json beside metrics.json) and costs of one run."""
+def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
+    """Alignment (when the table was given the alignment.json beside metrics.json) and costs of
+    one run."""
     out: dict = {}
     aligned = Path(metrics_path).with_name("alignment.json")
-    if aligned.is_file():
+    if aligned.resolve() in alignments:
         aligned = json.loads(aligned.read_text())
         out.update(align_cos=aligned["logits"]["matched_abs_cos"], align_subspace=aligned["logits"]["principal_cos"],
                    align_subspace_random=aligned.get("random_input", {}).get("principal_cos"))
@@ -39,17 +40,21 @@ def extras(metrics_path: Path, m: dict) -> dict:
     return out
 
 
-def rows_from_metrics(path: Path) -> list[dict]:
+def rows_from_metrics(path: Path, alignments: set[Path] = frozenset()) -> list[dict]:
     m = json.loads(Path(path).read_text())
-    base = {**{k: m.get(k) for k in RUN_COLUMNS if k not in ("crf", *SCORES)}, **extras(path, m)}
+    base = {**{k: m.get(k) for k in RUN_COLUMNS if k not in ("crf", *SCORES)}, **extras(path, m, alignments)}
     rows = [{**base, "crf": False, **{k: m[k] for k in SCORES}}]
     if "crf" in m:
         rows.append({**base, "crf": True, **{k: m["crf"][k] for k in SCORES}})
     return rows
 
 
-def build_runs(metric_files: list[Path]) -> pd.DataFrame:
-    rows = [row for f in metric_files for row in rows_from_metrics(f)]
+def build_runs(metric_files: list[Path], alignment_files: list[Path] = ()) -> pd.DataFrame:
+    alignments = {Path(a).resolve() for a in alignment_files}
+    unmatched = alignments - {Path(f).with_name("alignment.json").resolve() for f in metric_files}
+    if unmatched:
+        raise ValueError(f"alignments without metrics beside them: {', '.join(map(str, sorted(unmatched)))}")
+    rows = [row for f in metric_files for row in rows_from_metrics(f, alignments)]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     for col in SCORES:
         df[col] = (100 * df[col].astype(float)).round(2)  # percent, as in the paper
@@ -102,11 +107,11 @@ def _cell(value, digits: int | None = None) -> str:
     return str(value)
 
 
-def write_table(metric_files: list[Path], csv_path: Path) -> pd.DataFrame:
+def write_table(metric_files: list[Path], csv_path: Path, alignment_files: list[Path] = ()) -> pd.DataFrame:
     """Write the three files (each atomically) and return the aggregated table."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    runs = build_runs(metric_files)
+    runs = build_runs(metric_files, alignment_files)
     table = aggregate(runs)
     for frame, path in ((runs, csv_path.with_name(csv_path.stem + "_runs.csv")), (table, csv_path)):
         tmp = path.with_name(path.name + ".tmp")

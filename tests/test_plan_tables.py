@@ -150,8 +150,8 @@ def test_markdown_shows_the_swept_parameter(tmp_path):
 
 
 def test_alignment_and_costs_join_the_rows(tmp_path):
-    """alignment.json beside a run's metrics and the fit costs in it become columns (means over
-    seeds); the graph kind varies, so it leads the Markdown rows."""
+    """The alignment.json files a table is given (beside their runs' metrics) and the fit costs
+    become columns (means over seeds); the graph kind varies, so it leads the Markdown rows."""
     files = []
     for seed, cos in ((0, 0.6), (1, 0.8)):
         run = tmp_path / f"nes-gdataset-s{seed}" / "camvid-native"
@@ -164,7 +164,9 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
     files.append(_metrics(tmp_path, "spectral-s0", method="spectral", graph="exact", beta=None, seed=0, acc=0.6, miou=0.5,
                           miou_hungarian=0.3, fit={"graph": {"wall_s": 20.0, "peak_rss_mb": 900.0},
                                                    "train": {"wall_s": 70.0, "peak_rss_mb": 3000.0, "eigsh_s": 60.0}}))
-    table = write_table(files, tmp_path / "t.csv")
+    without = write_table(files, tmp_path / "t.csv")  # alignments count only where the table asks for them
+    assert without["align_cos"].isna().all()
+    table = write_table(files, tmp_path / "t.csv", [f.with_name("alignment.json") for f in files[:2]])
     nes = table[table["method"] == "nes"].iloc[0]
     assert (nes["align_cos"], nes["align_subspace"], nes["graph_s"], nes["train_s"]) == (0.7, 0.8, 100.0, 50.5)
     assert table.loc[table["method"] == "spectral", "align_cos"].isna().all()

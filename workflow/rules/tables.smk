@@ -4,7 +4,7 @@ rule table:
     table has the spectral reference."""
     input:
         metrics=lambda w: table_metrics(config, w.folder, w.table),
-        alignments=lambda w: table_alignments(config, w.folder, w.table),  # read beside the metrics
+        alignments=lambda w: table_alignments(config, w.folder, w.table),
     output:
         csv=f"{RESULTS}/{{folder}}/{{table}}.csv",
         runs=f"{RESULTS}/{{folder}}/{{table}}_runs.csv",
@@ -13,4 +13,4 @@ rule table:
         f"{RESULTS}/{{folder}}/logs/{{table}}.log",
     localrule: True
     shell:
-        "{NES} table --out {output.csv} {input.metrics} > /dev/null 2> {log}"
+        "{NES} table --out {output.csv} --alignments {input.alignments} -- {input.metrics} > /dev/null 2> {log}"
