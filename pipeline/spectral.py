@@ -31,6 +31,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
+from .errors import InputError
 from .graph import DEFAULT_PIXEL_KNN, pixel_graph
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,19 @@ def normalised_graph(high: np.ndarray, pixels: np.ndarray | None, k: int = 256, 
     """G = D^-1/2 A D^-1/2 (feature graph over all tokens) + alpha * the per-image pixel graph.
     high: (B, hw, C), pixels: (B, hw, 5)."""
     b, hw, c = high.shape
-    sims, idx = dataset_knn(high.reshape(b * hw, c), k, index, **knn_args)
+    return combined_graph(*dataset_knn(high.reshape(b * hw, c), k, index, **knn_args), pixels, alpha)
+
+
+def combined_graph(sims: np.ndarray, idx: np.ndarray, pixels: np.ndarray | None, alpha: float,
+                   pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
+    """The kernel of method.md section 2 from neighbour lists: the degree-normalised symmetrised
+    feature graph + alpha * the per-image pixel graph (pixels: (B, hw, 5), token id = item * hw +
+    position)."""
     g = degree_normalise(feature_adjacency(sims, idx))
     if pixels is not None and alpha:
-        g = (g + alpha * pixel_adjacency(pixels)).tocsr()
+        if pixels.shape[0] * pixels.shape[1] != g.shape[0]:
+            raise InputError(f"the graph has {g.shape[0]} tokens, the pixel vectors {pixels.shape[0] * pixels.shape[1]}")
+        g = (g + alpha * pixel_adjacency(pixels, pixel_knn)).tocsr()
     return g
 
 
@@ -225,22 +235,17 @@ def _reach_recall(index, x: np.ndarray, rows: np.ndarray, exact: np.ndarray, k: 
 
 def split_graph(graph_zarr: Path, pixels: np.ndarray | None, alpha: float,
                 pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
-    """G of a cached split from its dataset-wide graph (rule `build_graph`): the degree-normalised
-    feature graph + alpha * the per-image pixel graph (pixels: (B, hw, 5), token id = item * hw +
-    position, the graph's numbering)."""
+    """G of a cached split from its dataset-wide graph (rule `build_graph`), as `combined_graph`."""
     import zarr
-
-    from .errors import InputError
 
     group = zarr.open_group(str(graph_zarr), mode="r")
     if not group.attrs.get("complete"):
         raise InputError(f"{graph_zarr}: the dataset graph is incomplete; rerun build_graph to resume it")
-    g = degree_normalise(feature_adjacency(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64)))
-    if pixels is not None and alpha:
-        if pixels.shape[0] * pixels.shape[1] != g.shape[0]:
-            raise InputError(f"{graph_zarr}: {g.shape[0]} tokens, but the cache has {pixels.shape[0] * pixels.shape[1]}; rebuild the graph")
-        g = (g + alpha * pixel_adjacency(pixels, pixel_knn)).tocsr()
-    return g
+    try:
+        return combined_graph(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64), pixels,
+                              alpha, pixel_knn)
+    except InputError as exc:
+        raise InputError(f"{graph_zarr}: {exc}; rebuild the graph from the current cache") from None
 
 
 def write_eigen_reference(out: Path, values: np.ndarray, vectors: np.ndarray, attrs: dict) -> None:
@@ -253,8 +258,6 @@ def write_eigen_reference(out: Path, values: np.ndarray, vectors: np.ndarray, at
 
 
 def read_eigen_reference(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    from .errors import InputError
-
     if not Path(path).is_file():
         raise InputError(f"{path}: no eigenvector reference; run the eigenvectors rule first")
     with np.load(path) as f:
