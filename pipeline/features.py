@@ -67,21 +67,27 @@ def normalise_batch(backbone: Backbone, crops: list[torch.Tensor], size: tuple[i
 
 
 @torch.no_grad()
-def encode(backbone: Backbone, x: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+def encode(backbone: Backbone, x: torch.Tensor, device: torch.device, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Normalised padded images -> channels-last high, input and pixel arrays on the grid.
-    On a GPU the backbone runs under bf16 autocast."""
+    `grid`: the tokens to keep (those holding real pixels; default all). On a GPU the backbone
+    runs under bf16 autocast."""
     x = x.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     with autocast:
         high, inp = backbone(x)
-    pix = pixel_vectors(x, backbone.mean, backbone.std, tuple(high.shape[-2:]))
+    gh, gw = grid or tuple(high.shape[-2:])
+    high, inp = high[..., :gh, :gw], inp[..., :gh, :gw]
+    stride = backbone.spec.stride
+    pix = pixel_vectors(x[..., : gh * stride, : gw * stride], backbone.mean, backbone.std, (gh, gw))
     return {name: t.float().permute(0, 2, 3, 1) for name, t in (("high", high), ("input", inp), ("pixels", pix))}
 
 
 def encode_crops(backbone: Backbone, crops: list[torch.Tensor], device: torch.device,
                  size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-    """(3, h, w) uint8 crops -> features, without a cache (evaluation, segmentation)."""
-    return encode(backbone, normalise_batch(backbone, crops, size), device)
+    """(3, h, w) uint8 crops -> features on the grid of `size` (default: the largest crop), without
+    a cache (evaluation, segmentation). Tokens of padding alone are dropped."""
+    size = size or (max(c.shape[1] for c in crops), max(c.shape[2] for c in crops))
+    return encode(backbone, normalise_batch(backbone, crops, size), device, backbone.grid_for(*size))
 
 
 def shard_range(n_images: int, index: int, count: int) -> tuple[int, int]:

