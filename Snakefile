@@ -9,7 +9,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
-from pipeline.plan import (alignment_spec, all_eigen, all_runs, all_tables, as_param, evaluation_spec, extraction_spec,
+from pipeline.plan import (alignment_spec, all_eigen, all_nystrom, all_runs, all_tables, as_param, evaluation_spec, extraction_spec,
                            run_dir, segmentation_config, segmentation_outputs, shard_count, source_spec,
                            table_alignments, table_metrics)
 
@@ -19,6 +19,7 @@ NES = f"{sys.executable} -m pipeline"
 RUNS = all_runs(config)
 TABLES = all_tables(config)
 EIGEN = all_eigen(config)
+NYSTROM = all_nystrom(config)
 
 
 wildcard_constraints:

@@ -16,7 +16,7 @@ from .errors import InputError
 log = logging.getLogger("nes")
 # the feature graph a method's clusters come from, for the tables: psi's per-batch or dataset-wide
 # graph (train.graph), the exact eigenvectors of the evaluated split's graph, or none
-GRAPH_KIND = {"kmeans": None, "spectral": "exact"}
+GRAPH_KIND = {"kmeans": None, "kmeans_transductive": None, "spectral": "exact", "spectral_inductive": "exact"}
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -79,18 +79,32 @@ def cmd_eigen(args: argparse.Namespace) -> None:
     write_eigen_reference(Path(args.out), values, vectors, {**attrs, "features": spec["features"], "graph": spec["graph"]})
 
 
+def cmd_nystrom(args: argparse.Namespace) -> None:
+    """The training split's eigenvectors extended to an evaluated split (rule `nystrom`)."""
+    from .reference import nystrom_reference
+
+    spec = json.loads(args.spec)
+    embedding, attrs = nystrom_reference(spec)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, embedding=embedding, attrs=np.array(json.dumps({**attrs, "spec": spec}, default=str)))
+    tmp.replace(out)
+
+
 def cmd_align(args: argparse.Namespace) -> None:
-    """Alignment of a nes run's psi with the exact eigenvectors of a split (rule `align`)."""
+    """How well a run's partition serves the evaluated split's G, and psi's alignment with its
+    exact eigenvectors (rule `align`)."""
     from .fit import cache_for
     from .models import RunModel
-    from .reference import psi_alignment
+    from .reference import run_alignment
     from .runtime import write_json_atomic
 
     spec = json.loads(args.spec)
     model = RunModel.load(Path(args.run))
-    result = psi_alignment(model, cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), Path(spec["path"]))
+    result = run_alignment(model, cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), Path(spec["path"]))
     write_json_atomic(Path(args.out), {"run": model.config.get("run"), **result})
-    print(json.dumps(result["logits"]))
+    print(json.dumps(result["partition"]))
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -270,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help=".npz with values, vectors and attributes")
     s.set_defaults(func=cmd_eigen)
 
-    s = sub.add_parser("align", help="alignment of a nes run's psi with a split's exact eigenvectors")
+    s = sub.add_parser("nystrom", help="extend a training split's eigenvectors to an evaluated split (Nystrom)")
+    s.add_argument("--spec", required=True, help="JSON from the workflow (plan.nystrom_spec)")
+    s.add_argument("--out", required=True, help="output .npz")
+    s.set_defaults(func=cmd_nystrom)
+    s = sub.add_parser("align", help="a run's partition on a split's exact graph (capture), psi's eigen-alignment")
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--spec", required=True, help="JSON: features and graph manifests, path of the eigenvector reference")
     s.add_argument("--out", required=True, help="alignment JSON")

@@ -66,13 +66,13 @@ def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, v
     if cached != wanted:
         raise InputError(f"{cache.path}: cached for view {cached}, but evaluation asks for {wanted}; "
                          "use a cache of the same view or run the backbone live (no --features)")
-    if model.transductive and Path(model.config["features"]).with_suffix(".zarr").resolve() != Path(cache.path).resolve():
-        raise InputError(f"{model.config['run']} is transductive: fit on {model.config['features']}, it can only be scored "
+    if model.item_lookup and Path(model.lookup_features).with_suffix(".zarr").resolve() != Path(cache.path).resolve():
+        raise InputError(f"{model.config['run']} labels the tokens of {model.lookup_features} by item: it can only be scored "
                          f"on that cache, not {cache.path}")
     input_size = tuple(cache.attrs["input_size"])
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        if model.transductive:
+        if model.item_lookup:
             logits = model.item_logits(torch.as_tensor(chunk), cache.grid).float()
         else:
             data = cache.read(chunk, ("high", "input"))

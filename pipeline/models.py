@@ -1,18 +1,22 @@
 """What a run directory holds and how any method turns cached tokens into cluster logits.
 
 `model.pt` is a plain dict (loads with torch.load(weights_only=True)):
-  method     kmeans | nes | nes_star | spectral
+  method     kmeans | kmeans_transductive | nes | nes_star | spectral | spectral_inductive
   config     the resolved run spec (plain data)
   input_dim  psi's input dimension (nes, nes_star)
   psi        psi's state dict (nes, nes_star)
-  centres    (K, D) k-means centres (kmeans: on normalised high-level features; nes_star: on
-             normalised `hidden`; spectral: on the row-normalised top-K eigenvectors)
-  embedding  (N, K) float16, spectral only: the row-normalised eigenvectors of every token of the
-             split it was fit on (token id = item * h * w + position)
+  centres    (K, D) k-means centres (kmeans: on normalised high-level features of the training
+             split, kmeans_transductive: of the evaluated split; nes_star: on normalised `hidden`;
+             spectral: on the row-normalised top-K eigenvectors of the evaluated split,
+             spectral_inductive: of the training split)
+  embedding  (N, K) float16, spectral methods only: the row-normalised eigenvectors of every token
+             of the evaluated split (token id = item * h * w + position): exact (spectral) or
+             extended from the training split's by the Nystrom formula (spectral_inductive)
   fit        wall time and peak memory of fitting (and of the graph it used), for the tables
 Every method yields per-token logits whose argmax is its cluster, so evaluation and segmentation
 treat them alike (bilinear upsampling of logits, then argmax). `spectral` is transductive: its
-logits come by item of its own split (`item_logits`), never from new features.
+logits come by item of its own split (`item_logits`), never from new features; so do those of
+`spectral_inductive`, whose extension to the evaluated split is computed once by rule `nystrom`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .clustering import centre_logits
 from .eigenfunctions import Psi
 from .errors import InputError
 
-METHODS = ("kmeans", "nes", "nes_star", "spectral")
+METHODS = ("kmeans", "kmeans_transductive", "nes", "nes_star", "spectral", "spectral_inductive")
 
 
 def build_psi(input_dim: int, train_cfg: dict[str, Any]) -> Psi:
@@ -50,7 +54,18 @@ class RunModel(nn.Module):
 
     @property
     def transductive(self) -> bool:
-        return self.method == "spectral"
+        """Fit on the split it scores (spectral, kmeans_transductive): a control, not a method."""
+        return self.method in ("spectral", "kmeans_transductive")
+
+    @property
+    def item_lookup(self) -> bool:
+        """Labels come from a stored embedding of the evaluated split's tokens, by item."""
+        return self.method in ("spectral", "spectral_inductive")
+
+    @property
+    def lookup_features(self) -> str:
+        """The features manifest of the split whose tokens the stored embedding covers."""
+        return self.config["nystrom"]["features"] if self.method == "spectral_inductive" else self.config["features"]
 
     @property
     def num_clusters(self) -> int:
@@ -60,10 +75,10 @@ class RunModel(nn.Module):
     def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
         b, h, w, _ = high.shape
-        if self.transductive:
-            raise InputError(f"{self.config.get('run')}: a spectral run is transductive: it labels only the tokens of the split it "
-                             f"was fit on ({self.config['features']}); it cannot segment other images")
-        if self.method == "kmeans":
+        if self.item_lookup:
+            raise InputError(f"{self.config.get('run')}: a {self.method} run labels only the tokens of the split its embedding "
+                             f"was computed for ({self.lookup_features}); it cannot segment other images")
+        if self.method in ("kmeans", "kmeans_transductive"):
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:
             tokens = inp.reshape(b, h * w, -1)
@@ -76,7 +91,7 @@ class RunModel(nn.Module):
 
     @torch.no_grad()
     def item_logits(self, items: torch.Tensor | list[int], grid: tuple[int, int]) -> torch.Tensor:
-        """spectral: logits (B, K, h, w) of cached items of the split the run was fit on."""
+        """spectral methods: logits (B, K, h, w) of cached items of the evaluated split."""
         h, w = grid
         if self.embedding.shape[0] % (h * w):
             raise InputError(f"{self.config.get('run')}: {self.embedding.shape[0]} fitted tokens are not whole {h}x{w} items")

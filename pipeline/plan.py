@@ -20,8 +20,7 @@ from typing import Any
 
 from .eigenfunctions import default_beta
 from .errors import InputError
-
-METHODS = ("kmeans", "nes", "nes_star", "spectral")
+from .models import METHODS
 TRAIN_VIEW = "train"  # the view name of training caches; protocols name the evaluation views
 # what reading a dataset's images depends on (not its protocols, training overrides or splits)
 SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names")
@@ -91,8 +90,10 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
 def run_id(method: str, backbone: str, train: dict, seed: int, protocol: str | None = None) -> str:
     if method == "kmeans":
         return f"kmeans-{backbone}-K{train['K']}-s{seed}"
-    if method == "spectral":  # fit on the evaluated split under `protocol`'s view
-        return f"spectral-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-{protocol}-s{seed}"
+    if method == "kmeans_transductive":  # fit on the evaluated split under `protocol`'s view
+        return f"kmeans_transductive-{backbone}-K{train['K']}-{protocol}-s{seed}"
+    if method in ("spectral", "spectral_inductive"):  # labels the evaluated split under `protocol`'s view
+        return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-{protocol}-s{seed}"
     graph = "-gdataset" if train.get("graph", "batch") == "dataset" else ""  # batch graphs keep the short ids
     return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}{graph}-s{seed}"
 
@@ -177,22 +178,24 @@ def table_metrics(config: dict, folder: str, table: str) -> list[str]:
 
 
 def table_alignments(config: dict, folder: str, table: str) -> list[str]:
-    """A table with the exact `spectral` reference also measures how close each psi comes to its
-    eigenvectors (alignment.json beside the nes runs' metrics)."""
+    """A table with the exact `spectral` reference also measures how well every run's partition
+    serves the evaluated split's G, and how close each psi comes to its eigenvectors
+    (alignment.json beside each run's metrics)."""
     if "spectral" not in table_config(config, folder, table)["methods"]:
         return []
     evaluation = table_evaluation(config, folder, table)
-    return [alignment_path(config, spec, evaluation) for spec in table_runs(config, folder, table) if spec["method"] == "nes"]
+    return [alignment_path(config, spec, evaluation) for spec in table_runs(config, folder, table)]
 
 
 def alignment_path(config: dict, spec: dict, evaluation: str) -> str:
     return f"{run_dir(config, spec)}/{evaluation}/alignment.json"
 
 
-def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: dict) -> dict:
-    """The exact top-K eigenvectors of G over the evaluation split of `dataset` under `protocol`'s
-    view (rule `eigenvectors`), from its dataset-wide graph (rule `build_graph`)."""
-    split = dataset_spec(config, dataset)["eval_split"]
+def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: dict, split: str | None = None) -> dict:
+    """The exact top-K eigenvectors of G over a split of `dataset` (default: its evaluation split)
+    under the view `protocol` (or the training view) (rule `eigenvectors`), from its dataset-wide
+    graph (rule `build_graph`)."""
+    split = split or dataset_spec(config, dataset)["eval_split"]
     if view_config(config, dataset, protocol)["mode"] == "sliding":
         raise InputError(f"datasets.{dataset}.protocols.{protocol}: the spectral reference needs a cached (single-pass) "
                          "protocol; sliding windows are evaluated live")
@@ -203,9 +206,27 @@ def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: 
             "pixel_knn": [list(p) for p in train["pixel_knn"]]}
 
 
+def nystrom_spec(config: dict, train_dataset: str, backbone: str, evaluation: tuple[str, str], train: dict) -> dict:
+    """The training split's exact eigenvectors (of `train_dataset` under its training view) extended
+    to every token of the evaluated split by the Nystrom formula (rule `nystrom`)."""
+    dataset, protocol = evaluation
+    eigen = eigen_spec(config, train_dataset, backbone, TRAIN_VIEW, train, dataset_spec(config, train_dataset)["train_split"])
+    split = dataset_spec(config, dataset)["eval_split"]
+    out = graph_path(config, dataset, backbone, protocol, split).removesuffix(".json")
+    return {"path": f"{out}-nystrom-{train_dataset}-K{eigen['K']}-a{_fmt(eigen['alpha'])}.npz", "eigen": eigen,
+            "features": features_path(config, dataset, backbone, protocol, split), "k": int(train["knn_k"]),
+            "graph": config.get("graph") or {}}
+
+
+def default_train(config: dict, dataset: str) -> dict:
+    return {**config["train"], **(dataset_spec(config, dataset).get("train") or {})}
+
+
 def alignment_spec(config: dict, spec: dict, evaluation: str) -> dict:
+    """The evaluated split's eigen reference a run is measured on: the run's K, alpha and pixel
+    graph, the dataset's defaults where the run has none (K-means runs have no alpha)."""
     dataset, protocol = evaluation.rsplit("-", 1)
-    return eigen_spec(config, dataset, spec["backbone"], protocol, spec["train"])
+    return eigen_spec(config, dataset, spec["backbone"], protocol, {**default_train(config, dataset), **spec["train"]})
 
 
 def all_eigen(config: dict) -> dict[str, dict]:
@@ -215,15 +236,21 @@ def all_eigen(config: dict) -> dict[str, dict]:
         evaluation = table_evaluation(config, folder, table)
         for spec in table_runs(config, folder, table):
             wanted = []
-            if spec["method"] == "spectral":
+            if spec["method"] in ("spectral", "spectral_inductive"):
                 wanted.append(spec["eigen"])
-            elif spec["method"] == "nes" and "spectral" in table_config(config, folder, table)["methods"]:
+            if "spectral" in table_config(config, folder, table)["methods"]:
                 wanted.append(alignment_spec(config, spec, evaluation))
             for eig in wanted:
                 if out.setdefault(eig["path"], eig) != eig:
                     raise InputError(f"tables.{folder}.{table}: {eig['path']} is wanted with different pixel graphs "
                                      "(train.pixel_knn differs between tables but is not part of its name)")
     return out
+
+
+def all_nystrom(config: dict) -> dict[str, dict]:
+    """Nystrom extension path -> its spec, over every spectral_inductive run of the tables."""
+    return {spec["nystrom"]["path"]: spec["nystrom"] for folder, table in all_tables(config)
+            for spec in table_runs(config, folder, table) if spec["method"] == "spectral_inductive"}
 
 
 def run_dir(config: dict, spec: dict) -> str:
@@ -240,8 +267,10 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
     run is fit (the evaluated split itself, not the training dataset)."""
     if method not in METHODS:
         raise InputError(f"tables.*.methods: unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method == "spectral":
-        return spectral_spec(config, backbone, train, seed, evaluation)
+    if method in ("spectral", "spectral_inductive"):
+        return spectral_spec(config, dataset, backbone, method, train, seed, evaluation)
+    if method == "kmeans_transductive":
+        return kmeans_transductive_spec(config, backbone, train, seed, evaluation)
     ds = dataset_spec(config, dataset)
     spec: dict[str, Any] = {
         "run": run_id(method, backbone, train, seed), "method": method, "seed": seed,
@@ -259,24 +288,66 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
         spec["train"] = {**train, "beta": round(resolved_beta(train), 6), "alpha": float(train["alpha"])}
     if method == "nes" and train.get("graph", "batch") == "dataset":
         spec["graph"] = graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
+    if method == "nes" and train.get("monitor"):
+        spec["heldout"] = heldout_features(config, dataset, backbone)
     if method == "nes_star":
         spec["kmeans"] = config["kmeans"]
         spec["nes_run"] = run_id("nes", backbone, train, seed)
     return spec
 
 
-def spectral_spec(config: dict, backbone: str, train: dict, seed: int, evaluation: tuple[str, str] | None) -> dict:
+def _evaluated(method: str, evaluation: tuple[str, str] | None) -> tuple[str, str]:
     if evaluation is None:
-        raise InputError("method spectral is transductive (fit on the split it scores): use it in tables, not segmentations")
-    dataset, protocol = evaluation
-    eigen = eigen_spec(config, dataset, backbone, protocol, train)
+        raise InputError(f"method {method} labels the split a table evaluates (or is fit on it): use it in tables, not segmentations")
+    return evaluation
+
+
+def heldout_features(config: dict, dataset: str, backbone: str) -> str | None:
+    """The evaluation split's cache under the dataset's first cached protocol: where the training
+    monitor takes its held-out kernel (None when every protocol slides windows)."""
+    ds = dataset_spec(config, dataset)
+    for protocol, view in (ds.get("protocols") or {}).items():
+        if view["mode"] != "sliding":
+            return features_path(config, dataset, backbone, protocol, ds["eval_split"])
+    return None
+
+
+def spectral_spec(config: dict, train_dataset: str, backbone: str, method: str, train: dict, seed: int,
+                  evaluation: tuple[str, str] | None) -> dict:
+    """`spectral`: K-means on the exact eigenvectors of the evaluated split's G (transductive);
+    `spectral_inductive`: K-means centres on the training split's eigenvectors, the evaluated
+    split labelled through their Nystrom extension. Both live under the evaluated dataset."""
+    dataset, protocol = _evaluated(method, evaluation)
     view = {k: v for k, v in view_config(config, dataset, protocol).items() if k not in ("labels", "crf")}
-    return {
-        "run": run_id("spectral", backbone, train, seed, protocol), "method": "spectral", "seed": seed,
+    spec = {
+        "run": run_id(method, backbone, train, seed, protocol), "method": method, "seed": seed,
         "dataset": dataset, "backbone": backbone,
         "dataset_spec": {**source_spec(config, dataset), "train_split": dataset_spec(config, dataset)["eval_split"], "train_view": view},
-        "backbone_spec": backbone_spec(config, backbone), "features": eigen["features"], "eigen": eigen,
-        "evaluation": f"{dataset}-{protocol}", "train": {"K": eigen["K"], "alpha": eigen["alpha"]},
+        "backbone_spec": backbone_spec(config, backbone), "evaluation": f"{dataset}-{protocol}",
+        "kmeans": config["kmeans"], "device": config["device"],
+    }
+    if method == "spectral":
+        spec["eigen"] = eigen_spec(config, dataset, backbone, protocol, train)
+    else:
+        spec["nystrom"] = nystrom_spec(config, train_dataset, backbone, evaluation, train)
+        spec["eigen"] = spec["nystrom"]["eigen"]
+    spec["features"] = spec["eigen"]["features"]
+    spec["train"] = {"K": spec["eigen"]["K"], "alpha": spec["eigen"]["alpha"]}
+    return spec
+
+
+def kmeans_transductive_spec(config: dict, backbone: str, train: dict, seed: int, evaluation: tuple[str, str] | None) -> dict:
+    """K-means fitted on the evaluated split's own tokens: the control for `spectral`, which is
+    fit there too. Lives under the evaluated dataset."""
+    dataset, protocol = _evaluated("kmeans_transductive", evaluation)
+    view = {k: v for k, v in view_config(config, dataset, protocol).items() if k not in ("labels", "crf")}
+    split = dataset_spec(config, dataset)["eval_split"]
+    return {
+        "run": run_id("kmeans_transductive", backbone, train, seed, protocol), "method": "kmeans_transductive", "seed": seed,
+        "dataset": dataset, "backbone": backbone,
+        "dataset_spec": {**source_spec(config, dataset), "train_split": split, "train_view": view},
+        "backbone_spec": backbone_spec(config, backbone), "evaluation": f"{dataset}-{protocol}",
+        "features": features_path(config, dataset, backbone, protocol, split), "train": {"K": train["K"]},
         "kmeans": config["kmeans"], "device": config["device"],
     }
 

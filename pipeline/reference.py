@@ -6,7 +6,14 @@
 - `fit_spectral`: the Ng-Jordan-Weiss embedding (eigenvector rows, L2-normalised) clustered by
   K-means. Transductive: the run labels exactly the tokens of the split it was fit on, so it is
   scored on that split's cache and cannot segment new images.
-- `psi_alignment`: how close a trained psi comes to the exact eigenvectors on the same tokens.
+- `nystrom_reference` / method `spectral_inductive`: the top-K eigenvectors of the *training*
+  split's graph extended to the evaluated split's tokens by the Nystrom formula over their k
+  nearest training tokens, clustered by K-means centres fitted on the training embedding: the
+  exact, non-parametric counterpart of what psi learns (it keeps every training token and its
+  eigenvectors at test time, where psi keeps only its weights).
+- `run_alignment`: how well any run's hard partition of the evaluated split serves its G
+  (capture, one-hot alignment, perplexity) and, for psi, how close its logits come to the exact
+  eigenvectors (a diagnostic).
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .cache import FeatureCache
 from .clustering import fit_kmeans
 from .errors import InputError
 from .models import RunModel
 from .runtime import measured
-from .spectral import (eigen_alignment, eigenvalue_capture, read_eigen_reference, spectral_embedding, split_graph,
-                       top_eigenvectors)
+from .spectral import (_build_index, _normalised_rows, _search_block, eigen_alignment, eigenvalue_capture,
+                       nystrom_extension, partition_measures, query_rows, read_eigen_reference, spectral_embedding,
+                       split_graph, top_eigenvectors)
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +60,10 @@ def eigen_reference(cache: FeatureCache, graph_zarr: Path, k: int, alpha: float,
 
 
 def fit_spectral(spec: dict[str, Any]) -> RunModel:
-    """K-means (seeded) on the row-normalised eigenvectors of the split; the model keeps the
-    embedding of every token so that evaluation reads its clusters by item."""
+    """K-means (seeded) on the row-normalised eigenvectors of a split's G. `spectral`: of the
+    evaluated split itself; `spectral_inductive`: of the training split, the model then labels the
+    evaluated split through its Nystrom extension (`spec["nystrom"]`). The model keeps the
+    embedding of every evaluated token so that evaluation reads its clusters by item."""
     values, vectors, attrs = read_eigen_reference(Path(spec["eigen"]["path"]))
     k = int(spec["train"]["K"])
     if vectors.shape[1] < k:
@@ -62,7 +73,69 @@ def fit_spectral(spec: dict[str, Any]) -> RunModel:
     rng = np.random.default_rng(int(spec["seed"]))
     points = embedding if len(embedding) <= int(km["max_points"]) else embedding[rng.choice(len(embedding), int(km["max_points"]), replace=False)]
     centres = fit_kmeans(points, k, int(spec["seed"]), int(km["niter"]))
-    return RunModel("spectral", spec, centres=torch.from_numpy(centres), embedding=torch.from_numpy(embedding).half())
+    if spec["method"] == "spectral_inductive":
+        extended = np.load(spec["nystrom"]["path"])["embedding"]
+        if extended.shape[1] < k:
+            raise InputError(f"{spec['nystrom']['path']}: {extended.shape[1]} extended eigenvectors, the run needs K={k}")
+        embedding = spectral_embedding(extended[:, :k])
+    return RunModel(spec["method"], spec, centres=torch.from_numpy(centres), embedding=torch.from_numpy(embedding).half())
+
+
+def nystrom_reference(spec: dict[str, Any], block: int = 8192) -> tuple[np.ndarray, dict[str, Any]]:
+    """The training split's top-K eigenvectors (`spec["eigen"]`) extended to every token of the
+    evaluated split (`spec["features"]`): k nearest training tokens by cosine (FAISS, exact up to
+    graph.exact_max_tokens), their degree-normalised weights, and the pixel graph of each
+    evaluated image (rule `nystrom`). Returns the (M, K) extension and its cost."""
+    from .dataset_graph import DatasetGraph
+    from .fit import cache_for
+    from .graph import pixel_graph
+
+    values, vectors, attrs = read_eigen_reference(Path(spec["eigen"]["path"]))
+    train_cache, cache = cache_for(spec["eigen"]["features"]), cache_for(spec["features"])
+    if train_cache.dim("high") != cache.dim("high"):
+        raise InputError(f"{spec['features']}: features of another backbone than {spec['eigen']['features']}")
+    with measured() as cost:
+        h, w = train_cache.grid
+        degrees = DatasetGraph(Path(spec["eigen"]["graph"]).with_suffix(".zarr"), h * w).degrees
+        train_high = train_cache.read(np.arange(len(train_cache)), ("high",))["high"]
+        train_high = _normalised_rows(train_high.reshape(-1, train_high.shape[-1]))
+        if len(train_high) != len(vectors):
+            raise InputError(f"{spec['eigen']['path']}: eigenvectors over {len(vectors)} tokens, {spec['eigen']['features']} has {len(train_high)}")
+        graph_cfg = spec.get("graph") or {}
+        kind = "exact" if len(train_high) <= int(graph_cfg.get("exact_max_tokens", 200_000)) else graph_cfg.get("approximate", "ivf")
+        knn_args = {a: graph_cfg[a] for a in ("nprobe", "hnsw_m", "ef_search") if a in graph_cfg and kind != "exact"}
+        index = _build_index(train_high, kind, int(spec["k"]), **knn_args)
+        alpha, pixel_knn = float(attrs["alpha"]), [tuple(p) for p in attrs["pixel_knn"]]
+        hw = cache.grid[0] * cache.grid[1]
+        items_per_block = max(1, block // hw)
+        parts = []
+        log.info("Nystrom extension of %d eigenvectors of %d training tokens to %d tokens (%s search, k=%d)",
+                 vectors.shape[1], len(vectors), len(cache) * hw, kind, int(spec["k"]))
+        for start in tqdm(range(0, len(cache), items_per_block), desc="nystrom", unit="block"):
+            items = np.arange(start, min(start + items_per_block, len(cache)))
+            data = cache.read(items, ("high", "pixels"))
+            queries = _normalised_rows(data["high"].reshape(-1, data["high"].shape[-1]))
+            sims, idx = _search_block(index, queries, 0, len(queries), int(spec["k"]))
+            rows = query_rows(sims, idx, degrees)
+            blocks = pixel_graph(torch.from_numpy(data["pixels"].reshape(len(items), hw, 5)).float(), pixel_knn).numpy() if alpha else None
+            parts.append(nystrom_extension(rows, vectors, values, blocks, alpha))
+    log.info("Nystrom extension: %.1f s, peak memory %.0f MB", cost["wall_s"], cost["peak_rss_mb"])
+    return np.concatenate(parts), {"tokens": len(cache) * hw, "train_tokens": len(vectors), "search": kind, "cost": cost}
+
+
+@torch.no_grad()
+def cache_clusters(model: RunModel, cache: FeatureCache, batch_items: int = 16) -> np.ndarray:
+    """The cluster of every token of a plain cache, (N,) in token order (item * h * w + position)."""
+    out = []
+    for start in range(0, len(cache), batch_items):
+        items = np.arange(start, min(start + batch_items, len(cache)))
+        if model.item_lookup:
+            logits = model.item_logits(items, cache.grid)
+        else:
+            data = cache.read(items, ("high", "input"))
+            logits = model.token_logits(torch.from_numpy(data["high"]), torch.from_numpy(data["input"]))
+        out.append(logits.argmax(1).flatten().numpy())
+    return np.concatenate(out)
 
 
 @torch.no_grad()
@@ -81,25 +154,32 @@ def psi_outputs(model: RunModel, cache: FeatureCache, batch_items: int = 16, see
     return np.concatenate(logits), np.concatenate(random)
 
 
-def psi_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_path: Path) -> dict[str, Any]:
-    """Matched mean |cos| and principal-angle cosines between psi's K outputs and the exact top-K
-    eigenvectors of the split's G, and the share of the top-K spectrum psi's span captures; the
-    same for softmax(logits / tau_min), the deterministic counterpart of the trained output, and
-    for K random linear functions of psi's input (`random_input`: what no training gives)."""
+def run_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_path: Path) -> dict[str, Any]:
+    """Any run on the evaluated split's G (rule `align`): `partition` = capture, one-hot alignment
+    and perplexity of its hard clusters (spectral.partition_measures). For psi also, as a
+    diagnostic: matched mean |cos|, principal-angle cosines and Ky Fan capture of its logits'
+    span against the exact eigenvectors, the same for softmax(logits / tau_min) and for K random
+    linear functions of psi's input (`random_input`, the floor)."""
     values, vectors, attrs = read_eigen_reference(eigen_path)
-    logits, random = psi_outputs(model, cache)
-    if len(logits) != len(vectors):
-        raise InputError(f"{eigen_path}: eigenvectors over {len(vectors)} tokens, the cache {cache.path} has {len(logits)}")
-    k = logits.shape[1]
+    k = model.num_clusters
     if vectors.shape[1] < k:
-        raise InputError(f"{eigen_path}: {vectors.shape[1]} eigenvectors, psi has K={k} outputs")
+        raise InputError(f"{eigen_path}: {vectors.shape[1]} eigenvectors, the run has K={k} clusters")
     values, vectors = values[:k], vectors[:, :k]
+    labels = cache_clusters(model, cache)
+    if len(labels) != len(vectors):
+        raise InputError(f"{eigen_path}: eigenvectors over {len(vectors)} tokens, the cache {cache.path} has {len(labels)}")
     alpha = float(attrs["alpha"])
     g = split_graph(graph_zarr, split_pixels(cache) if alpha else None, alpha, [tuple(p) for p in attrs["pixel_knn"]])
-    soft = torch.softmax(torch.from_numpy(logits) / float(model.config["train"]["tau_min"]), dim=1).numpy()
-    result: dict[str, Any] = {"tokens": len(logits), "K": k, "eigen_reference": str(eigen_path)}
-    for name, functions in (("logits", logits), ("softmax", soft), ("random_input", random)):
-        result[name] = {**eigen_alignment(functions, vectors), "eigenvalue_capture": eigenvalue_capture(functions, g, values)}
-    log.info("alignment with the top-%d eigenvectors (matched |cos|, principal cos, capture): psi %.3f %.3f %.3f; "
-             "random functions of its input %.3f %.3f %.3f", k, *result["logits"].values(), *result["random_input"].values())
+    result: dict[str, Any] = {"tokens": len(labels), "K": k, "eigen_reference": str(eigen_path),
+                              "partition": partition_measures(labels, g, values, vectors)}
+    log.info("partition of %s on G: capture %.3f, one-hot alignment %.3f, perplexity %.1f of %d clusters",
+             model.config.get("run"), result["partition"]["capture"], result["partition"]["onehot_cos"],
+             result["partition"]["perplexity"], k)
+    if model.method == "nes":
+        logits, random = psi_outputs(model, cache)
+        soft = torch.softmax(torch.from_numpy(logits) / float(model.config["train"]["tau_min"]), dim=1).numpy()
+        for name, functions in (("logits", logits), ("softmax", soft), ("random_input", random)):
+            result[name] = {**eigen_alignment(functions, vectors), "eigenvalue_capture": eigenvalue_capture(functions, g, values)}
+        log.info("psi's logits vs the top-%d eigenvectors (matched |cos|, principal cos, capture): %.3f %.3f %.3f; "
+                 "random functions of its input %.3f %.3f %.3f", k, *result["logits"].values(), *result["random_input"].values())
     return result

@@ -148,6 +148,64 @@ def eigenvalue_capture(functions: np.ndarray, g: sp.spmatrix, top_values: np.nda
     return float(np.sum(q * (g @ q)) / np.sum(top_values))
 
 
+def partition_measures(labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarray,
+                       eigenvectors: np.ndarray | None = None) -> dict[str, float]:
+    """How well a hard partition of the tokens (one cluster id per token) serves G.
+
+    - `capture`: the within-cluster association sum_c 1_c^T G 1_c / |c| (kernel k-means' ratio
+      association, tr(Y^T G Y) for the size-normalised indicators Y) over the sum of G's top-K
+      eigenvalues, K the number of eigenvalues given. By Ky Fan's principle it is at most 1, and
+      it is what spectral clustering relaxes: the yardstick that sees a partition (a set of
+      indicator functions) where alignment with the eigenvectors sees a subspace;
+    - `onehot_cos`: mean principal-angle cosine between the indicators' span and the top-K
+      eigenvectors (when given);
+    - `perplexity`: exp(entropy) of the cluster sizes (the number of equally used clusters that
+      would give the same entropy); `clusters`: clusters holding at least one token.
+    """
+    labels = np.asarray(labels).ravel()
+    used, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    y = sp.csr_matrix((1.0 / np.sqrt(counts[inverse]), (np.arange(len(labels)), inverse)), shape=(len(labels), len(used)))
+    association = float((y.multiply(g @ y)).sum())
+    p = counts / counts.sum()
+    out = {"capture": association / float(np.sum(top_values)), "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+           "clusters": int(len(used))}
+    if eigenvectors is not None:
+        out["onehot_cos"] = eigen_alignment(y.toarray(), eigenvectors)["principal_cos"]
+    return out
+
+
+def query_rows(sims: np.ndarray, idx: np.ndarray, degrees: np.ndarray) -> sp.csr_matrix:
+    """Rows G_feat(x, X) of new tokens x against the graph's tokens X: their clamped top-k cosines
+    (`sims`, `idx` from a search of X) normalised by sqrt(d_x d_j), with d_x the new token's own
+    similarity sum and d_j the graph's degrees."""
+    m, k = idx.shape
+    keep = idx >= 0
+    a = np.where(keep, np.clip(sims, 0, None), 0)
+    d_x = np.maximum(a.sum(1), 1e-12)
+    w = a / np.sqrt(d_x[:, None] * np.maximum(degrees[np.where(keep, idx, 0)], 1e-12))
+    return sp.csr_matrix((w[keep], (np.repeat(np.arange(m), k)[keep.ravel()], idx[keep])), shape=(m, len(degrees)))
+
+
+def nystrom_extension(rows: sp.spmatrix, vectors: np.ndarray, values: np.ndarray, pixel_blocks: np.ndarray | None = None,
+                      alpha: float = 0.0, iterations: int = 30) -> np.ndarray:
+    """Eigenvectors of G over the graph's tokens extended to new tokens (Nystrom):
+    f(x) = (1/lambda) [sum_j G_feat(x, x_j) u(x_j) + alpha sum_y G_pix(x, y) f(y)], the pixel part
+    over the new token's own image (its pixel graph links no graph token), solved by fixed-point
+    iteration (a contraction while alpha < lambda). `rows`: (M, N) from `query_rows`;
+    `pixel_blocks`: (B, hw, hw) normalised pixel graphs of the M = B * hw new tokens. For a token
+    of the graph itself, with its own rows, f = u exactly."""
+    inv = 1.0 / values[None, :]
+    base = np.asarray(rows @ vectors) * inv
+    if pixel_blocks is None or not alpha:
+        return base.astype(np.float32)
+    b, hw, _ = pixel_blocks.shape
+    base = base.reshape(b, hw, -1)
+    f = base.copy()
+    for _ in range(iterations):
+        f = base + alpha * np.matmul(pixel_blocks, f) * inv[None]
+    return f.reshape(b * hw, -1).astype(np.float32)
+
+
 def spectral_embedding(vectors: np.ndarray) -> np.ndarray:
     """Rows of the eigenvector matrix, L2-normalised (Ng, Jordan and Weiss), ready for K-means."""
     return _normalised_rows(vectors)

@@ -3,10 +3,13 @@ setting (the paper's rows), `{table}_runs.csv` with one row per run and CRF sett
 twin `{table}.md` in the paper's layout (methods as rows, Acc and mIoU as mean ± std).
 
 Beside the scores each row carries what it cost (wall time and peak memory of fitting, and of the
-dataset-wide graph where one was built, from model.pt via metrics.json) and, for the nes runs
-whose `alignment.json` the table is given (tables with the spectral reference; the file sits
-beside the run's metrics.json), the alignment of psi with the exact eigenvectors: matched mean |cos| and mean principal-angle cosine, and the latter
-for random linear functions of psi's input (the floor)."""
+dataset-wide graph where one was built, from model.pt via metrics.json) and, for runs whose
+`alignment.json` the table is given (tables with the spectral reference; the file sits beside the
+run's metrics.json), how well the run's hard partition serves the evaluated split's exact G:
+`capture` (within-cluster association over the top-K eigenvalue sum), `onehot_cos` (principal
+cosines of the cluster indicators against the top-K eigenvectors) and `perplexity` (clusters in
+effective use). For psi also, as a diagnostic only, the principal cosine of its logits' span
+(`logit_cos`) and of random linear functions of its input (`logit_cos_random`, the floor)."""
 
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 SCORES = ["acc", "miou", "miou_hungarian"]
-ALIGNMENT = ["align_cos", "align_subspace", "align_subspace_random"]
+ALIGNMENT = ["capture", "onehot_cos", "perplexity", "logit_cos", "logit_cos_random"]
 COSTS = ["graph_s", "graph_mb", "train_s", "train_mb"]
 RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "seed", "split",
                "crf", *SCORES, *ALIGNMENT, *COSTS, "run"]
 SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "crf"]
-METHOD_NAMES = {"kmeans": "K-means", "nes": "Ours", "nes_star": "Ours*", "spectral": "Spectral (exact)"}
+METHOD_NAMES = {"kmeans": "K-means", "kmeans_transductive": "K-means (transductive)", "nes": "Ours", "nes_star": "Ours*",
+                "spectral": "Spectral (exact, transductive)", "spectral_inductive": "Spectral (exact, Nystrom)"}
 
 
 def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
@@ -31,8 +35,10 @@ def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
     aligned = Path(metrics_path).with_name("alignment.json")
     if aligned.resolve() in alignments:
         aligned = json.loads(aligned.read_text())
-        out.update(align_cos=aligned["logits"]["matched_abs_cos"], align_subspace=aligned["logits"]["principal_cos"],
-                   align_subspace_random=aligned.get("random_input", {}).get("principal_cos"))
+        part = aligned.get("partition") or {}
+        out.update(capture=part.get("capture"), onehot_cos=part.get("onehot_cos"), perplexity=part.get("perplexity"),
+                   logit_cos=(aligned.get("logits") or {}).get("principal_cos"),
+                   logit_cos_random=(aligned.get("random_input") or {}).get("principal_cos"))
     fit = m.get("fit") or {}
     for stage in ("graph", "train"):
         cost = fit.get(stage) or {}
@@ -82,7 +88,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta", "graph") if table[c].nunique() > 1]
     # alignment where measured; costs where a dataset-wide graph was built (the graph tables)
     trailing = [c for c in ALIGNMENT if table[c].notna().any()]
-    trailing += COSTS if table["graph_s"].notna().any() else []
+    trailing += COSTS if table["graph_s"].notna().any() or "spectral_inductive" in set(table["method"]) else []
     header = [*varying, "method", "CRF", "seeds", "Acc", "mIoU", "mIoU (Hungarian)", *(TRAILING_NAMES[c] for c in trailing)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
@@ -90,12 +96,13 @@ def to_markdown(table: pd.DataFrame) -> str:
         cells = [f"{row[f'{c}_mean']:.1f} ± {row[f'{c}_std']:.1f}" for c in SCORES]
         lines.append("| " + " | ".join([*lead, METHOD_NAMES.get(row["method"], row["method"]),
                                         "yes" if row["crf"] else "no", str(row["seeds"]), *cells,
-                                        *(_cell(row[c], 3 if c in ALIGNMENT else 0) for c in trailing)]) + " |")
+                                        *(_cell(row[c], 1 if c == "perplexity" else 3 if c in ALIGNMENT else 0)
+                                          for c in trailing)]) + " |")
     return "\n".join(lines) + "\n"
 
 
-TRAILING_NAMES = {"align_cos": "matched \\|cos\\|", "align_subspace": "principal cos",
-                  "align_subspace_random": "principal cos, random", "graph_s": "graph (s)", "graph_mb": "graph peak (MB)",
+TRAILING_NAMES = {"capture": "capture", "onehot_cos": "one-hot cos", "perplexity": "perplexity",
+                  "logit_cos": "logit cos (diagnostic)", "logit_cos_random": "logit cos, random floor", "graph_s": "graph (s)", "graph_mb": "graph peak (MB)",
                   "train_s": "fit (s)", "train_mb": "fit peak (MB)"}
 
 

@@ -23,6 +23,7 @@ from .eigenfunctions import default_beta, neuralef_objective, training_output
 from .errors import InputError
 from .graph import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .models import RunModel, build_psi
+from .monitor import CaptureMonitor
 from .runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
              sum(p.numel() for p in psi.parameters()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    monitor = CaptureMonitor(total, int(cfg.get("monitor", 0) or 0), int(cfg["K"]),
+                             heldout_kernel(spec, cfg, pixel_knn, device) if cfg.get("monitor") else None, int(spec["seed"]))
     rows = []
     started = time.time()
     bar = tqdm(total=total, desc=f"train {spec['run']}", unit="step")
@@ -108,6 +111,7 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
             optimiser.zero_grad(set_to_none=True)
             objective.loss.backward()
             optimiser.step()
+            monitor(step, psi, logits, kernel)
             rows.append({"step": step, "epoch": epoch, "loss": objective.loss.item(), "trace": objective.trace.item(),
                          "penalty": objective.penalty.item(), "tau": tau, "lr": lr, "seconds": time.time() - started})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
@@ -118,8 +122,23 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     model = RunModel("nes", spec, psi.eval().cpu(), input_dim=cache.dim("input"))
     write_log(rows, out_dir / "train_log.csv")
     plot_curves(rows, out_dir / "loss.png")
+    monitor.write(out_dir)
     log.info("trained in %.1f s", time.time() - started)
     return model
+
+
+def heldout_kernel(spec: dict[str, Any], cfg: dict[str, Any], pixel_knn, device: torch.device):
+    """psi's input and the kernel of B images spread over the evaluation split (`spec["heldout"]`,
+    a plain cache), for the capture monitor; None without such a cache."""
+    if not spec.get("heldout"):
+        return None
+    cache = FeatureCache(Path(spec["heldout"]).with_suffix(".zarr"))
+    items = np.unique(np.linspace(0, len(cache) - 1, min(int(cfg["batch_size"]), len(cache))).round().astype(int))
+    data = {k: torch.from_numpy(v).to(device) for k, v in cache.read(items).items()}
+    b, h, w, _ = data["high"].shape
+    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=int(cfg["knn_k"]),
+                          alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
+    return data["input"].reshape(b, h * w, -1), kernel
 
 
 def write_log(rows: list[dict], path: Path) -> None:

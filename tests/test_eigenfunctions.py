@@ -102,3 +102,23 @@ def test_orthogonal_head_when_k_exceeds_input(k):
     w = psi.head.weight
     gram = w @ w.T if k <= 16 else w.T @ w
     torch.testing.assert_close(gram, torch.eye(min(k, 16)), atol=1e-5, rtol=0)
+
+
+def test_linear_attention_scales_queries_after_their_softmax():
+    """With softmax(q) * d^-1/2 over features and softmax(k) over tokens, every token's implied
+    attention weights sum to d^-1/2: constant values v = 1 come out as d^-1/2 in every head (a
+    scale before the softmax would give exactly 1)."""
+    from pipeline.eigenfunctions import LinearAttention
+
+    torch.manual_seed(0)
+    attn = LinearAttention(dim=8, heads=2, dim_head=16)
+    with torch.no_grad():
+        w = attn.to_qkv.weight.view(3, 32, 8)
+        w[2].zero_()
+        w[2][:, 0] = 1.0  # v reads only feature 0, which is 1 for every token
+        attn.to_out.weight.copy_(torch.eye(8, 32))
+        attn.to_out.bias.zero_()
+    x = torch.randn(3, 50, 8)
+    x[..., 0] = 1.0
+    out = attn(x)
+    torch.testing.assert_close(out, torch.full_like(out, 16 ** -0.5))

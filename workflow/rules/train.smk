@@ -7,6 +7,7 @@ rule train:
     input:
         features=lambda w: run_spec(w)["features"],
         graph=lambda w: [run_spec(w)["graph"]] if "graph" in run_spec(w) else [],
+        heldout=lambda w: [run_spec(w)["heldout"]] if run_spec(w).get("heldout") else [],
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
         log_csv=f"{RESULTS}/{{dataset}}/runs/{{run}}/train_log.csv",
@@ -32,6 +33,8 @@ def kmeans_inputs(w):
     spec = run_spec(w)
     if spec["method"] == "spectral":
         return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"]}
+    if spec["method"] == "spectral_inductive":
+        return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"], "nystrom": spec["nystrom"]["path"]}
     inputs = {"features": spec["features"]}
     if spec["method"] == "nes_star":
         inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
@@ -39,15 +42,17 @@ def kmeans_inputs(w):
 
 
 rule fit_kmeans:
-    """K centres on tokens: of the backbone's high-level features (kmeans, the baseline), of psi's
-    hidden features (nes_star, the paper's Ours*) or of the row-normalised exact eigenvectors of
-    the evaluated split's graph (spectral, the transductive reference)."""
+    """K centres on tokens: of the backbone's high-level features (kmeans, the baseline; on the
+    evaluated split itself for kmeans_transductive, the control of spectral), of psi's hidden
+    features (nes_star, the paper's Ours*) or of the row-normalised exact eigenvectors of the
+    evaluated split's graph (spectral, the transductive reference) or of the training split's
+    graph (spectral_inductive, labelling the evaluated split through the Nystrom extension)."""
     input:
         unpack(kmeans_inputs),
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
     wildcard_constraints:
-        run="(kmeans|nes_star|spectral)-.+",
+        run="(kmeans|kmeans_transductive|nes_star|spectral|spectral_inductive)-.+",
     params:
         spec=lambda w: as_param(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
