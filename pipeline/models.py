@@ -77,7 +77,8 @@ class RunModel(nn.Module):
         b, h, w, _ = high.shape
         if self.item_lookup:
             raise InputError(f"{self.config.get('run')}: a {self.method} run labels only the tokens of the split its embedding "
-                             f"was computed for ({self.lookup_features}); it cannot segment other images")
+                             f"covers ({self.lookup_features}; transductive eigenvectors of that split, or their Nystrom "
+                             "extension to it); it cannot segment other images")
         if self.method in ("kmeans", "kmeans_transductive"):
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:

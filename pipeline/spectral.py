@@ -187,23 +187,23 @@ def query_rows(sims: np.ndarray, idx: np.ndarray, degrees: np.ndarray) -> sp.csr
 
 
 def nystrom_extension(rows: sp.spmatrix, vectors: np.ndarray, values: np.ndarray, pixel_blocks: np.ndarray | None = None,
-                      alpha: float = 0.0, iterations: int = 30) -> np.ndarray:
+                      alpha: float = 0.0) -> np.ndarray:
     """Eigenvectors of G over the graph's tokens extended to new tokens (Nystrom):
-    f(x) = (1/lambda) [sum_j G_feat(x, x_j) u(x_j) + alpha sum_y G_pix(x, y) f(y)], the pixel part
-    over the new token's own image (its pixel graph links no graph token), solved by fixed-point
-    iteration (a contraction while alpha < lambda). `rows`: (M, N) from `query_rows`;
-    `pixel_blocks`: (B, hw, hw) normalised pixel graphs of the M = B * hw new tokens. For a token
-    of the graph itself, with its own rows, f = u exactly."""
-    inv = 1.0 / values[None, :]
-    base = np.asarray(rows @ vectors) * inv
+    lambda f(x) = sum_j G_feat(x, x_j) u(x_j) + alpha sum_y G_pix(x, y) f(y), the pixel part over
+    the new token's own image (its pixel graph links no graph token). Per image and eigenpair that
+    is the linear system (I - alpha/lambda G_pix) f = G_feat(x, X) u / lambda, solved for every
+    eigenpair at once through the eigendecomposition of the image's pixel graph. `rows`: (M, N)
+    from `query_rows`; `pixel_blocks`: (B, hw, hw) normalised pixel graphs of the M = B * hw new
+    tokens. For a token of the graph itself, with its own rows, f = u exactly."""
+    base = np.asarray(rows @ vectors) / values[None, :]
     if pixel_blocks is None or not alpha:
         return base.astype(np.float32)
     b, hw, _ = pixel_blocks.shape
-    base = base.reshape(b, hw, -1)
-    f = base.copy()
-    for _ in range(iterations):
-        f = base + alpha * np.matmul(pixel_blocks, f) * inv[None]
-    return f.reshape(b * hw, -1).astype(np.float32)
+    mu, q = np.linalg.eigh(pixel_blocks.astype(np.float64))  # (B, hw), (B, hw, hw)
+    gain = 1.0 - alpha * mu[:, :, None] / values[None, None, :]  # (B, hw, K)
+    gain = np.where(np.abs(gain) < 1e-8, 1e-8, gain)
+    coeff = np.matmul(q.transpose(0, 2, 1), base.reshape(b, hw, -1)) / gain
+    return np.matmul(q, coeff).reshape(b * hw, -1).astype(np.float32)
 
 
 def spectral_embedding(vectors: np.ndarray) -> np.ndarray:

@@ -187,3 +187,44 @@ def test_eigenvalue_capture_is_one_for_the_top_eigenspace_only():
     lower = dense_vectors[:, -12:-6]  # the next six eigenvectors: exactly their eigenvalues' share
     assert eigenvalue_capture(lower, g, values) == pytest.approx(dense_values[-12:-6].sum() / values.sum(), rel=1e-6)
     assert eigenvalue_capture(rng.standard_normal((600, 6)), g, values) < 0.5
+
+
+def test_nystrom_extension_of_the_graphs_own_tokens_is_exact():
+    """For the graph's own tokens, with their own rows of the normalised feature graph and their
+    own pixel graph, f = (1/lambda)(G_feat u + alpha G_pix f) is solved by u itself."""
+    import torch
+
+    from pipeline.graph import pixel_graph
+    from pipeline.spectral import nystrom_extension
+
+    rng = np.random.default_rng(0)
+    b, hw = 3, 25
+    feats = rng.standard_normal((b * hw, 16)) + np.repeat(rng.standard_normal((5, 16)) * 2, b * hw // 5, axis=0)
+    sims, idx = dataset_knn(feats, 12)
+    g_feat = degree_normalise(feature_adjacency(sims, idx))
+    pixels = torch.from_numpy(rng.random((b, hw, 5))).float()
+    blocks = pixel_graph(pixels).numpy().astype(np.float64)
+    g = (g_feat + 0.3 * sp.block_diag(list(blocks))).tocsr()
+    values, vectors = top_eigenvectors(g, 6)
+    np.testing.assert_allclose(nystrom_extension(g_feat, vectors, values, blocks, 0.3), vectors, atol=1e-4)
+    # without the pixel part in G the feature rows alone reproduce the eigenvectors
+    values, vectors = top_eigenvectors(g_feat, 6)
+    np.testing.assert_allclose(nystrom_extension(g_feat, vectors, values), vectors, atol=1e-5)
+
+
+def test_partition_capture_by_hand():
+    """Two clusters {0, 1} and {2}: association = (G00 + G11 + 2 G01) / 2 + G22, over the top-2
+    eigenvalue sum; never above 1 (Ky Fan)."""
+    from pipeline.spectral import partition_measures
+
+    g = np.array([[0.0, 0.5, 0.1], [0.5, 0.0, 0.2], [0.1, 0.2, 0.0]])
+    values = np.sort(np.linalg.eigvalsh(g))[::-1][:2]
+    out = partition_measures(np.array([0, 0, 1]), sp.csr_matrix(g), values)
+    assert out["capture"] == pytest.approx((0 + 0 + 2 * 0.5) / 2 / values.sum())
+    assert out["clusters"] == 2 and out["perplexity"] == pytest.approx(np.exp(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))))
+    rng = np.random.default_rng(1)
+    a = rng.random((30, 30))
+    a = sp.csr_matrix(np.triu(a, 1) + np.triu(a, 1).T)
+    top = np.sort(np.linalg.eigvalsh(a.toarray()))[::-1][:4]
+    for _ in range(5):
+        assert partition_measures(rng.integers(0, 4, 30), a, top)["capture"] <= 1 + 1e-9
