@@ -66,16 +66,18 @@ class DatasetGraph:
 
 def neighbour_schedule(graph: DatasetGraph, batch: int, epochs: int, generator: torch.Generator) -> list[tuple[int, np.ndarray]]:
     """(epoch, items) per step: ceil(B/2) anchors from a seeded permutation, the rest filled with
-    the items most linked to the anchors (random items where the anchors have too few)."""
+    the items most linked to the anchors (random items where the anchors have too few). Every
+    image is an anchor once per epoch, so an epoch has about 2n/B steps (twice a batch-graph
+    epoch's: each image is also drawn in as a neighbour)."""
     n = graph.n_items
     anchors_per_step = -(-batch // 2)
-    steps_per_epoch = max(1, n // batch)
+    steps_per_epoch = -(-n // anchors_per_step)
     neighbours = [graph.neighbour_items(i, batch) for i in range(n)]
     schedule = []
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=generator).numpy()
         for step in range(steps_per_epoch):
-            chosen = list(perm[(step * anchors_per_step) % n:][:anchors_per_step])
+            chosen = list(perm[step * anchors_per_step:][:anchors_per_step])
             for rank in range(batch):
                 for anchor in list(chosen[:anchors_per_step]):
                     if len(chosen) < batch and rank < len(neighbours[anchor]) and neighbours[anchor][rank] not in chosen:

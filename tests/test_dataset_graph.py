@@ -62,7 +62,11 @@ def test_neighbour_batches_fill_the_kernel_random_batches_do_not(graph):
     g, _, group_of = graph
     batch = 4
     schedule = neighbour_schedule(g, batch, epochs=2, generator=torch.Generator().manual_seed(0))
-    assert len(schedule) == 2 * (40 // batch) and all(len(set(items)) == batch for _, items in schedule)
+    anchors = -(-batch // 2)
+    assert len(schedule) == 2 * -(-40 // anchors) and all(len(set(items)) == batch for _, items in schedule)
+    for epoch in (0, 1):  # every image is an anchor once per epoch
+        firsts = [int(i) for e, items in schedule if e == epoch for i in items[:anchors]]
+        assert sorted(firsts) == list(range(40))
 
     def filled(items):
         """Fraction of the batch kernel's rows with an entry linking to another image."""
@@ -101,5 +105,5 @@ def test_training_on_the_dataset_graph(tmp_path):
     model = train_psi(cache, {"run": "nes-graph", "seed": 0, "train": train, "graph": str(tmp_path / "graph.json")},
                       tmp_path / "run", torch.device("cpu"))
     log = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
-    assert len(log) == 2 * (12 // 4) and np.isfinite(log["loss"]).all() and (log["trace"] > 0).all()
+    assert len(log) == 2 * (12 // 2) and np.isfinite(log["loss"]).all() and (log["trace"] > 0).all()  # 2 anchors a step
     assert model.psi is not None

@@ -78,17 +78,26 @@ def test_spectral_runs_fit_the_evaluated_split_and_share_eigenvectors_across_see
     assert spectral["features"] == "results/camvid/features/lite0/native/val.json" and spectral["eigen"]["path"] == eigen
     assert specs["nes-lite0-K128-a0.3-b0.16-gdataset-s0"]["graph"] == "results/camvid/graphs/lite0/train/train.json"
     assert sorted(table_alignments(config, "camvid", "graph")) == sorted(
-        f"results/camvid/runs/{r}/camvid-native/alignment.json" for r in specs if r.startswith("nes-"))
+        f"results/camvid/runs/{r}/camvid-native/alignment.json" for r in specs)
     assert table_alignments(config, "camvid", "table1") == []  # no spectral reference, no alignment
-    assert list(all_eigen(config)) == [eigen]
+    assert eigen in all_eigen(config)
+    # the verdict's controls: K-means on val itself, and train's eigenvectors extended to val
+    verdict = {s["run"]: s for s in table_runs(config, "camvid", "verdict")}
+    transductive = verdict["kmeans_transductive-dinov2_s14-K128-native-s2"]
+    assert transductive["features"] == "results/camvid/features/dinov2_s14/native/val.json"
+    inductive = verdict["spectral_inductive-lite0-K128-a0.3-native-s1"]
+    assert inductive["eigen"]["path"] == "results/camvid/graphs/lite0/train/train-eigen-K128-a0.3.npz"
+    assert inductive["nystrom"]["path"] == "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz"
+    assert inductive["nystrom"]["features"] == spectral["features"] and inductive["eigen"]["path"] in all_eigen(config)
     config["tables"]["pascal"]["table8"]["methods"] = ["spectral"]
     (zero_shot,) = table_runs(config, "pascal", "table8")[:1]
     assert zero_shot["dataset"] == "pascal" and zero_shot["features"] == "results/pascal/features/vit_s16/A/val.json"
     config["tables"]["pascal"]["table3"]["methods"] = ["spectral"]
     with pytest.raises(InputError, match="sliding windows are evaluated live"):
         table_runs(config, "pascal", "table3")
-    with pytest.raises(InputError, match="transductive"):
-        make_spec(config, "camvid", "lite0", "spectral", config["train"], 0)
+    for method in ("spectral", "spectral_inductive", "kmeans_transductive"):
+        with pytest.raises(InputError, match="use it in tables"):
+            make_spec(config, "camvid", "lite0", method, config["train"], 0)
 
 
 def test_extraction_spec_caches_views_only_for_training(config):
@@ -156,7 +165,8 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
     for seed, cos in ((0, 0.6), (1, 0.8)):
         run = tmp_path / f"nes-gdataset-s{seed}" / "camvid-native"
         run.mkdir(parents=True)
-        (run / "alignment.json").write_text(json.dumps({"logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1},
+        (run / "alignment.json").write_text(json.dumps({"partition": {"capture": cos - 0.2, "onehot_cos": cos, "perplexity": 50 + seed},
+                                                        "logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1},
                                                         "random_input": {"matched_abs_cos": 0.1, "principal_cos": 0.4}}))
         metrics = _metrics(tmp_path, f"nes-gdataset-s{seed}", seed=seed, graph="dataset", acc=0.5, miou=0.4, miou_hungarian=0.3,
                            fit={"graph": {"wall_s": 100.0, "peak_rss_mb": 4000.0}, "train": {"wall_s": 50.0 + seed, "peak_rss_mb": 2000.0}})
@@ -165,13 +175,16 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
                           miou_hungarian=0.3, fit={"graph": {"wall_s": 20.0, "peak_rss_mb": 900.0},
                                                    "train": {"wall_s": 70.0, "peak_rss_mb": 3000.0, "eigsh_s": 60.0}}))
     without = write_table(files, tmp_path / "t.csv")  # alignments count only where the table asks for them
-    assert without["align_cos"].isna().all()
+    assert without["capture"].isna().all()
     table = write_table(files, tmp_path / "t.csv", [f.with_name("alignment.json") for f in files[:2]])
     nes = table[table["method"] == "nes"].iloc[0]
-    assert (nes["align_cos"], nes["align_subspace"], nes["graph_s"], nes["train_s"]) == (0.7, 0.8, 100.0, 50.5)
-    assert table.loc[table["method"] == "spectral", "align_cos"].isna().all()
+    assert (nes["capture"], nes["onehot_cos"], nes["perplexity"], nes["logit_cos"], nes["graph_s"], nes["train_s"]) == (
+        0.5, 0.7, 50.5, 0.8, 100.0, 50.5)
+    assert table.loc[table["method"] == "spectral", "capture"].isna().all()
     md = to_markdown(table)
-    assert md.splitlines()[0] == ("| graph | method | CRF | seeds | Acc | mIoU | mIoU (Hungarian) | matched \\|cos\\| | principal cos "
-                                  "| principal cos, random | graph (s) | graph peak (MB) | fit (s) | fit peak (MB) |")
-    assert "| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.700 | 0.800 | 0.400 | 100 | 4000 | 50 | 2000 |" in md
-    assert "| exact | Spectral (exact) | no | 1 |" in md
+    assert md.splitlines()[0] == ("| graph | method | CRF | seeds | Acc | mIoU | mIoU (Hungarian) | capture | one-hot cos | perplexity "
+                                  "| logit cos (diagnostic) | logit cos, random floor | graph (s) | graph peak (MB) | fit (s) "
+                                  "| fit peak (MB) |")
+    assert ("| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.500 | 0.700 | 50.5 | 0.800 | 0.400 | 100 | 4000 "
+            "| 50 | 2000 |") in md
+    assert "| exact | Spectral (exact, transductive) | no | 1 |" in md

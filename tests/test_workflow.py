@@ -235,37 +235,47 @@ def test_snakemake_report_collects_the_figures(workflow, tmp_path):
 
 
 def test_graph_table_compares_batch_dataset_and_exact_spectral(workflow):
-    """results/camvid/graph.csv: K-means, psi on per-batch and on dataset-wide graphs, and exact
-    spectral clustering of the evaluated split, with psi's eigen-alignment and each one's cost.
-    The batch-graph runs are table1's: they are not trained again."""
+    """results/camvid/graph.csv: K-means (fitted on train and on val itself), psi on per-batch and
+    on dataset-wide graphs, exact spectral clustering of the evaluated split and of the train
+    split extended to it (Nystrom), with every run's capture of the evaluated G, psi's logit
+    alignment and each one's cost. The batch-graph runs are table1's: they are not trained again."""
     cfg = yaml.safe_load(workflow["config"].read_text())
-    cfg["tables"]["camvid"]["graph"] = {"backbones": ["lite0"], "methods": ["kmeans", "nes", "spectral"], "seeds": [0],
-                                        "sweep": {"graph": ["batch", "dataset"]}}
+    cfg["tables"]["camvid"]["graph"] = {"backbones": ["lite0"], "seeds": [0], "sweep": {"graph": ["batch", "dataset"]},
+                                        "methods": ["kmeans", "kmeans_transductive", "nes", "spectral", "spectral_inductive"]}
     path = workflow["base"] / "graph.yaml"
     path.write_text(yaml.safe_dump(cfg))
     target = str(workflow["results"] / "camvid" / "graph.csv")
     out = snakemake("-n", target, "--cores", "2", "--configfile", str(path))
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
-    # graphs of the train and val caches, one psi on the dataset graph, eigenvectors of val, the
-    # spectral run, two evaluations, two alignments (both psi), the table
-    assert jobs == {"build_graph": "2", "train": "1", "eigenvectors": "1", "fit_kmeans": "1", "evaluate": "2", "align": "2",
-                    "table": "1", "total": "10"}, out[-2000:]
+    # graphs of the train and val caches, one psi on the dataset graph, eigenvectors of val and of
+    # train, the Nystrom extension, three new fits (K-means on val, both spectral), four new
+    # evaluations, an alignment of each of the six runs, the table
+    assert jobs == {"build_graph": "2", "train": "1", "eigenvectors": "2", "nystrom": "1", "fit_kmeans": "3", "evaluate": "4",
+                    "align": "6", "table": "1", "total": "20"}, out[-2000:]
     snakemake(target, "--cores", "2", "--configfile", str(path))
     runs = pd.read_csv(workflow["results"] / "camvid" / "graph_runs.csv").set_index("run")
-    assert sorted(zip(runs["method"], runs["graph"].fillna("-"))) == [("kmeans", "-"), ("nes", "batch"), ("nes", "dataset"),
-                                                                     ("spectral", "exact")]
+    assert sorted(zip(runs["method"], runs["graph"].fillna("-"))) == [
+        ("kmeans", "-"), ("kmeans_transductive", "-"), ("nes", "batch"), ("nes", "dataset"), ("spectral", "exact"),
+        ("spectral_inductive", "exact")]
+    assert runs["capture"].between(0, 1).all() and runs["onehot_cos"].between(0, 1).all()
+    assert runs["perplexity"].between(1, 8).all()
     nes, other = runs[runs["method"] == "nes"], runs[runs["method"] != "nes"]
-    assert nes[["align_cos", "align_subspace"]].stack().between(0, 1).all() and other["align_cos"].isna().all()
+    assert nes[["logit_cos", "logit_cos_random"]].stack().between(0, 1).all() and other["logit_cos"].isna().all()
     assert (runs["train_s"] > 0).all() and (runs["train_mb"] > 100).all()
-    has_graph = (runs["graph"] == "dataset") | (runs["method"] == "spectral")
+    has_graph = (runs["graph"] == "dataset") | runs["method"].str.startswith("spectral")
     assert (runs.loc[has_graph, "graph_s"] > 0).all() and runs.loc[~has_graph, "graph_s"].isna().all()
     assert runs["acc"].between(1, 100).all() and runs["miou"].between(1, 100).all()
     spectral = runs[runs["method"] == "spectral"].index[0]
     assert spectral == "spectral-lite0-K8-a0.3-native-s0"
+    assert runs[runs["method"] == "kmeans_transductive"].index[0] == "kmeans_transductive-lite0-K8-native-s0"
     metrics = json.loads((workflow["results"] / "camvid" / "runs" / spectral / "camvid-native" / "metrics.json").read_text())
     assert metrics["fit"]["train"]["eigsh_s"] > 0 and metrics["beta"] is None
+    inductive = runs[runs["method"] == "spectral_inductive"].index[0]
+    metrics = json.loads((workflow["results"] / "camvid" / "runs" / inductive / "camvid-native" / "metrics.json").read_text())
+    assert metrics["fit"]["train"]["nystrom_s"] > 0 and metrics["fit"]["train"]["eigsh_s"] > 0
     md = (workflow["results"] / "camvid" / "graph.md").read_text()
-    assert "| Spectral (exact) |" in md and "matched \\|cos\\|" in md and "graph (s)" in md
+    assert "| Spectral (exact, transductive) |" in md and "| Spectral (exact, Nystrom) |" in md
+    assert "capture" in md and "graph (s)" in md
     # a transductive run scores its own split only: the CLI refuses to segment with it
     result = subprocess.run([sys.executable, "-m", "pipeline", "segment", "--run", str(workflow["results"] / "camvid" / "runs" / spectral),
                              "--out", str(workflow["base"] / "seg"), str(next((workflow["camvid_root"] / "val").glob("*.png")))],
