@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import measure  # noqa: E402
 
-from pipeline.spectral import (_build_index, _normalised_rows, _search_rows, dataset_knn, degree_normalise,  # noqa: E402
-                               feature_adjacency, recall_at_k, top_eigenvectors)
+from pipeline.graph.dataset import (build_index, dataset_knn, degree_normalise, feature_adjacency,  # noqa: E402
+                                    normalised_rows, recall_at_k, search_rows)
+from pipeline.graph.spectral import top_eigenvectors  # noqa: E402
 
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -38,7 +39,7 @@ def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def torch_knn(x: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
-    t = torch.from_numpy(_normalised_rows(x))
+    t = torch.from_numpy(normalised_rows(x))
     out = []
     for start in range(0, len(t), block):
         s = t[start:start + block] @ t.T
@@ -69,10 +70,10 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         x = clustered(n, args.dim)
-        xn = _normalised_rows(x)
+        xn = normalised_rows(x)
         queries = np.random.default_rng(1).choice(n, min(n, 500), replace=False)
-        flat = _build_index(xn, "exact", args.k)
-        truth = _search_rows(flat, xn, queries, args.k)[1]
+        flat = build_index(xn, "exact", args.k)
+        truth = search_rows(flat, xn, queries, args.k)[1]
         del flat
         plans = [("torch matmul+topk", args.torch_max, None), ("faiss exact", args.exact_max, "exact"),
                  ("faiss ivf", None, "ivf"), ("faiss hnsw", args.hnsw_max, "hnsw")]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import measure  # noqa: E402
 
 from pipeline.eigenfunctions import Psi, neuralef_objective, training_output  # noqa: E402
-from pipeline.graph import build_kernel  # noqa: E402
+from pipeline.graph.batch import build_kernel  # noqa: E402
 
 
 def dense_kernel(high: torch.Tensor, pixels: torch.Tensor, k: int, alpha: float) -> torch.Tensor:

@@ -17,7 +17,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 

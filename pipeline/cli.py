@@ -54,7 +54,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
     """Dataset-wide k-NN graph over every token of a cached split (rule `build_graph`)."""
     from .fit import cache_for
     from .runtime import measured, write_json_atomic
-    from .spectral import build_dataset_graph
+    from .graph.dataset import build_dataset_graph
 
     spec = json.loads(args.spec)
     cache = cache_for(args.features)
@@ -70,8 +70,8 @@ def cmd_graph(args: argparse.Namespace) -> None:
 def cmd_eigen(args: argparse.Namespace) -> None:
     """Top-K eigenpairs of a cached split's G (rule `eigenvectors`)."""
     from .fit import cache_for
-    from .reference import eigen_reference
-    from .spectral import write_eigen_reference
+    from .graph.reference import eigen_reference
+    from .graph.spectral import write_eigen_reference
 
     spec = json.loads(args.spec)
     values, vectors, attrs = eigen_reference(cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), int(spec["K"]),
@@ -81,7 +81,7 @@ def cmd_eigen(args: argparse.Namespace) -> None:
 
 def cmd_nystrom(args: argparse.Namespace) -> None:
     """The training split's eigenvectors extended to an evaluated split (rule `nystrom`)."""
-    from .reference import nystrom_reference
+    from .graph.reference import nystrom_reference
 
     spec = json.loads(args.spec)
     embedding, attrs = nystrom_reference(spec)
@@ -97,7 +97,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     exact eigenvectors (rule `align`)."""
     from .fit import cache_for
     from .models import RunModel
-    from .reference import run_alignment
+    from .graph.reference import run_alignment
     from .runtime import write_json_atomic
 
     spec = json.loads(args.spec)

@@ -17,7 +17,7 @@ def fit_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np
     points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) < k:
         raise ValueError(f"k-means needs at least K={k} points, got {len(points)}")
-    from .graph import faiss_gpus
+    from .graph.batch import faiss_gpus
 
     km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, gpu=faiss_gpus() > 0,
                       max_points_per_centroid=max(256, -(-len(points) // k)))

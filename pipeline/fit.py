@@ -73,7 +73,7 @@ def upstream_costs(spec: dict[str, Any]) -> dict[str, Any]:
         manifest = json.loads(Path(graph).read_text())
         out["graph"] = manifest.get("cost", {})
     if spectral:
-        from .spectral import read_eigen_reference
+        from .graph.spectral import read_eigen_reference
 
         out["eigsh"] = read_eigen_reference(Path(spec["eigen"]["path"]))[2]["eigsh"]
     if spec["method"] == "spectral_inductive":
@@ -84,7 +84,7 @@ def upstream_costs(spec: dict[str, Any]) -> dict[str, Any]:
 def _fit(spec: dict[str, Any], run_dir: Path) -> RunModel:
     method = spec["method"]
     if method in ("spectral", "spectral_inductive"):
-        from .reference import fit_spectral
+        from .graph.reference import fit_spectral
 
         return fit_spectral(spec)
     cache = cache_for(spec["features"])

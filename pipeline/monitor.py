@@ -21,8 +21,8 @@ import scipy.sparse as sp
 import torch
 
 from .clustering import fit_kmeans
-from .graph import BatchKernel
-from .spectral import partition_measures, spectral_embedding, top_eigenvectors
+from .graph.batch import BatchKernel
+from .graph.spectral import partition_measures, spectral_embedding, top_eigenvectors
 
 log = logging.getLogger(__name__)
 FIELDS = ("step", "batch_psi", "batch_spectral", "heldout_psi", "heldout_spectral", "seconds")

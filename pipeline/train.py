@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .cache import FeatureCache
 from .eigenfunctions import default_beta, neuralef_objective, training_output
 from .errors import InputError
-from .graph import BatchKernel, block_sparse, build_kernel, pixel_graph
+from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .models import RunModel, build_psi
 from .monitor import CaptureMonitor
 from .runtime import seed_everything
@@ -66,7 +66,7 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     batch = int(cfg["batch_size"])
     dataset_graph = None
     if cfg.get("graph", "batch") == "dataset":
-        from .dataset_graph import DatasetGraph, neighbour_schedule
+        from .graph.dataset import DatasetGraph, neighbour_schedule
 
         h, w = cache.grid
         dataset_graph = DatasetGraph(Path(spec["graph"]).with_suffix(".zarr"), h * w)

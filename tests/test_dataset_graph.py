@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset_graph import DatasetGraph, neighbour_schedule
-from pipeline.spectral import build_dataset_graph, degree_normalise, feature_adjacency
+from pipeline.graph.dataset import DatasetGraph, build_dataset_graph, degree_normalise, feature_adjacency, neighbour_schedule
 
 HW = 16
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.graph import build_kernel, feature_graph, knn_cosine, pixel_graph
+from pipeline.graph.batch import build_kernel, feature_graph, knn_cosine, pixel_graph
 
 
 def dense_reference(high, pixels, k, alpha, pixel_knn):

@@ -10,8 +10,9 @@ from pipeline import metrics as M
 from pipeline.cache import CacheLayout, CacheWriter, FeatureCache, shard_path
 from pipeline.errors import InputError
 from pipeline.models import RunModel, build_psi
-from pipeline.reference import eigen_reference, fit_spectral, nystrom_reference, run_alignment
-from pipeline.spectral import build_dataset_graph, read_eigen_reference, write_eigen_reference
+from pipeline.graph.reference import eigen_reference, fit_spectral, nystrom_reference, run_alignment
+from pipeline.graph.dataset import build_dataset_graph
+from pipeline.graph.spectral import read_eigen_reference, write_eigen_reference
 
 H = W = 8
 PIXEL_KNN = [(10, 2.0), (5, 0.1)]

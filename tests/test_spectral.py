@@ -7,8 +7,9 @@ import scipy.sparse as sp
 
 from pipeline import metrics as M
 from pipeline.clustering import fit_kmeans
-from pipeline.spectral import (dataset_knn, degree_normalise, eigen_alignment, eigenvalue_capture, feature_adjacency,
-                               normalised_graph, recall_at_k, spectral_embedding, symmetric_degrees, top_eigenvectors)
+from pipeline.graph.dataset import (dataset_knn, degree_normalise, feature_adjacency, normalised_graph, recall_at_k,
+                                    symmetric_degrees)
+from pipeline.graph.spectral import eigen_alignment, eigenvalue_capture, spectral_embedding, top_eigenvectors
 
 
 def clustered(n=4000, d=32, centres=20, spread=0.3, seed=0):
@@ -103,7 +104,7 @@ def test_alignment_is_one_for_the_eigenvectors_and_low_for_noise():
 def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch):
     import zarr
 
-    import pipeline.spectral as spectral
+    import pipeline.graph.dataset as spectral
 
     x, _ = clustered(n=1500, d=16)
     attrs = spectral.build_dataset_graph(x, tmp_path / "exact.zarr", k=8, block=400)
@@ -115,7 +116,7 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
     np.testing.assert_allclose(g["degrees"][:], np.asarray(feature_adjacency(sims, idx).sum(1)).ravel(), rtol=2e-3)
 
     # interrupted after two blocks: a rerun continues from there and ends with the same graph
-    real, calls = spectral._search_block, {"n": 0}
+    real, calls = spectral.search_block, {"n": 0}
 
     def dying(*args):
         calls["n"] += 1
@@ -123,18 +124,18 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(spectral, "_search_block", dying)
+    monkeypatch.setattr(spectral, "search_block", dying)
     with pytest.raises(KeyboardInterrupt):
         spectral.build_dataset_graph(x, tmp_path / "resumed.zarr", k=8, block=400)
     assert zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r").attrs["n_done"] == 800
     searched = []
-    monkeypatch.setattr(spectral, "_search_block", lambda *a: searched.append(a[2]) or real(*a))
+    monkeypatch.setattr(spectral, "search_block", lambda *a: searched.append(a[2]) or real(*a))
     spectral.build_dataset_graph(x, tmp_path / "resumed.zarr", k=8, block=400)
     assert searched == [800, 1200]
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r")["indices"][:], g["indices"][:])
 
     # above the exact limit the approximate index is used and its recall is recorded
-    monkeypatch.setattr(spectral, "_search_block", real)
+    monkeypatch.setattr(spectral, "search_block", real)
     approx = spectral.build_dataset_graph(x, tmp_path / "ivf.zarr", k=8, exact_max_tokens=1000, recall_sample=200)
     assert approx["index"] == "ivf" and 0.9 <= approx["recall_at_k"] <= 1.0
 
@@ -194,8 +195,8 @@ def test_nystrom_extension_of_the_graphs_own_tokens_is_exact():
     own pixel graph, f = (1/lambda)(G_feat u + alpha G_pix f) is solved by u itself."""
     import torch
 
-    from pipeline.graph import pixel_graph
-    from pipeline.spectral import nystrom_extension
+    from pipeline.graph.batch import pixel_graph
+    from pipeline.graph.spectral import nystrom_extension
 
     rng = np.random.default_rng(0)
     b, hw = 3, 25
@@ -215,7 +216,7 @@ def test_nystrom_extension_of_the_graphs_own_tokens_is_exact():
 def test_partition_capture_by_hand():
     """Two clusters {0, 1} and {2}: association = (G00 + G11 + 2 G01) / 2 + G22, over the top-2
     eigenvalue sum; never above 1 (Ky Fan)."""
-    from pipeline.spectral import partition_measures
+    from pipeline.graph.spectral import partition_measures
 
     g = np.array([[0.0, 0.5, 0.1], [0.5, 0.0, 0.2], [0.1, 0.2, 0.0]])
     values = np.sort(np.linalg.eigvalsh(g))[::-1][:2]

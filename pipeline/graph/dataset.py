@@ -1,20 +1,22 @@
-"""Exact spectral clustering over a whole split, as a reference for the neural eigenfunctions.
+"""The dataset-wide graph: every token's k nearest tokens over a whole cached split, and what is
+built from it.
 
-The paper confines the feature k-NN graph to each mini-batch and calls exact spectral
-clustering over a dataset infeasible. Here the graph spans every token of a split:
-- `dataset_knn`: every token's k nearest tokens by cosine similarity through FAISS, exact
-  (`IndexFlatIP` on normalised vectors, queried in blocks, on the GPU with faiss-gpu) or
-  approximate (IVF or HNSW, on the CPU), with `recall_at_k` to measure the approximation against
-  exact search;
-- `normalised_graph`: the same kernel as per batch (method.md section 2), over all tokens:
-  A = (A + A^T) / 2 of the clamped top-k cosines, plus alpha times the per-image pixel graph,
-  each degree-normalised separately, as one scipy sparse matrix;
-- `top_eigenvectors`: its top-K eigenvectors by `scipy.sparse.linalg.eigsh`;
-- `eigen_alignment`: how close a set of learned functions comes to them (mean |cos| after
-  optimal one-to-one matching, and the cosines of the principal angles between the subspaces);
-- `write_eigen_reference` / `read_eigen_reference`: the top-K eigenpairs of a cached split's
-  graph (rule `eigenvectors`), shared by the `spectral` runs of every seed and the alignment of
-  psi (rule `align`).
+- `dataset_knn` / `build_dataset_graph`: cosine top-k through FAISS, exact (`IndexFlatIP` on
+  normalised vectors, queried in blocks, on the GPU with faiss-gpu) or approximate (IVF or HNSW on
+  the CPU, its search breadth widened until recall@k reaches a target, `recall_at_k` measured on
+  held-out tokens), stored in Zarr block by block (resumable) with the degrees of the symmetrised
+  graph (rule `build_graph`);
+- `split_graph` / `combined_graph` / `normalised_graph`: the same kernel as per batch
+  (method.md section 2) over all tokens of a split: A = (A + A^T) / 2 of the clamped top-k
+  cosines plus alpha times the per-image pixel graph, each degree-normalised separately, as one
+  scipy sparse matrix (what the spectral reference decomposes);
+- `DatasetGraph` / `neighbour_schedule`: training on the dataset-wide graph (`train.graph:
+  dataset`). The kernel entries between the tokens of a batch come from the global graph (token
+  id = item * h * w + position), A_ij = (s_ij + s_ji) / 2 normalised with the *global* degrees,
+  G_ij = A_ij / sqrt(d_i d_j); the pixel graph stays per image. A random batch of a large
+  dataset holds few of its tokens' global neighbours, so its kernel would be nearly empty:
+  batches are assembled around anchors, half the batch anchor images, the other half the images
+  holding most of the anchors' tokens' neighbours.
 """
 
 from __future__ import annotations
@@ -28,16 +30,16 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.optimize import linear_sum_assignment
+import zarr
 from tqdm import tqdm
 
-from .errors import InputError
-from .graph import DEFAULT_PIXEL_KNN, pixel_graph
+from ..errors import InputError
+from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
 log = logging.getLogger(__name__)
 
 
-def _normalised_rows(x: np.ndarray) -> np.ndarray:
+def normalised_rows(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -46,10 +48,10 @@ def dataset_knn(feats: np.ndarray, k: int, index: str = "exact", block: int = 16
     """(N, C) features -> (similarities, indices), each (N, k): cosine top-k among the other
     tokens, best first (self excluded), in memory. `index`: exact | ivf | hnsw (`knn_args`:
     nlist, nprobe, hnsw_m, ef_search)."""
-    x = _normalised_rows(feats)
+    x = normalised_rows(feats)
     k = min(k, len(x) - 1)
-    search = _build_index(x, index, k, **knn_args)
-    parts = [_search_block(search, x, start, min(start + block, len(x)), k) for start in range(0, len(x), block)]
+    search = build_index(x, index, k, **knn_args)
+    parts = [search_block(search, x, start, min(start + block, len(x)), k) for start in range(0, len(x), block)]
     return np.concatenate([p[0] for p in parts]).astype(np.float32), np.concatenate([p[1] for p in parts])
 
 
@@ -116,99 +118,19 @@ def combined_graph(sims: np.ndarray, idx: np.ndarray, pixels: np.ndarray | None,
     return g
 
 
-def top_eigenvectors(g: sp.spmatrix, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest eigenpairs of a symmetric sparse G: (values descending, (N, k) vectors)."""
-    from scipy.sparse.linalg import eigsh
+def split_graph(graph_zarr: Path, pixels: np.ndarray | None, alpha: float,
+                pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
+    """G of a cached split from its dataset-wide graph (rule `build_graph`), as `combined_graph`."""
+    import zarr
 
-    v0 = np.random.default_rng(seed).standard_normal(g.shape[0])
-    values, vectors = eigsh(g.astype(np.float64), k=k, which="LA", v0=v0)
-    order = np.argsort(-values)
-    return values[order], vectors[:, order]
-
-
-def eigen_alignment(functions: np.ndarray, eigenvectors: np.ndarray) -> dict[str, float]:
-    """functions, eigenvectors: (N, K) over the same tokens. Mean |cos| between matched columns
-    (one-to-one, Hungarian on |cos|) and the mean cosine of the principal angles between the
-    two column spaces (1 = the same subspace)."""
-    fn = functions / np.maximum(np.linalg.norm(functions, axis=0, keepdims=True), 1e-12)
-    en = eigenvectors / np.maximum(np.linalg.norm(eigenvectors, axis=0, keepdims=True), 1e-12)
-    cos = np.abs(fn.T @ en)
-    rows, cols = linear_sum_assignment(-cos)
-    qf, _ = np.linalg.qr(fn)
-    qe, _ = np.linalg.qr(en)
-    principal = np.clip(np.linalg.svd(qf.T @ qe, compute_uv=False), 0, 1)
-    return {"matched_abs_cos": float(cos[rows, cols].mean()), "principal_cos": float(principal.mean())}
-
-
-def eigenvalue_capture(functions: np.ndarray, g: sp.spmatrix, top_values: np.ndarray) -> float:
-    """tr(Q^T G Q) / (sum of the top-K eigenvalues), Q an orthonormal basis of the functions' span:
-    the share of the top-K spectrum the span reaches (1 exactly for the top-K eigenspace, by Ky
-    Fan's maximum principle never more)."""
-    q, _ = np.linalg.qr(np.asarray(functions, dtype=np.float64))
-    return float(np.sum(q * (g @ q)) / np.sum(top_values))
-
-
-def partition_measures(labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarray,
-                       eigenvectors: np.ndarray | None = None) -> dict[str, float]:
-    """How well a hard partition of the tokens (one cluster id per token) serves G.
-
-    - `capture`: the within-cluster association sum_c 1_c^T G 1_c / |c| (kernel k-means' ratio
-      association, tr(Y^T G Y) for the size-normalised indicators Y) over the sum of G's top-K
-      eigenvalues, K the number of eigenvalues given. By Ky Fan's principle it is at most 1, and
-      it is what spectral clustering relaxes: the yardstick that sees a partition (a set of
-      indicator functions) where alignment with the eigenvectors sees a subspace;
-    - `onehot_cos`: mean principal-angle cosine between the indicators' span and the top-K
-      eigenvectors (when given);
-    - `perplexity`: exp(entropy) of the cluster sizes (the number of equally used clusters that
-      would give the same entropy); `clusters`: clusters holding at least one token.
-    """
-    labels = np.asarray(labels).ravel()
-    used, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    y = sp.csr_matrix((1.0 / np.sqrt(counts[inverse]), (np.arange(len(labels)), inverse)), shape=(len(labels), len(used)))
-    association = float((y.multiply(g @ y)).sum())
-    p = counts / counts.sum()
-    out = {"capture": association / float(np.sum(top_values)), "perplexity": float(np.exp(-(p * np.log(p)).sum())),
-           "clusters": int(len(used))}
-    if eigenvectors is not None:
-        out["onehot_cos"] = eigen_alignment(y.toarray(), eigenvectors)["principal_cos"]
-    return out
-
-
-def query_rows(sims: np.ndarray, idx: np.ndarray, degrees: np.ndarray) -> sp.csr_matrix:
-    """Rows G_feat(x, X) of new tokens x against the graph's tokens X: their clamped top-k cosines
-    (`sims`, `idx` from a search of X) normalised by sqrt(d_x d_j), with d_x the new token's own
-    similarity sum and d_j the graph's degrees."""
-    m, k = idx.shape
-    keep = idx >= 0
-    a = np.where(keep, np.clip(sims, 0, None), 0)
-    d_x = np.maximum(a.sum(1), 1e-12)
-    w = a / np.sqrt(d_x[:, None] * np.maximum(degrees[np.where(keep, idx, 0)], 1e-12))
-    return sp.csr_matrix((w[keep], (np.repeat(np.arange(m), k)[keep.ravel()], idx[keep])), shape=(m, len(degrees)))
-
-
-def nystrom_extension(rows: sp.spmatrix, vectors: np.ndarray, values: np.ndarray, pixel_blocks: np.ndarray | None = None,
-                      alpha: float = 0.0) -> np.ndarray:
-    """Eigenvectors of G over the graph's tokens extended to new tokens (Nystrom):
-    lambda f(x) = sum_j G_feat(x, x_j) u(x_j) + alpha sum_y G_pix(x, y) f(y), the pixel part over
-    the new token's own image (its pixel graph links no graph token). Per image and eigenpair that
-    is the linear system (I - alpha/lambda G_pix) f = G_feat(x, X) u / lambda, solved for every
-    eigenpair at once through the eigendecomposition of the image's pixel graph. `rows`: (M, N)
-    from `query_rows`; `pixel_blocks`: (B, hw, hw) normalised pixel graphs of the M = B * hw new
-    tokens. For a token of the graph itself, with its own rows, f = u exactly."""
-    base = np.asarray(rows @ vectors) / values[None, :]
-    if pixel_blocks is None or not alpha:
-        return base.astype(np.float32)
-    b, hw, _ = pixel_blocks.shape
-    mu, q = np.linalg.eigh(pixel_blocks.astype(np.float64))  # (B, hw), (B, hw, hw)
-    gain = 1.0 - alpha * mu[:, :, None] / values[None, None, :]  # (B, hw, K)
-    gain = np.where(np.abs(gain) < 1e-8, 1e-8, gain)
-    coeff = np.matmul(q.transpose(0, 2, 1), base.reshape(b, hw, -1)) / gain
-    return np.matmul(q, coeff).reshape(b * hw, -1).astype(np.float32)
-
-
-def spectral_embedding(vectors: np.ndarray) -> np.ndarray:
-    """Rows of the eigenvector matrix, L2-normalised (Ng, Jordan and Weiss), ready for K-means."""
-    return _normalised_rows(vectors)
+    group = zarr.open_group(str(graph_zarr), mode="r")
+    if not group.attrs.get("complete"):
+        raise InputError(f"{graph_zarr}: the dataset graph is incomplete; rerun build_graph to resume it")
+    try:
+        return combined_graph(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64), pixels,
+                              alpha, pixel_knn)
+    except InputError as exc:
+        raise InputError(f"{graph_zarr}: {exc}; rebuild the graph from the current cache") from None
 
 
 def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tokens: int = 200_000,
@@ -225,7 +147,7 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
     import zarr
 
     out = Path(out)
-    x = _normalised_rows(high)
+    x = normalised_rows(high)
     n, d = x.shape
     k = min(k, n - 1)
     index_kind = "exact" if n <= exact_max_tokens else approximate
@@ -245,18 +167,18 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
         group.attrs.update({**meta, "fingerprint": fingerprint, "n_done": 0, "complete": False})
     if group.attrs.get("complete"):
         return dict(group.attrs)
-    search = _build_index(x, index_kind, k, **knn_args)
+    search = build_index(x, index_kind, k, **knn_args)
     if index_kind != "exact":
         rng = np.random.default_rng(0)
         tune_rows, check_rows = np.split(rng.choice(n, min(n, 2 * recall_sample), replace=False), 2)
-        flat = _build_index(x, "exact", k)
-        exact = {name: _search_rows(flat, x, rows, k)[1] for name, rows in (("tune", tune_rows), ("check", check_rows))}
+        flat = build_index(x, "exact", k)
+        exact = {name: search_rows(flat, x, rows, k)[1] for name, rows in (("tune", tune_rows), ("check", check_rows))}
         if target_recall:
             group.attrs["search_breadth"] = _reach_recall(search, x, tune_rows, exact["tune"], k, target_recall)
     done = int(group.attrs["n_done"])
     for start in tqdm(range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block,
                       total=-(-n // block)):
-        sims, idx = _search_block(search, x, start, min(start + block, n), k)
+        sims, idx = search_block(search, x, start, min(start + block, n), k)
         group["indices"][start:start + len(idx)] = idx.astype(np.int32)
         group["similarities"][start:start + len(idx)] = sims.astype(np.float16)
         group.attrs["n_done"] = start + len(idx)
@@ -279,7 +201,7 @@ def _reach_recall(index, x: np.ndarray, rows: np.ndarray, exact: np.ndarray, k: 
     name, limit = ("nprobe", index.nlist) if ivf else ("ef_search", 1 << 14)
     while True:
         breadth = index.nprobe if ivf else index.hnsw.efSearch
-        recall = recall_at_k(_search_rows(index, x, rows, k)[1], exact)
+        recall = recall_at_k(search_rows(index, x, rows, k)[1], exact)
         log.info("%s = %d: recall@%d = %.3f on %d tokens (target %.2f)", name, breadth, k, recall, len(rows), target)
         if recall >= target or breadth >= limit:
             if recall < target:
@@ -291,38 +213,7 @@ def _reach_recall(index, x: np.ndarray, rows: np.ndarray, exact: np.ndarray, k: 
             index.hnsw.efSearch = min(2 * breadth, limit)
 
 
-def split_graph(graph_zarr: Path, pixels: np.ndarray | None, alpha: float,
-                pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
-    """G of a cached split from its dataset-wide graph (rule `build_graph`), as `combined_graph`."""
-    import zarr
-
-    group = zarr.open_group(str(graph_zarr), mode="r")
-    if not group.attrs.get("complete"):
-        raise InputError(f"{graph_zarr}: the dataset graph is incomplete; rerun build_graph to resume it")
-    try:
-        return combined_graph(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64), pixels,
-                              alpha, pixel_knn)
-    except InputError as exc:
-        raise InputError(f"{graph_zarr}: {exc}; rebuild the graph from the current cache") from None
-
-
-def write_eigen_reference(out: Path, values: np.ndarray, vectors: np.ndarray, attrs: dict) -> None:
-    """values (K,), vectors (N, K) float32 and JSON attributes in one .npz, written atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, values=values, vectors=vectors.astype(np.float32), attrs=np.array(json.dumps(attrs, default=str)))
-    tmp.replace(out)
-
-
-def read_eigen_reference(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no eigenvector reference; run the eigenvectors rule first")
-    with np.load(path) as f:
-        return f["values"], f["vectors"], json.loads(str(f["attrs"]))
-
-
-def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
+def build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
                  ef_search: int = 128):
     import faiss
 
@@ -330,7 +221,7 @@ def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, npr
     if kind == "exact":
         index = faiss.IndexFlatIP(d)
         if gpu_search():  # brute force is what GPUs do best; the approximate indexes stay on the CPU
-            from .graph import _gpu_resources
+            from .batch import _gpu_resources
 
             index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
     elif kind == "ivf":
@@ -349,19 +240,86 @@ def _build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, npr
 
 def gpu_search() -> bool:
     """Exact dataset-wide search runs on the GPU when faiss-gpu sees one."""
-    from .graph import faiss_gpus
+    from .batch import faiss_gpus
 
     return faiss_gpus() > 0
 
 
-def _search_block(index, x: np.ndarray, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_block(index, x: np.ndarray, start: int, end: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of rows start..end among the other rows, self removed, best first."""
-    return _search_rows(index, x, np.arange(start, end), k)
+    return search_rows(index, x, np.arange(start, end), k)
 
 
-def _search_rows(index, x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_rows(index, x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     s, i = index.search(x[rows], k + 1)
     s = np.where(i == np.asarray(rows)[:, None], -np.inf, s)
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     s, i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
     return np.where(i < 0, 0, s), i  # an approximate search may find fewer than k: index -1, no weight
+
+
+class DatasetGraph:
+    def __init__(self, path: Path, tokens_per_item: int):
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise InputError(f"{self.path}: no dataset graph here; run the build_graph rule first")
+        group = zarr.open_group(str(self.path), mode="r")
+        if not group.attrs.get("complete"):
+            raise InputError(f"{self.path}: the dataset graph is incomplete; rerun build_graph to resume it")
+        self.indices = group["indices"][:].astype(np.int64)
+        self.similarities = np.clip(group["similarities"][:].astype(np.float32), 0, None)
+        self.degrees = group["degrees"][:].astype(np.float32)
+        self.hw = tokens_per_item
+        if len(self.indices) % tokens_per_item:
+            raise InputError(f"{self.path}: {len(self.indices)} tokens are not a whole number of {tokens_per_item}-token items")
+        self.n_items = len(self.indices) // tokens_per_item
+
+    def neighbour_items(self, item: int, top: int) -> np.ndarray:
+        """The items (other than `item`) holding most of its tokens' neighbours, most first."""
+        nbr = self.indices[item * self.hw:(item + 1) * self.hw].ravel()
+        nbr = nbr[nbr >= 0] // self.hw  # -1: fewer than k found by an approximate search
+        nbr = nbr[nbr != item]
+        values, counts = np.unique(nbr, return_counts=True)
+        return values[np.argsort(-counts, kind="stable")[:top]]
+
+    def feature_kernel(self, items: np.ndarray) -> torch.Tensor:
+        """The degree-normalised feature graph restricted to the tokens of `items`, as CSR."""
+        tokens = (np.asarray(items)[:, None] * self.hw + np.arange(self.hw)).ravel()
+        local = np.full(len(self.indices), -1, dtype=np.int64)
+        local[tokens] = np.arange(len(tokens))
+        # neighbours outside the batch (or missing: -1) become -1: the same symmetrisation as the global graph
+        neighbours = self.indices[tokens]
+        a = feature_adjacency(self.similarities[tokens], np.where(neighbours >= 0, local[neighbours], -1))
+        inv = 1.0 / np.sqrt(np.maximum(self.degrees[tokens], 1e-12))
+        a = sp.diags(inv) @ a @ sp.diags(inv)
+        a = a.tocsr()
+        a.sort_indices()
+        return torch.sparse_csr_tensor(torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64)),
+                                       torch.from_numpy(a.data.astype(np.float32)), a.shape, check_invariants=False)
+
+
+def neighbour_schedule(graph: DatasetGraph, batch: int, epochs: int, generator: torch.Generator) -> list[tuple[int, np.ndarray]]:
+    """(epoch, items) per step: ceil(B/2) anchors from a seeded permutation, the rest filled with
+    the items most linked to the anchors (random items where the anchors have too few). Every
+    image is an anchor once per epoch, so an epoch has about 2n/B steps (twice a batch-graph
+    epoch's: each image is also drawn in as a neighbour)."""
+    n = graph.n_items
+    anchors_per_step = -(-batch // 2)
+    steps_per_epoch = -(-n // anchors_per_step)
+    neighbours = [graph.neighbour_items(i, batch) for i in range(n)]
+    schedule = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=generator).numpy()
+        for step in range(steps_per_epoch):
+            chosen = list(perm[step * anchors_per_step:][:anchors_per_step])
+            for rank in range(batch):
+                for anchor in list(chosen[:anchors_per_step]):
+                    if len(chosen) < batch and rank < len(neighbours[anchor]) and neighbours[anchor][rank] not in chosen:
+                        chosen.append(int(neighbours[anchor][rank]))
+            for extra in torch.randperm(n, generator=generator).numpy():
+                if len(chosen) >= batch:
+                    break
+                if extra not in chosen:
+                    chosen.append(int(extra))
+            schedule.append((epoch, np.array(chosen[:batch], dtype=np.int64)))
+    return schedule

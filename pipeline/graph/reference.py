@@ -26,14 +26,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache import FeatureCache
-from .clustering import fit_kmeans
-from .errors import InputError
-from .models import RunModel
-from .runtime import measured
-from .spectral import (_build_index, _normalised_rows, _search_block, eigen_alignment, eigenvalue_capture,
-                       nystrom_extension, partition_measures, query_rows, read_eigen_reference, spectral_embedding,
-                       split_graph, top_eigenvectors)
+from ..cache import FeatureCache
+from ..clustering import fit_kmeans
+from ..errors import InputError
+from ..models import RunModel
+from ..runtime import measured
+from .batch import pixel_graph
+from .dataset import DatasetGraph, build_index, normalised_rows, search_block, split_graph
+from .spectral import (eigen_alignment, eigenvalue_capture, nystrom_extension, partition_measures, query_rows,
+                       read_eigen_reference, spectral_embedding, top_eigenvectors)
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,7 @@ def nystrom_reference(spec: dict[str, Any], block: int = 8192) -> tuple[np.ndarr
     evaluated split (`spec["features"]`): k nearest training tokens by cosine (FAISS, exact up to
     graph.exact_max_tokens), their degree-normalised weights, and the pixel graph of each
     evaluated image (rule `nystrom`). Returns the (M, K) extension and its cost."""
-    from .dataset_graph import DatasetGraph
-    from .fit import cache_for
-    from .graph import pixel_graph
+    from ..fit import cache_for
 
     values, vectors, attrs = read_eigen_reference(Path(spec["eigen"]["path"]))
     train_cache, cache = cache_for(spec["eigen"]["features"]), cache_for(spec["features"])
@@ -98,13 +97,13 @@ def nystrom_reference(spec: dict[str, Any], block: int = 8192) -> tuple[np.ndarr
         h, w = train_cache.grid
         degrees = DatasetGraph(Path(spec["eigen"]["graph"]).with_suffix(".zarr"), h * w).degrees
         train_high = train_cache.read(np.arange(len(train_cache)), ("high",))["high"]
-        train_high = _normalised_rows(train_high.reshape(-1, train_high.shape[-1]))
+        train_high = normalised_rows(train_high.reshape(-1, train_high.shape[-1]))
         if len(train_high) != len(vectors):
             raise InputError(f"{spec['eigen']['path']}: eigenvectors over {len(vectors)} tokens, {spec['eigen']['features']} has {len(train_high)}")
         graph_cfg = spec.get("graph") or {}
         kind = "exact" if len(train_high) <= int(graph_cfg.get("exact_max_tokens", 200_000)) else graph_cfg.get("approximate", "ivf")
         knn_args = {a: graph_cfg[a] for a in ("nprobe", "hnsw_m", "ef_search") if a in graph_cfg and kind != "exact"}
-        index = _build_index(train_high, kind, int(spec["k"]), **knn_args)
+        index = build_index(train_high, kind, int(spec["k"]), **knn_args)
         alpha, pixel_knn = float(attrs["alpha"]), [tuple(p) for p in attrs["pixel_knn"]]
         hw = cache.grid[0] * cache.grid[1]
         items_per_block = max(1, block // hw)
@@ -114,8 +113,8 @@ def nystrom_reference(spec: dict[str, Any], block: int = 8192) -> tuple[np.ndarr
         for start in tqdm(range(0, len(cache), items_per_block), desc="nystrom", unit="block"):
             items = np.arange(start, min(start + items_per_block, len(cache)))
             data = cache.read(items, ("high", "pixels"))
-            queries = _normalised_rows(data["high"].reshape(-1, data["high"].shape[-1]))
-            sims, idx = _search_block(index, queries, 0, len(queries), int(spec["k"]))
+            queries = normalised_rows(data["high"].reshape(-1, data["high"].shape[-1]))
+            sims, idx = search_block(index, queries, 0, len(queries), int(spec["k"]))
             rows = query_rows(sims, idx, degrees)
             blocks = pixel_graph(torch.from_numpy(data["pixels"].reshape(len(items), hw, 5)).float(), pixel_knn).numpy() if alpha else None
             parts.append(nystrom_extension(rows, vectors, values, blocks, alpha))
