@@ -55,3 +55,25 @@ def test_an_epoch_visits_every_image_once_in_one_of_its_views():
     one_view = epoch_schedule(np.arange(7), batch=3, epochs=1, generator=torch.Generator().manual_seed(0))
     items = np.concatenate([b for _, b in one_view])
     assert len(one_view) == 2 and len(set(items)) == 6 and set(items) <= set(range(7))
+
+
+def test_capture_monitor_logs_psi_against_spectral_clustering(tiny_cache, tmp_path):
+    """With `monitor`, training writes capture_log.csv and capture.png: psi's capture of the batch
+    and of a held-out kernel next to exact spectral clustering's, each in (0, 1], and the monitor
+    does not change what is trained (same weights as without it)."""
+    import csv
+
+    cfg = spec(0)
+    cfg["train"]["monitor"] = 2
+    cfg["heldout"] = str(tiny_cache.path.with_suffix(".json"))
+    monitored = train_psi(tiny_cache, cfg, tmp_path / "m", torch.device("cpu"))
+    rows = list(csv.DictReader(open(tmp_path / "m" / "capture_log.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 3] and (tmp_path / "m" / "capture.png").stat().st_size > 5000
+    for row in rows:
+        for key in ("batch_psi", "batch_spectral", "heldout_psi", "heldout_spectral"):
+            assert 0 < float(row[key]) <= 1 + 1e-9, (key, row)
+        # spectral clustering is what the relaxation optimises: an early psi captures less
+        assert float(row["heldout_spectral"]) > float(rows[0]["heldout_psi"])
+    plain = train_psi(tiny_cache, spec(0), tmp_path / "p", torch.device("cpu"))
+    for key, value in plain.psi.state_dict().items():
+        torch.testing.assert_close(monitored.psi.state_dict()[key], value, rtol=0, atol=0)
