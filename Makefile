@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test bench clean-results
+.PHONY: install demo test gpu-check bench clean-results
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# GPU paths (skipped without CUDA) and the timings behind the README's table of GPU hours; < 5 min
+gpu-check: $(STAMP)
+	$(BIN)/python -m pytest -q -m gpu -rs tests/test_gpu.py
+	$(BIN)/python bench/gpu_step.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/kernel_step.py
