@@ -18,7 +18,7 @@ from .cache import FeatureCache
 from .clustering import fit_kmeans
 from .models import RunModel
 from .runtime import measured, resolve_device, save_torch_atomic
-from .train import train_psi
+from .train import CHECKPOINT, train_psi
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def fit_run(spec: dict[str, Any], run_dir: Path) -> RunModel:
                               "peak_rss_mb": max(eig["peak_rss_mb"], ext["peak_rss_mb"], stats["peak_rss_mb"]),
                               "eigsh_s": eig["wall_s"], "nystrom_s": ext["wall_s"]}
     save_torch_atomic(model.checkpoint(), run_dir / "model.pt")
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # training's resume point, obsolete now
     log.info("fitted %s in %.1f s (peak memory %.0f MB)", spec["run"], stats["wall_s"], stats["peak_rss_mb"])
     return model
 

@@ -2,11 +2,19 @@
 
 Adam with a cosine learning-rate decay and a cosine Gumbel temperature, both per step
 (method.md section 5). Nothing supervised touches psi.
+
+Interrupted training resumes: at the end of every epoch and at least every
+`CHECKPOINT_SECONDS`, psi, the optimiser, the RNG state, the step and the log so far go to
+`checkpoint.pt` in the run directory (atomically), and `train_log.csv` is rewritten. A rerun with
+the same run spec continues after the last checkpoint and ends with the weights an uninterrupted
+run has (same batches, same Gumbel draws); a checkpoint of other settings is ignored and
+replaced. The caller removes the checkpoint once model.pt is saved.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
@@ -24,10 +32,12 @@ from .errors import InputError
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .models import RunModel, build_psi
 from .monitor import CaptureMonitor
-from .runtime import seed_everything
+from .runtime import save_torch_atomic, seed_everything
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds")
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_SECONDS = 300
 
 
 def cosine(step: int, total: int, start: float, end: float) -> float:
@@ -84,13 +94,18 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     out_dir.mkdir(parents=True, exist_ok=True)
     monitor = CaptureMonitor(total, int(cfg.get("monitor", 0) or 0), int(cfg["K"]),
                              heldout_kernel(spec, cfg, pixel_knn, device) if cfg.get("monitor") else None, int(spec["seed"]))
-    rows = []
-    started = time.time()
-    bar = tqdm(total=total, desc=f"train {spec['run']}", unit="step")
+    fingerprint = json.dumps({"spec": spec, "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str)
+    rows: list[dict] = []
+    first = resume(out_dir / CHECKPOINT, fingerprint, psi, optimiser, rows, monitor, device)
+    started = time.time() - (rows[-1]["seconds"] if rows else 0.0)
+    saved_at = time.time()
+    bar = tqdm(total=total, initial=first, desc=f"train {spec['run']}", unit="step")
     # the next batch is read and decompressed in a thread while this one trains
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(cache.read, schedule[0][1])
+        pending = reader.submit(cache.read, schedule[first][1]) if first < total else None
         for step, (epoch, items) in enumerate(schedule):
+            if step < first:
+                continue
             arrays = pending.result()
             if step + 1 < total:
                 pending = reader.submit(cache.read, schedule[step + 1][1])
@@ -116,6 +131,11 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
                          "penalty": objective.penalty.item(), "tau": tau, "lr": lr, "seconds": time.time() - started})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
             bar.update()
+            epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
+            if epoch_ends or time.time() - saved_at > CHECKPOINT_SECONDS:
+                save_checkpoint(out_dir / CHECKPOINT, fingerprint, step, psi, optimiser, rows, monitor)
+                write_log(rows, out_dir / "train_log.csv")
+                saved_at = time.time()
     bar.close()
     if not np.isfinite(rows[-1]["loss"]):
         raise FloatingPointError(f"training diverged: final loss {rows[-1]['loss']}")
@@ -125,6 +145,38 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     monitor.write(out_dir)
     log.info("trained in %.1f s", time.time() - started)
     return model
+
+
+def save_checkpoint(path: Path, fingerprint: str, step: int, psi: torch.nn.Module, optimiser: torch.optim.Optimizer,
+                    rows: list[dict], monitor: CaptureMonitor) -> None:
+    save_torch_atomic({"fingerprint": fingerprint, "step": step, "psi": psi.state_dict(), "optimiser": optimiser.state_dict(),
+                       "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                       "rows": rows, "monitor": monitor.rows}, path)
+
+
+def resume(path: Path, fingerprint: str, psi: torch.nn.Module, optimiser: torch.optim.Optimizer, rows: list[dict],
+           monitor: CaptureMonitor, device: torch.device) -> int:
+    """Load a checkpoint of the same run into psi, the optimiser, the RNG, `rows` and the monitor;
+    returns the first step still to train (0 without a usable checkpoint)."""
+    if not path.is_file():
+        return 0
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # a truncated file from a kill during the very first save: start over
+        log.warning("%s: unreadable checkpoint (%s); training from step 0", path, exc)
+        return 0
+    if ckpt.get("fingerprint") != fingerprint:
+        log.warning("%s: checkpoint of other settings; training from step 0", path)
+        return 0
+    psi.load_state_dict(ckpt["psi"])
+    optimiser.load_state_dict(ckpt["optimiser"])
+    torch.set_rng_state(ckpt["rng"].cpu())
+    if ckpt["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["cuda_rng"]])
+    rows.extend(ckpt["rows"])
+    monitor.rows = list(ckpt["monitor"])
+    log.info("%s: resuming after step %d", path, ckpt["step"])
+    return int(ckpt["step"]) + 1
 
 
 def heldout_kernel(spec: dict[str, Any], cfg: dict[str, Any], pixel_knn, device: torch.device):

@@ -77,3 +77,43 @@ def test_capture_monitor_logs_psi_against_spectral_clustering(tiny_cache, tmp_pa
     plain = train_psi(tiny_cache, spec(0), tmp_path / "p", torch.device("cpu"))
     for key, value in plain.psi.state_dict().items():
         torch.testing.assert_close(monitored.psi.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_weights(tiny_cache, tmp_path, monkeypatch):
+    """A training killed after its first epoch (here: an exception in step 3 of 4) restarts from
+    the checkpoint of that epoch and ends with exactly the weights and log of an uninterrupted run;
+    a checkpoint of other settings is ignored."""
+    import pipeline.train as train
+
+    reference = train_psi(tiny_cache, spec(0), tmp_path / "ref", torch.device("cpu"))
+    real, calls = train.neuralef_objective, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "neuralef_objective", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_psi(tiny_cache, spec(0), tmp_path / "run", torch.device("cpu"))
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    partial = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
+    assert partial["step"].tolist() == [0, 1]  # the log is written as training goes
+    monkeypatch.setattr(train, "neuralef_objective", real)
+    calls["n"] = 0
+    counted = []
+    monkeypatch.setattr(train, "neuralef_objective", lambda *a, **k: counted.append(1) or real(*a, **k))
+    resumed = train_psi(tiny_cache, spec(0), tmp_path / "run", torch.device("cpu"))
+    assert len(counted) == 2  # only the second epoch was trained again
+    for key, value in reference.psi.state_dict().items():
+        torch.testing.assert_close(resumed.psi.state_dict()[key], value, rtol=0, atol=0)
+    ref_log = np.genfromtxt(tmp_path / "ref" / "train_log.csv", delimiter=",", names=True)
+    log = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
+    np.testing.assert_array_equal(log["loss"], ref_log["loss"])
+    # other settings: the checkpoint is not used
+    other = spec(0)
+    other["train"]["lr"] = 2e-3
+    counted.clear()
+    train_psi(tiny_cache, other, tmp_path / "run", torch.device("cpu"))
+    assert len(counted) == 4

@@ -71,6 +71,11 @@ def test_run_directories_hold_what_they_need(workflow):
     assert list(log.columns) == ["step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds"]
     assert log["tau"].iloc[0] == pytest.approx(1.0) and np.isfinite(log["loss"]).all()
     assert Image.open(nes / "loss.png").size[0] > 100
+    # capture of the kernel against exact spectral clustering at the monitor's checkpoints
+    capture = pd.read_csv(nes / "capture_log.csv")
+    assert len(capture) >= 2 and capture[["batch_psi", "heldout_spectral"]].stack().between(0, 1).all()
+    assert Image.open(nes / "capture.png").size[0] > 100
+    assert not (nes / "checkpoint.pt").exists()  # the resume point goes once model.pt is saved
     for run in runs.iterdir():
         ckpt = torch.load(run / "model.pt", weights_only=True)
         assert ckpt["method"] in run.name and ckpt["config"]["run"] == run.name
