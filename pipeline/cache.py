@@ -167,6 +167,10 @@ class FeatureCache:
                 if restored is None:
                     restored = np.empty((len(items), *data.shape[1:]), dtype=np.float32)
                 restored[where[order]] = data
+            if not np.isfinite(restored).all():
+                bad = items[~np.isfinite(restored).reshape(len(items), -1).all(1)]
+                raise InputError(f"{self.path}: non-finite {name} values in item(s) {', '.join(map(str, bad[:10]))}; "
+                                 "the cache is corrupt: delete it and its .json manifest and rerun extraction")
             out[name] = restored
         return out
 

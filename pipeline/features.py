@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .backbones import Backbone, pad_to_multiple
 from .cache import CacheLayout, CacheWriter, remove_stale_shards, shard_path
 from .datasets import Dataset
+from .errors import InputError
 from .views import View
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,15 @@ def encode_crops(backbone: Backbone, crops: list[torch.Tensor], device: torch.de
     return encode(backbone, normalise_batch(backbone, crops, size), device, backbone.grid_for(*size))
 
 
+def check_finite(arrays: dict[str, np.ndarray], sources: list) -> None:
+    """Refuse NaN/Inf features (also float16 overflow, what the cache stores), naming the image."""
+    for name, values in arrays.items():
+        bad = ~np.isfinite(values.astype(np.float16)).reshape(len(values), -1).all(1)
+        if bad.any():
+            raise InputError(f"{sources[int(np.flatnonzero(bad)[0])]}: the backbone gave non-finite {name} features "
+                             "(NaN, Inf or beyond float16's range); check the image and the weights")
+
+
 def shard_range(n_images: int, index: int, count: int) -> tuple[int, int]:
     """Images [lo, hi) of shard `index` of `count`: contiguous, sizes differing by at most one."""
     if not 0 <= index < count:
@@ -136,8 +146,9 @@ def extract_split(dataset: Dataset, backbone: Backbone, out: Path, view: View, v
                     crops.append(view.prepare(image))
                 else:
                     crops.append(augmented_view(image, view, np.random.default_rng([seed, image_idx, v]), scale, flip))
-            arrays = encode_crops(backbone, crops, device, input_size)
-            writer.write(start, {k: t.cpu().numpy() for k, t in arrays.items()}, np.array(sizes))
+            arrays = {k: t.cpu().numpy() for k, t in encode_crops(backbone, crops, device, input_size).items()}
+            check_finite(arrays, [dataset.samples[i].image_path for i, _ in items[start:start + batch_size]])
+            writer.write(start, arrays, np.array(sizes))
             bar.update(len(crops))
         bar.close()
         writer.finish(np.array([i for i, _ in items]), np.array([v for _, v in items]))

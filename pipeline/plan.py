@@ -23,7 +23,7 @@ from .errors import InputError
 from .models import METHODS
 TRAIN_VIEW = "train"  # the view name of training caches; protocols name the evaluation views
 # what reading a dataset's images depends on (not its protocols, training overrides or splits)
-SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names")
+SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names", "unknown_labels")
 
 
 def _fmt(x: Any) -> str:

@@ -100,3 +100,72 @@ def test_download_fails_clearly_without_internet(tmp_path):
     with pytest.raises(InputError, match=r"place the data in .*camvid/ by hand"):
         download_camvid(tmp_path / "camvid", url="http://127.0.0.1:9/camvid.zip", timeout=5)
     assert not (tmp_path / "camvid").exists()
+
+
+def test_non_finite_features_are_refused_when_written_and_when_read(tmp_path, camvid_root, lite0, monkeypatch):
+    """A backbone giving NaN stops extraction naming the image; a NaN that reaches a cache anyway
+    stops every reader naming the cache and the item, instead of skewing the scores."""
+    import numpy as np
+    import torch
+    import zarr
+
+    import pipeline.features as features
+
+    root = make_camvid_copy(camvid_root, tmp_path / "camvid")
+    ds = load_dataset({"name": "camvid", "adapter": "camvid", "data_root": str(root)}, "val")
+    real = features.encode
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["high"][1, 2, 3, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(features, "encode", poisoned)
+    with pytest.raises(InputError, match=ds.samples[1].image_path.name):
+        extract_split(ds, lite0, tmp_path / "bad.zarr", View("resize", (180, 240)), batch_size=4)
+    monkeypatch.setattr(features, "encode", real)
+    extract_split(ds, lite0, tmp_path / "val.zarr", View("resize", (180, 240)), batch_size=4)
+    shard = zarr.open_group(str(next((tmp_path / "val.zarr").glob("shard-*"))), mode="r+")
+    values = shard["input"][2]
+    values[0, 0, 0] = np.inf
+    shard["input"][2] = values
+    cache = FeatureCache(tmp_path / "val.zarr")
+    assert cache.read([0, 1], ("input",))["input"].shape[0] == 2  # clean items still read
+    with pytest.raises(InputError, match=r"val.zarr: non-finite input values in item\(s\) 2"):
+        cache.read([1, 2, 3], ("input",))
+
+
+def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
+    import numpy as np
+
+    from pipeline.datasets.base import read_rgb
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((8, 10), int(0.2 * 65535), dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = read_rgb(path)
+    assert rgb.shape == (8, 10, 3) and rgb.dtype == np.uint8 and abs(rgb.mean() / 255 - 0.2) < 0.01
+
+
+def test_label_ids_outside_the_classes_are_named_or_ignored_on_request(tmp_path, camvid_root, caplog):
+    """CamVid's classes are 0-10 and 11 is void: a 40 (8-bit) or a 300 (16-bit) is refused naming
+    the file and the ids; `unknown_labels: ignore` scores them as ignored and says how many."""
+    import numpy as np
+
+    root = make_camvid_copy(camvid_root, tmp_path / "camvid")
+    spec = {"name": "camvid", "adapter": "camvid", "data_root": str(root)}
+    ds = load_dataset(spec, "val")
+    label = np.array(Image.open(ds.samples[0].label_path))
+    label[:5, :7] = 40
+    Image.fromarray(label).save(ds.samples[0].label_path)
+    wide = label.astype(np.uint16)
+    wide[:2, :2] = 300
+    Image.fromarray(wide).save(ds.samples[1].label_path)
+    for index, ids in ((0, "40"), (1, "40, 300")):
+        with pytest.raises(InputError, match=rf"{ds.samples[index].label_path.name}: label ids {ids} .*unknown_labels: ignore"):
+            ds.load_label(index)
+    assert set(np.unique(ds.load_label(2))) <= set(range(11)) | {255}  # void 11 -> ignore, no complaint
+    lenient = load_dataset({**spec, "unknown_labels": "ignore"}, "val")
+    with caplog.at_level("WARNING"):
+        ids = lenient.load_label(0)
+    assert (ids[:5, :7] == 255).all() and "35 pixels with unknown label ids 40" in caplog.text

@@ -58,6 +58,7 @@ def load_dataset(spec: dict[str, Any], split: str, labels: str | None = None) ->
     else:
         raise InputError(f"datasets.*.adapter: unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}")
     ds.name = spec.get("name", ds.name)
+    ds.unknown_labels = spec.get("unknown_labels", "error")
     limit = spec.get("max_images")
     if limit:
         ds.samples = ds.samples[: int(limit)]

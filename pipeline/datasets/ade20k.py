@@ -45,5 +45,5 @@ def load_ade20k(root: Path, split: str) -> Dataset:
     label_dir = base / "annotations" / SPLITS[split]
     samples = [Sample(p.stem, p, (label_dir / f"{p.stem}.png") if (label_dir / f"{p.stem}.png").exists() else None)
                for p in images]
-    table = lookup_table({raw: raw - 1 for raw in range(1, 151)}, IGNORE_INDEX)
+    table = lookup_table({raw: raw - 1 for raw in range(1, 151)}, IGNORE_INDEX, void=(0,))
     return Dataset("ade20k", split, samples, NAMES, IGNORE_INDEX, table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+UNKNOWN = -1  # in a label lookup table: a raw value that is neither a class nor a declared void value
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,11 @@ class Dataset:
     samples: list[Sample]
     class_names: list[str]
     ignore_index: int = 255
-    # maps raw label values to train ids (ignore -> ignore_index); None = identity
+    # maps raw label values to train ids (void values -> ignore_index, anything else UNKNOWN);
+    # None = identity (values 0..C-1 and ignore_index)
     label_map: np.ndarray | None = None
+    # label ids that are neither classes nor void: "error" (refuse, naming the file) or "ignore"
+    unknown_labels: str = "error"
 
     @property
     def num_classes(self) -> int:
@@ -57,15 +63,37 @@ class Dataset:
                 f"{sample.label_path}: label is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image "
                 f"{sample.image_path.name} is {expected_hw[1]}x{expected_hw[0]}; expected equal sizes"
             )
+        values = raw.astype(np.int64)
         if self.label_map is None:
-            return raw.astype(np.int64)
-        return self.label_map[raw].astype(np.int64)
+            ids = values
+            unknown = (values < 0) | ((values >= self.num_classes) & (values != self.ignore_index))
+        else:
+            inside = (values >= 0) & (values < len(self.label_map))
+            ids = np.full(values.shape, UNKNOWN, dtype=np.int64)
+            ids[inside] = self.label_map[values[inside]]
+            unknown = ids == UNKNOWN
+        if unknown.any():
+            bad = np.unique(values[unknown])
+            shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+            if self.unknown_labels != "ignore":
+                raise InputError(f"{sample.label_path}: label ids {shown} ({int(unknown.sum())} pixels) are neither classes of "
+                                 f"{self.name} nor its void values; set datasets.{self.name}.unknown_labels: ignore to score "
+                                 "them as ignored")
+            log.warning("%s: %d pixels with unknown label ids %s scored as ignored", sample.label_path, int(unknown.sum()), shown)
+            ids = np.where(unknown, self.ignore_index, ids)
+        return ids
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8, or a clear error naming the file."""
+    """HxWx3 uint8, or a clear error naming the file. 16-bit greyscale images are scaled to 8 bits
+    (PIL's RGB conversion would clip them to white)."""
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16") or im.mode == "I":
+                wide = np.asarray(im).astype(np.float64)
+                depth = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
+                grey = np.clip(np.round(wide / depth * 255.0), 0, 255).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.array(im.convert("RGB"))  # writable: the CRF needs a real buffer
     except FileNotFoundError:
         raise InputError(f"{path}: image file not found") from None
@@ -86,9 +114,11 @@ def read_label(path: Path) -> np.ndarray:
     return arr
 
 
-def lookup_table(mapping: dict[int, int], ignore_index: int, size: int = 256) -> np.ndarray:
-    """Dense raw-value -> train-id table; values not in `mapping` become ignore_index."""
-    table = np.full(size, ignore_index, dtype=np.int64)
+def lookup_table(mapping: dict[int, int], ignore_index: int, void: tuple[int, ...] = (), size: int = 256) -> np.ndarray:
+    """Dense raw-value -> train-id table: `mapping`'s values, `void` values and the ignore value
+    itself -> ignore_index, anything else UNKNOWN (refused when a label holds it)."""
+    table = np.full(size, UNKNOWN, dtype=np.int64)
+    table[list(void) + [ignore_index]] = ignore_index
     for raw, train_id in mapping.items():
         table[raw] = train_id
     return table

@@ -36,7 +36,7 @@ def load_camvid(root: Path, split: str) -> Dataset:
         ]
     if not samples:
         raise InputError(f"camvid: split {split!r} under {root} holds no images")
-    table = lookup_table({i: i for i in range(len(CLASS_NAMES))}, IGNORE_INDEX)
+    table = lookup_table({i: i for i in range(len(CLASS_NAMES))}, IGNORE_INDEX, void=(VOID,))
     return Dataset("camvid", split, samples, CLASS_NAMES, IGNORE_INDEX, table)
 
 

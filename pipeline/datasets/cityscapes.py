@@ -47,9 +47,9 @@ def load_cityscapes(root: Path, split: str, labels: str = "27") -> Dataset:
         label = root / "gtFine" / split / path.parent.name / f"{stem}_gtFine_labelIds.png"
         samples.append(Sample(stem, path, label if label.exists() else None))
     if labels == "27":
-        table = lookup_table({raw: raw - 7 for raw in range(7, 34)}, IGNORE_INDEX)
+        table = lookup_table({raw: raw - 7 for raw in range(7, 34)}, IGNORE_INDEX, void=tuple(range(7)))
         names = NAMES_27
     else:
-        table = lookup_table(TRAIN_IDS, IGNORE_INDEX)
+        table = lookup_table(TRAIN_IDS, IGNORE_INDEX, void=tuple(v for v in range(34) if v not in TRAIN_IDS))
         names = NAMES_19
     return Dataset("cityscapes", split, samples, names, IGNORE_INDEX, table)

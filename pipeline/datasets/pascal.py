@@ -45,7 +45,7 @@ def load_pascal_context(root: Path, split: str, labels: str = "context59") -> Da
         raise InputError(f"pascal: {list_file} lists no images")
     samples = [Sample(i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClassContext" / f"{i}.png") for i in ids]
     if labels == "context59":
-        table = lookup_table({raw: raw - 1 for raw in range(1, 60)}, IGNORE_INDEX)
+        table = lookup_table({raw: raw - 1 for raw in range(1, 60)}, IGNORE_INDEX, void=(0,))
         names = NAMES_60[1:]
     else:
         table = lookup_table({raw: raw for raw in range(60)}, IGNORE_INDEX)
