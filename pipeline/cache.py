@@ -125,7 +125,11 @@ class FeatureCache:
         for p in found:
             if not (p / "zarr.json").exists():
                 raise InputError(f"{p}: not a Zarr group; delete {self.path} and rerun extraction")
-            group = zarr.open_group(str(p), mode="r")
+            try:
+                group = zarr.open_group(str(p), mode="r")
+            except (ValueError, KeyError, OSError) as exc:  # json.JSONDecodeError is a ValueError
+                raise InputError(f"{p}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} and its .json "
+                                 "manifest, then rerun extraction") from None
             if not group.attrs.get("complete"):
                 raise InputError(f"{p}: feature cache is incomplete (extraction was interrupted); rerun extraction to resume it")
             missing = [a for a in (*ARRAYS, "image_index", "view", "image_size") if a not in group]

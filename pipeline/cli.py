@@ -142,6 +142,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     view = View.from_config(spec["view"], "view")
     dataset = load_dataset(spec["dataset_spec"], spec["split"], view.labels)
     if not dataset.has_labels:
+        unlabelled = [s for s in dataset.samples if s.label_path is None]
+        if len(unlabelled) < len(dataset.samples):  # some have labels: name the first that does not
+            missing = f"no label for {unlabelled[0].image_path} (and {len(unlabelled) - 1} more)"
+            raise InputError(f"{dataset.name}/{spec['split']}: {missing}; every image needs one to evaluate")
         raise InputError(f"{dataset.name}/{spec['split']}: no labels, nothing to evaluate against (use `nes segment`)")
     device = resolve_device(spec["device"])
     model = model.to(device)

@@ -115,7 +115,14 @@ class RunModel(nn.Module):
         path = path / "model.pt" if path.is_dir() else path
         if not path.is_file():
             raise InputError(f"{path}: no model.pt; expected a run directory produced by the workflow")
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # truncated, empty or not a torch file at all
+            raise InputError(f"{path}: not a readable model.pt ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                             "rerun the run's fit (snakemake deletes and rebuilds it)") from None
+        missing = [k for k in ("method", "config") if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise InputError(f"{path}: not a model.pt of this project (missing {', '.join(missing)})")
         psi = None
         if "psi" in ckpt:
             psi = build_psi(int(ckpt["input_dim"]), ckpt["config"]["train"])

@@ -169,3 +169,43 @@ def test_label_ids_outside_the_classes_are_named_or_ignored_on_request(tmp_path,
     with caplog.at_level("WARNING"):
         ids = lenient.load_label(0)
     assert (ids[:5, :7] == 255).all() and "35 pixels with unknown label ids 40" in caplog.text
+
+
+def test_broken_model_and_cache_metadata_are_named(tmp_path, camvid_root, lite0):
+    """A truncated, empty or foreign model.pt and a truncated zarr.json stop with one message
+    naming the file, not a traceback."""
+    import torch
+
+    from pipeline.models import RunModel
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"method": "kmeans", "config": {}, "centres": torch.zeros(2, 3)}, run / "model.pt")
+    data = (run / "model.pt").read_bytes()
+    for content, expected in ((data[: len(data) // 2], "not a readable model.pt"), (b"", "not a readable model.pt")):
+        (run / "model.pt").write_bytes(content)
+        with pytest.raises(InputError, match=rf"{run / 'model.pt'}: {expected}"):
+            RunModel.load(run)
+    torch.save({"weights": torch.zeros(3)}, run / "model.pt")
+    with pytest.raises(InputError, match="not a model.pt of this project"):
+        RunModel.load(run)
+
+    root = make_camvid_copy(camvid_root, tmp_path / "camvid", n=2)
+    ds = load_dataset({"name": "camvid", "adapter": "camvid", "data_root": str(root)}, "val")
+    extract_split(ds, lite0, tmp_path / "val.zarr", View("resize", (90, 120)), batch_size=2)
+    meta = next((tmp_path / "val.zarr").glob("shard-*")) / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    with pytest.raises(InputError, match="zarr.json: unreadable"):
+        FeatureCache(tmp_path / "val.zarr")
+
+
+def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
+    import numpy as np
+
+    from pipeline.datasets.base import read_rgb
+
+    path = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels > 2 x 100: PIL's bomb error
+    with pytest.raises(InputError, match="bomb.png: cannot read image .*DecompressionBomb"):
+        read_rgb(path)

@@ -97,7 +97,7 @@ def read_rgb(path: Path) -> np.ndarray:
             return np.array(im.convert("RGB"))  # writable: the CRF needs a real buffer
     except FileNotFoundError:
         raise InputError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 
@@ -107,7 +107,7 @@ def read_label(path: Path) -> np.ndarray:
             arr = np.asarray(im)
     except FileNotFoundError:
         raise InputError(f"{path}: label file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot read label ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim != 2:
         raise InputError(f"{path}: label must be a single-channel image of class ids, got shape {arr.shape}")
