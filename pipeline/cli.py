@@ -236,14 +236,12 @@ def cmd_segment(args: argparse.Namespace) -> None:
             log.error("skipped: %s", exc)
             failed.append(str(path))
             continue
-        logits = seg.predict_logits(image)
-        labels = seg.labels_from_logits(logits)
+        labels, maps = seg.labels(image, args.eigenfunctions)
         save_labels(labels, out / f"{path.stem}_labels.png")
         present = [i for i in np.unique(labels) if i != UNMATCHED]
         overlay = with_legend(blend(image, colourise(np.where(labels == UNMATCHED, -1, labels), colours)), present, names, colours)
         Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
-        if args.eigenfunctions:
-            maps = seg.eigenfunction_maps(logits, args.eigenfunctions)
+        if maps is not None:
             save_heatmaps(maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], out / f"{path.stem}_eigenfunctions.png")
     summary = {"segmented": len(images) - len(failed), "skipped": len(failed), "failed": failed, "out": str(out),
                "labels": "classes" if seg.mapping is not None else "clusters"}

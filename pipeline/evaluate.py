@@ -83,22 +83,42 @@ def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, v
 
 
 def image_logits(model: RunModel, backbone: Backbone, images: list[np.ndarray], view: View,
-                 device: torch.device, window_batch: int = 8) -> list[torch.Tensor]:
+                 device: torch.device, window_batch: int = 8, at_view: bool = False) -> list[torch.Tensor]:
     """Logits at the scoring geometry for images of any size, from a live backbone: one forward
-    pass for `resize` / `centre_crop` views; sliding windows (protocol B) otherwise."""
+    pass for `resize` / `centre_crop` views; sliding windows (protocol B) otherwise. `at_view`:
+    stop at the view's own resolution (its input size, or the resized canvas of the windows),
+    whose size the view bounds, and leave the last resize to the caller (`resample_rows`)."""
     stride = backbone.spec.stride
     if view.mode != "sliding":
         feats = encode_crops(backbone, [view.prepare(im) for im in images], device, view.input_size)
         logits = model.token_logits(feats["high"], feats["input"]).float()
-        return [logits_to_image(logits[j], stride, view.input_size, scored_size(view, im.shape[:2]))
+        return [logits_to_image(logits[j], stride, view.input_size, view.input_size if at_view else scored_size(view, im.shape[:2]))
                 for j, im in enumerate(images)]
-    return [sliding_logits(model, backbone, im, view, device, window_batch) for im in images]
+    return [sliding_logits(model, backbone, im, view, device, window_batch, resize=not at_view) for im in images]
+
+
+def resample_rows(logits: torch.Tensor, out_hw: tuple[int, int], reduce, max_elements: int = 2 ** 27) -> torch.Tensor:
+    """Bilinear resize (align_corners=False, as F.interpolate) of (K, h, w) logits to `out_hw`, in
+    bands of output rows so that at most `max_elements` resized values exist at once; `reduce`
+    maps each (K, rows, W) band to what is kept (e.g. its argmax over K)."""
+    k = logits.shape[0]
+    height, width = out_hw
+    rows = max(1, max_elements // max(1, k * width))
+    gx = (torch.arange(width, dtype=torch.float32, device=logits.device) + 0.5) / width * 2 - 1
+    bands = []
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        gy = (torch.arange(r0, r1, dtype=torch.float32, device=logits.device) + 0.5) / height * 2 - 1
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, rows, W, 2) as (x, y)
+        band = F.grid_sample(logits[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        bands.append(reduce(band))
+    return torch.cat(bands, dim=-2)
 
 
 def sliding_logits(model: RunModel, backbone: Backbone, image: np.ndarray, view: View, device: torch.device,
-                   window_batch: int = 8) -> torch.Tensor:
+                   window_batch: int = 8, resize: bool = True) -> torch.Tensor:
     """Protocol B: short side resized, windows of the crop size at the view's stride, logits of
-    overlapping windows averaged, then resized to the original image size."""
+    overlapping windows averaged, then (with `resize`) resized to the original image size."""
     resized = view.resize(image)
     height, width = resized.shape[1:]
     windows = view.windows(height, width)
@@ -114,7 +134,7 @@ def sliding_logits(model: RunModel, backbone: Backbone, image: np.ndarray, view:
             canvas[:, t:b, l:r] += logits_to_image(logits[j], backbone.spec.stride, (b - t, r - l), (b - t, r - l))
             count[:, t:b, l:r] += 1
     canvas /= count
-    if (height, width) != tuple(image.shape[:2]):
+    if resize and (height, width) != tuple(image.shape[:2]):
         canvas = F.interpolate(canvas[None], size=tuple(image.shape[:2]), mode="bilinear", align_corners=False)[0]
     return canvas
 

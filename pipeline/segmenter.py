@@ -4,6 +4,11 @@
     labels = seg.predict(image)          # (H, W): class ids if the run has a mapping, else cluster ids
     logits = seg.predict_logits(image)   # (K, H, W) at the image's size
 
+Memory stays bounded for images of any size: `predict` and `nes segment` keep the logits at the
+view's resolution (which the view bounds) and resize them to the image in bands of rows, taking
+the arg-max band by band, so no (K, H, W) array exists once K x H x W exceeds `max_elements`;
+eigenfunction maps of such images are drawn at a reduced size.
+
 Images of any size go through the run's view: its training view, with a centre-crop training view
 turned into sliding windows of the same crop (protocol B's scheme), so nothing is cut off. The
 cluster -> class mapping comes from an evaluation of the run (its metrics.json) or a JSON file.
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .evaluate import backbone_for, image_logits
+from .evaluate import backbone_for, image_logits, resample_rows
 from .models import RunModel
 from .runtime import resolve_device
 from .views import View
@@ -85,7 +90,8 @@ class Segmenter:
     """A trained run (backbone + psi or centres) that maps images to cluster or class maps."""
 
     def __init__(self, model: RunModel, view: View, mapping: ClassMapping | None = None,
-                 device: torch.device | None = None, batch_size: int = 4):
+                 device: torch.device | None = None, batch_size: int = 4, max_elements: int = 2 ** 27):
+        self.max_elements = max_elements  # resized logit values held at once (2^27 floats = 512 MB)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device)
         self.backbone = backbone_for(model).to(self.device)
@@ -121,10 +127,29 @@ class Segmenter:
 
     def predict(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
         """(H, W) class ids (UNMATCHED where a cluster has no class) when there is a mapping,
-        cluster ids otherwise."""
-        logits = self.predict_logits(images)
-        maps = [self.labels_from_logits(t) for t in (logits if isinstance(logits, list) else [logits])]
-        return maps if isinstance(logits, list) else maps[0]
+        cluster ids otherwise; memory bounded by `max_elements` whatever the image size."""
+        single = isinstance(images, np.ndarray)
+        maps = [self.labels(image)[0] for image in ([images] if single else images)]
+        return maps[0] if single else maps
+
+    def labels(self, image: np.ndarray, eigenfunctions: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels at the image's size and, when asked, its first n eigenfunction maps (at the
+        image's size, or smaller for images above `max_elements`), without holding (K, H, W)
+        logits of a large image."""
+        height, width = image.shape[:2]
+        if self.num_clusters * height * width <= self.max_elements:
+            logits = self.predict_logits(image)
+            return self.labels_from_logits(logits), self.eigenfunction_maps(logits, eigenfunctions) if eigenfunctions else None
+        low = image_logits(self.model, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
+        clusters = resample_rows(low, (height, width), lambda band: band.argmax(0), self.max_elements).numpy()
+        labels = self.mapping.apply(clusters) if self.mapping is not None else clusters
+        maps = None
+        if eigenfunctions:
+            scale = min(1.0, (self.max_elements / (eigenfunctions * height * width)) ** 0.5)
+            size = (max(1, int(height * scale)), max(1, int(width * scale)))
+            maps = self.eigenfunction_maps(resample_rows(low[:eigenfunctions], size, lambda band: band, self.max_elements),
+                                           eigenfunctions)
+        return labels, maps
 
     def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         """Arg-max cluster per pixel, through the mapping when there is one."""

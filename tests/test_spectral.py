@@ -175,6 +175,13 @@ def test_graph_command_on_a_cached_split(tmp_path):
     assert manifest["tokens"] == 3 * 3 * 4 and manifest["k"] == 8 and manifest["complete"] and manifest["index"] == "exact"
     group = zarr.open_group(str(out.with_suffix(".zarr")), mode="r")
     assert group["indices"].shape == (36, 8) and (group["degrees"][:] > 0).all()
+    # an output that is not a graph this command made (here: the feature cache) is never deleted
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*"))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "graph", "--features", str(tmp_path / "features" / "val.json"),
+                             "--spec", json.dumps({"k": 8, "block": 10}), "--out", str(tmp_path / "features" / "val.json")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "is not a dataset graph" in result.stderr and result.stderr.count("\n") <= 2
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*")) == before
 
 
 def test_eigenvalue_capture_is_one_for_the_top_eigenspace_only():

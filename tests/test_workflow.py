@@ -189,6 +189,32 @@ def test_segmenter_predicts_what_evaluation_scores(workflow):
         np.testing.assert_array_equal(labels, seg.mapping.mapping[live[i].argmax(0).numpy()])
 
 
+def test_segmenting_a_large_image_keeps_memory_bounded(workflow, monkeypatch):
+    """Above `max_elements` resized logit values, labels come from view-resolution logits resized
+    in bands of rows: no (K, H, W) array is ever made, and the labels are those of the full path."""
+    import torch.nn.functional as F
+
+    import pipeline.evaluate as evaluate
+    from pipeline.datasets import read_rgb
+    from pipeline.segmenter import Segmenter
+
+    run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
+    seg = Segmenter.from_run(run, device="cpu", mapping=None)
+    image = read_rgb(next((workflow["camvid_root"] / "val").glob("*.png")))
+    large = np.repeat(np.repeat(image, 3, axis=0), 3, axis=1)  # 1080 x 1440
+    full = seg.labels(large)[0]  # K x H x W below the default bound: the plain path
+    k, (h, w) = seg.num_clusters, large.shape[:2]
+    seg.max_elements = k * h * w // 20
+    biggest = []
+    real_grid, real_interp = F.grid_sample, F.interpolate
+    monkeypatch.setattr(evaluate.F, "grid_sample", lambda *a, **kw: biggest.append(real_grid(*a, **kw).numel()) or real_grid(*a, **kw))
+    monkeypatch.setattr(evaluate.F, "interpolate", lambda *a, **kw: biggest.append(real_interp(*a, **kw).numel()) or real_interp(*a, **kw))
+    labels, maps = seg.labels(large, eigenfunctions=3)
+    assert labels.shape == (h, w) and max(biggest) <= seg.max_elements
+    assert (labels == full).mean() > 0.999
+    assert maps.shape[0] == 3 and maps.shape[1] * maps.shape[2] * 3 <= seg.max_elements
+
+
 def test_own_images_without_labels_train_and_segment_through_the_workflow(camvid_root, tmp_path):
     """README "Use your own images": a folder of images, no labels -> extract, train, segment."""
     images = tmp_path / "mine"

@@ -37,6 +37,7 @@ from ..errors import InputError
 from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
 log = logging.getLogger(__name__)
+GRAPH_KIND = "neural-eigenseg dataset graph"  # marks a Zarr group this module made (and may replace)
 
 
 def normalised_rows(x: np.ndarray) -> np.ndarray:
@@ -155,13 +156,19 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
             **(attrs or {})}
     fingerprint = json.dumps(meta, sort_keys=True, default=str)
     group = None
-    if (out / "zarr.json").exists():
+    out = Path(out)
+    if out.exists():
+        ours = (out / "zarr.json").exists() and zarr.open_group(str(out), mode="r").attrs.get("kind") == GRAPH_KIND
+        if not ours:  # never delete what this command did not make (a feature cache, a user's folder)
+            raise InputError(f"{out}: exists and is not a dataset graph (no {GRAPH_KIND!r} marker in zarr.json); "
+                             "choose another output or remove it yourself")
         group = zarr.open_group(str(out), mode="r+")
         if group.attrs.get("fingerprint") != fingerprint:
             group = None
     if group is None:
         shutil.rmtree(out, ignore_errors=True)
         group = zarr.open_group(str(out), mode="w", zarr_format=3)
+        group.attrs["kind"] = GRAPH_KIND
         group.create_array("indices", shape=(n, k), chunks=(block, k), dtype="int32")
         group.create_array("similarities", shape=(n, k), chunks=(block, k), dtype="float16")
         group.attrs.update({**meta, "fingerprint": fingerprint, "n_done": 0, "complete": False})
