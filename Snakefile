@@ -7,7 +7,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 configfile: "config/config.yaml"
-validate(config, "workflow/schemas/config.schema.yaml")
+
+from pipeline.configcheck import check_config
+
+check_config(config)  # errors name the full key path
+validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
 
 from pipeline.plan import (alignment_spec, all_eigen, all_nystrom, all_runs, all_tables, as_param, evaluation_spec, extraction_spec,
                            run_dir, segmentation_config, segmentation_outputs, shard_count, source_spec,

@@ -18,6 +18,7 @@ import itertools
 import json
 from typing import Any
 
+from .configcheck import check_train
 from .eigenfunctions import default_beta
 from .errors import InputError
 from .models import METHODS
@@ -107,7 +108,7 @@ def table_config(config: dict, folder: str, table: str) -> dict:
     if table not in (tables.get(folder) or {}):
         have = [f"{f}/{t}" for f, ts in tables.items() for t in (ts or {})]
         raise InputError(f"tables: no table {folder}/{table} in the config (have: {', '.join(have)})")
-    merged = {**(config.get("table_defaults") or {}), **tables[folder][table], "folder": folder}
+    merged = {**(config.get("table_defaults") or {}), **tables[folder][table], "folder": folder, "where": f"tables.{folder}.{table}"}
     merged.setdefault("dataset", folder)
     missing = [k for k in ("backbones", "methods", "seeds") if not merged.get(k)]
     if missing:
@@ -135,7 +136,7 @@ def segmentation_config(config: dict, name: str) -> dict:
     entries = config.get("segmentations") or {}
     if name not in entries:
         raise InputError(f"segmentations: no entry {name!r} in the config (have: {', '.join(entries) or 'none'})")
-    merged = {"methods": ["nes"], "seeds": [0], **entries[name]}
+    merged = {"methods": ["nes"], "seeds": [0], **entries[name], "where": f"segmentations.{name}"}
     merged.setdefault("dataset", name)
     merged.setdefault("split", dataset_spec(config, merged["dataset"])["eval_split"])
     if not merged.get("backbones"):
@@ -159,6 +160,8 @@ def grid_runs(config: dict, tcfg: dict) -> list[dict]:
         train.update(dataset_spec(config, tcfg["dataset"]).get("train") or {})
         train.update(tcfg.get("train") or {})
         train.update(dict(zip(keys, values)))
+        where = tcfg.get("where", "tables")
+        check_train(train, f"{where}.sweep {dict(zip(keys, values))} -> train" if keys else f"{where}.train")
         for backbone in tcfg["backbones"]:
             for method in tcfg["methods"]:
                 for seed in tcfg["seeds"]:

@@ -1,0 +1,56 @@
+"""The workflow's configuration checked against workflow/schemas/config.schema.yaml before any job
+is planned, with errors that name the full key path (`tables.pascal.table9.train.bta`), and every
+run's merged training settings (defaults, dataset, table, sweep value) checked against the one
+definition of the training settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _validator(subschema: dict):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator({**subschema, "$defs": schema()["$defs"]})
+
+
+def key_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(error, prefix: str) -> str:
+    where = key_path([*([prefix] if prefix else []), *error.absolute_path])
+    if error.validator == "additionalProperties":
+        return f"{where}: {error.message} (a typo? the allowed keys are in config/README.md)"
+    return f"{where}: {error.message}"
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise InputError naming the first offending key path (the deepest error first)."""
+    errors = sorted(_validator({k: v for k, v in schema().items() if k != "$defs"}).iter_errors(config),
+                    key=lambda e: -len(e.absolute_path))
+    if errors:
+        raise InputError(_message(errors[0], ""))
+
+
+def check_train(train: dict[str, Any], where: str) -> None:
+    """One run's merged training settings against the training definition."""
+    errors = sorted(_validator(schema()["$defs"]["train"]).iter_errors(train), key=lambda e: -len(e.absolute_path))
+    if errors:
+        raise InputError(_message(errors[0], where))
