@@ -46,3 +46,20 @@ def test_every_pin_satisfies_the_declared_range():
             assert req.specifier.contains(pinned[name], prereleases=True), f"{name}: pin {pinned[name]} outside {req.specifier}"
     # torch, torchvision and timm are pinned together (a lone timm install can replace torch)
     assert {"torch", "torchvision", "timm"} <= set(pinned)
+
+
+def test_config_readme_is_generated_from_the_schema_and_covers_every_key():
+    """config/README.md is what `python -m pipeline.configdoc` renders from the schema, and every
+    key of config/config.yaml's groups is described there."""
+    from pipeline.configdoc import render
+
+    readme = (REPO / "config" / "README.md").read_text()
+    assert readme == render(), "config/README.md is stale: run `python -m pipeline.configdoc > config/README.md`"
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for group in ("extract", "train", "kmeans", "evaluate", "graph"):
+        for key in config[group]:
+            assert f"| `{key}` |" in readme or f"| `{group}.{key}` |" in readme, (group, key)
+
+
+def test_license_file_matches_the_declared_license():
+    assert pyproject()["license"] == "MIT" and (REPO / "LICENSE").read_text().startswith("MIT License")
