@@ -1,38 +1,34 @@
 # neural-eigenseg: features -> kernel -> neural eigenfunctions -> evaluation -> tables.
-# Rules are wiring only; the work is in the `pipeline` package (installed with `pip install -e .`).
-import sys
-
+# Rules are wiring only; the work is in the `pipeline` package (installed with `pip install -e .`),
+# called through its `nes` entry point. Helpers shared by the rules: workflow/rules/common.smk.
 from snakemake.utils import min_version, validate
+
+from pipeline.configcheck import check_config
 
 min_version("9.0")
 
+
 configfile: "config/config.yaml"
 
-from pipeline.configcheck import check_config
 
 check_config(config)  # errors name the full key path
 validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
 
-from pipeline.plan import (alignment_spec, all_eigen, all_nystrom, all_runs, all_tables, as_param, evaluation_spec, extraction_spec,
-                           run_dir, segmentation_config, segmentation_outputs, shard_count, source_spec,
-                           table_alignments, table_metrics)
 
-RESULTS = config["results"]
-# the package runs under the interpreter that runs Snakemake: no activated venv needed
-NES = f"{sys.executable} -m pipeline"
-RUNS = all_runs(config)
-TABLES = all_tables(config)
-EIGEN = all_eigen(config)
-NYSTROM = all_nystrom(config)
+envvars:
+    "PATH",
+
+
+include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    dataset="[^/]+",
-    backbone="[^/]+",
-    view="[^/]+",
-    split="[^/.]+",
-    run="[^/]+",
-    evaluation="[^/]+-[^/-]+",
+    dataset=r"[A-Za-z0-9_]+",
+    backbone=r"[A-Za-z0-9_]+",
+    view=r"[A-Za-z0-9_]+",
+    split=r"[A-Za-z0-9_]+",
+    run=r"[A-Za-z0-9_.+-]+",
+    evaluation=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+",
     folder="|".join(sorted({f for f, _ in TABLES})) or "none",
     table="|".join(sorted({t for _, t in TABLES})) or "none",
 
@@ -46,11 +42,15 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/graph.smk"
 
 
+# the tables of `default_tables` (the CamVid demo)
 rule all:
-    """The tables of `default_tables` (the CamVid demo)."""
-    input:
-        [f"{RESULTS}/{f}/{t}.csv" for f, t in TABLES if f in config.get("default_tables", [])],
     default_target: True
+    input:
+        [
+            f"{RESULTS}/{f}/{t}.csv"
+            for f, t in TABLES
+            if f in config.get("default_tables", [])
+        ],
 
 
 rule all_tables:
@@ -62,4 +62,8 @@ rule all_tables:
 rule all_segmentations:
     """Every entry of `segmentations` (segment a dataset split with trained runs)."""
     input:
-        [out for name in config.get("segmentations") or {} for out in segmentation_outputs(config, name)],
+        [
+            out
+            for name in config.get("segmentations") or {}
+            for out in segmentation_outputs(config, name)
+        ],

@@ -1,8 +1,12 @@
 rule download_camvid:
-    """CamVid from the SegNet tutorial's public repository into data/camvid (needs internet)."""
+    """CamVid from the SegNet tutorial's public repository into data/camvid (needs internet: runs
+    on the submitting machine, not on a cluster node)."""
     output:
         directory("data/camvid"),
     log:
         "results/logs/download_camvid.log",
+    localrule: True
+    conda:
+        ENV
     shell:
-        "{NES} download camvid --dest {output} 2> {log}"
+        "nes download camvid --dest {output:q} 2> {log:q}"

@@ -7,52 +7,50 @@ rule build_graph:
         f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
     output:
         f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
-    params:
-        spec=lambda w: as_param(config.get("graph") or {}),
     log:
         f"{RESULTS}/{{dataset}}/logs/graph_{{backbone}}_{{view}}_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/graph_{{backbone}}_{{view}}_{{split}}.tsv"
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=16000,
+        slurm_partition=partition(0),
+        runtime=240,
+    params:
+        spec=lambda w: as_param(config.get("graph") or {}),
     shell:
-        "{NES} --threads {threads} graph --features {input} --spec {params.spec:q} --out {output} 2> {log}"
-
-
-def eigen_params(w):
-    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-eigen-K{w.K}-a{w.alpha}.npz"
-    if path not in EIGEN:
-        raise ValueError(f"{path}: no table asks for this eigenvector reference (a table with method spectral does)")
-    return EIGEN[path]
+        "nes --threads {threads} graph --features {input:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule eigenvectors:
     """The exact top-K eigenvectors of G = D^-1/2 A D^-1/2 + alpha * pixel graph over every token of
-    an evaluation split (scipy eigsh), with the solver's wall time and peak memory: the reference
-    that spectral runs cluster and that psi is aligned with."""
+    a split (scipy eigsh), with the solver's wall time and peak memory: the reference that the
+    spectral methods cluster and that every run's partition is measured on."""
     input:
         features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
         graph=f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
     output:
         f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-eigen-K{{K}}-a{{alpha}}.npz",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/eigen_{{backbone}}_{{view}}_{{split}}_K{{K}}_a{{alpha}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/eigen_{{backbone}}_{{view}}_{{split}}_K{{K}}_a{{alpha}}.tsv"
     wildcard_constraints:
         K=r"\d+",
         alpha=r"[0-9.e+-]+",
-    params:
-        spec=lambda w: as_param(eigen_params(w)),
-    log:
-        f"{RESULTS}/{{dataset}}/logs/eigen_{{backbone}}_{{view}}_{{split}}_K{{K}}_a{{alpha}}.log",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=16000,
+        slurm_partition=partition(0),
+        runtime=240,
+    params:
+        spec=lambda w: as_param(eigen_params(w)),
     shell:
-        "{NES} --threads {threads} eigen --spec {params.spec:q} --out {output} 2> {log}"
-
-
-def nystrom_params(w):
-    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-nystrom-{w.source}-K{w.K}-a{w.alpha}.npz"
-    if path not in NYSTROM:
-        raise ValueError(f"{path}: no table asks for this Nystrom extension (a table with method spectral_inductive does)")
-    return NYSTROM[path]
+        "nes --threads {threads} eigen --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule nystrom:
@@ -66,23 +64,25 @@ rule nystrom:
         features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
     output:
         f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-nystrom-{{source}}-K{{K}}-a{{alpha}}.npz",
+    log:
+        f"{RESULTS}/{{dataset}}/logs/nystrom_{{backbone}}_{{view}}_{{split}}_{{source}}_K{{K}}_a{{alpha}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/nystrom_{{backbone}}_{{view}}_{{split}}_{{source}}_K{{K}}_a{{alpha}}.tsv"
     wildcard_constraints:
         K=r"\d+",
         alpha=r"[0-9.e+-]+",
-        source=r"[^/-]+",
-    params:
-        spec=lambda w: as_param(nystrom_params(w)),
-    log:
-        f"{RESULTS}/{{dataset}}/logs/nystrom_{{backbone}}_{{view}}_{{split}}_{{source}}_K{{K}}_a{{alpha}}.log",
+        source=r"[A-Za-z0-9_]+",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=16000,
+        slurm_partition=partition(0),
+        runtime=240,
+    params:
+        spec=lambda w: as_param(nystrom_params(w)),
     shell:
-        "{NES} --threads {threads} nystrom --spec {params.spec:q} --out {output} 2> {log}"
-
-
-def alignment(w):
-    return alignment_spec(config, RUNS[(w.dataset, w.run)], w.evaluation)
+        "nes --threads {threads} nystrom --spec {params.spec:q} --out {output:q} 2> {log:q}"
 
 
 rule align:
@@ -96,13 +96,18 @@ rule align:
         graph=lambda w: alignment(w)["graph"],
     output:
         f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/alignment.json",
-    params:
-        spec=lambda w: as_param(alignment(w)),
-        run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
     log:
         f"{RESULTS}/{{dataset}}/logs/align_{{run}}_{{evaluation}}.log",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=8000,
+        slurm_partition=partition(0),
+        runtime=60,
+    params:
+        spec=lambda w: as_param(alignment(w)),
+        run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
     shell:
-        "{NES} --threads {threads} align --run {params.run_dir} --spec {params.spec:q} --out {output} > /dev/null 2> {log}"
+        "nes --threads {threads} align --run {params.run_dir:q} --spec {params.spec:q} --out {output:q} "
+        "> /dev/null 2> {log:q}"

@@ -1,16 +1,24 @@
 rule table:
     """results/{folder}/{table}.csv (mean and std over seeds), {table}_runs.csv (one row per run
-    and CRF setting) and the Markdown twin {table}.md; with the eigen-alignment of psi where the
-    table has the spectral reference."""
+    and CRF setting) and the Markdown twin {table}.md; with every run's partition measures where
+    the table has the spectral reference."""
     input:
         metrics=lambda w: table_metrics(config, w.folder, w.table),
         alignments=lambda w: table_alignments(config, w.folder, w.table),
     output:
-        csv=f"{RESULTS}/{{folder}}/{{table}}.csv",
+        csv=report(
+            f"{RESULTS}/{{folder}}/{{table}}.csv",
+            caption="../report/table.rst",
+            category="tables",
+            labels={"table": "{folder}/{table}"},
+        ),
         runs=f"{RESULTS}/{{folder}}/{{table}}_runs.csv",
         md=f"{RESULTS}/{{folder}}/{{table}}.md",
     log:
         f"{RESULTS}/{{folder}}/logs/{{table}}.log",
     localrule: True
+    conda:
+        ENV
     shell:
-        "{NES} table --out {output.csv} --alignments {input.alignments} -- {input.metrics} > /dev/null 2> {log}"
+        "nes table --out {output.csv:q} --alignments {input.alignments:q} -- {input.metrics:q} "
+        "> /dev/null 2> {log:q}"

@@ -1,9 +1,6 @@
-def run_spec(w):
-    return RUNS[(w.dataset, w.run)]
-
-
 rule train:
-    """psi by the NeuralEF objective on per-batch kernels (or batches of the dataset-wide graph)."""
+    """psi by the NeuralEF objective on per-batch kernels (or batches of the dataset-wide graph);
+    a rerun resumes from the run's last checkpoint."""
     input:
         features=lambda w: run_spec(w)["features"],
         graph=lambda w: [run_spec(w)["graph"]] if "graph" in run_spec(w) else [],
@@ -11,34 +8,32 @@ rule train:
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
         log_csv=f"{RESULTS}/{{dataset}}/runs/{{run}}/train_log.csv",
-        curves=f"{RESULTS}/{{dataset}}/runs/{{run}}/loss.png",
-    wildcard_constraints:
-        run="nes-.+",
-    params:
-        spec=lambda w: as_param(run_spec(w)),
-        run_dir=lambda w: run_dir(config, run_spec(w)),
+        curves=report(
+            f"{RESULTS}/{{dataset}}/runs/{{run}}/loss.png",
+            caption="../report/loss.rst",
+            category="{dataset}",
+            subcategory="{run}",
+            labels={"figure": "training curves"},
+        ),
     log:
         f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/fit_{{run}}.tsv"
+    wildcard_constraints:
+        run="nes-.+",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=12000,
         gpu=1,
+        slurm_partition=partition(1),
+        runtime=480,
+    params:
+        spec=lambda w: as_param(run_spec(w)),
+        run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        "{NES} --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}"
-
-
-def kmeans_inputs(w):
-    """nes_star clusters psi's hidden features, so it also needs the nes run it builds on;
-    spectral clusters the exact eigenvectors of the evaluated split."""
-    spec = run_spec(w)
-    if spec["method"] == "spectral":
-        return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"]}
-    if spec["method"] == "spectral_inductive":
-        return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"], "nystrom": spec["nystrom"]["path"]}
-    inputs = {"features": spec["features"]}
-    if spec["method"] == "nes_star":
-        inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
-    return inputs
+        "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q} 2> {log:q}"
 
 
 rule fit_kmeans:
@@ -46,20 +41,27 @@ rule fit_kmeans:
     evaluated split itself for kmeans_transductive, the control of spectral), of psi's hidden
     features (nes_star, the paper's Ours*) or of the row-normalised exact eigenvectors of the
     evaluated split's graph (spectral, the transductive reference) or of the training split's
-    graph (spectral_inductive, labelling the evaluated split through the Nystrom extension)."""
+    graph (spectral_inductive, labelling the evaluated split through the Nystrom extension).
+    """
     input:
         unpack(kmeans_inputs),
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
-    wildcard_constraints:
-        run="(kmeans|kmeans_transductive|nes_star|spectral|spectral_inductive)-.+",
-    params:
-        spec=lambda w: as_param(run_spec(w)),
-        run_dir=lambda w: run_dir(config, run_spec(w)),
     log:
         f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/fit_{{run}}.tsv"
+    wildcard_constraints:
+        run="(kmeans|kmeans_transductive|nes_star|spectral|spectral_inductive)-.+",
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=8000,
+        slurm_partition=partition(0),
+        runtime=60,
+    params:
+        spec=lambda w: as_param(run_spec(w)),
+        run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        "{NES} --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}"
+        "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q} 2> {log:q}"

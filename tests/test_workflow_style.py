@@ -1,0 +1,51 @@
+"""The workflow as the Snakemake catalog lays it out: lint-clean, snakefmt-formatted, and a SLURM
+profile that sends GPU jobs to the GPU partition with as many CPUs as they run threads."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(*args):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(list(args), cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def test_snakemake_lint_is_clean():
+    result = run(sys.executable, "-m", "snakemake", "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
+def test_snakefmt_leaves_every_workflow_file_unchanged():
+    files = ["Snakefile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow" / "rules").glob("*.smk"))]
+    result = run(str(BIN / "snakefmt"), "--check", *files)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_slurm_profile_puts_gpu_jobs_on_the_gpu_partition_with_cpus_equal_to_threads(tmp_path):
+    result = run(sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", f"{tmp_path}/camvid/table1.csv",
+                 "--config", f"results={tmp_path}", "--cores", "32")  # a dry run caps threads at the local cores
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n\s*\n", result.stdout):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, flags=re.M)
+        resources = re.search(r"resources: (.*)", block)
+        if rule and resources:
+            threads = re.search(r"threads: (\d+)", block)
+            jobs.append((rule.group(1), int(threads.group(1)) if threads else 1, resources.group(1)))
+    rules = {rule for rule, _, _ in jobs}
+    assert {"extract_features", "train", "fit_kmeans", "evaluate"} <= rules
+    for rule, threads, resources in jobs:
+        if rule in ("gather_features", "table"):
+            continue  # local rules
+        gpu = "gpu=1" in resources
+        assert f"slurm_partition={'gpu' if gpu else 'cpu'}" in resources, (rule, resources)
+        assert "cpus_per_task" not in resources, (rule, resources)  # the plugin gives each job its threads
+        assert re.search(r"runtime=\d+", resources), (rule, resources)
+        if rule in ("train", "extract_features"):
+            assert gpu and threads == 8, (rule, threads, resources)

@@ -1,0 +1,125 @@
+# Shared by the rule files. The plan of runs and tables, and the functions rules call to look up
+# their inputs and parameters (the work itself is in the `pipeline` package).
+import os
+import sys
+from pathlib import Path
+
+from pipeline.plan import (
+    alignment_spec,
+    all_eigen,
+    all_nystrom,
+    all_runs,
+    all_tables,
+    as_param,
+    evaluation_spec,
+    extraction_spec,
+    run_dir,
+    segmentation_config,
+    segmentation_outputs,
+    shard_count,
+    source_spec,
+    table_alignments,
+    table_metrics,
+)
+
+# `nes` (the package's entry point) beside the interpreter that runs Snakemake is found without
+# activating its environment; with --sdm conda the rule's environment comes first.
+os.environ["PATH"] = (
+    f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+)
+
+RESULTS = config["results"]
+RUNS = all_runs(config)
+TABLES = all_tables(config)
+EIGEN = all_eigen(config)
+NYSTROM = all_nystrom(config)
+# one conda environment for every rule: the one environment.yml creates (`conda env create -f
+# environment.yml`, then `snakemake --sdm conda ...`); pyproject.toml stays the one place versions live
+ENV = "neural-eigenseg"
+# SLURM partitions, chosen by whether a job asks for a GPU (`slurm:` in the config)
+SLURM = {"cpu_partition": "cpu", "gpu_partition": "gpu", **(config.get("slurm") or {})}
+
+
+def partition(gpu):
+    return SLURM["gpu_partition"] if gpu else SLURM["cpu_partition"]
+
+
+def shard_manifests(w):
+    n = shard_count(config, w.dataset)
+    return [
+        f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.shards/{i}-of-{n}.json"
+        for i in range(n)
+    ]
+
+
+def run_spec(w):
+    return RUNS[(w.dataset, w.run)]
+
+
+def kmeans_inputs(w):
+    """nes_star clusters psi's hidden features, so it also needs the nes run it builds on;
+    spectral methods cluster exact eigenvectors (and their Nystrom extension)."""
+    spec = run_spec(w)
+    if spec["method"] == "spectral":
+        return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"]}
+    if spec["method"] == "spectral_inductive":
+        return {
+            "eigen": spec["eigen"]["path"],
+            "graph": spec["eigen"]["graph"],
+            "nystrom": spec["nystrom"]["path"],
+        }
+    inputs = {"features": spec["features"]}
+    if spec["method"] == "nes_star":
+        inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
+    return inputs
+
+
+def evaluation(w):
+    return evaluation_spec(config, RUNS[(w.dataset, w.run)], w.evaluation)
+
+
+def evaluation_needs_gpu(w):
+    """Sliding-window protocols run the backbone live; cached ones do not."""
+    return 0 if evaluation(w)["features"] else 1
+
+
+def kmeans_twin(w):
+    """The K-means run of the same backbone, K and seed, when a table has it: its sample
+    predictions join this run's report."""
+    spec = RUNS[(w.dataset, w.run)]
+    twin = f"kmeans-{spec['backbone']}-K{spec['train']['K']}-s{spec['seed']}"
+    if spec["method"] == "kmeans" or (w.dataset, twin) not in RUNS:
+        return None
+    return f"{RESULTS}/{w.dataset}/runs/{twin}/{w.evaluation}"
+
+
+def eigen_params(w):
+    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-eigen-K{w.K}-a{w.alpha}.npz"
+    if path not in EIGEN:
+        raise ValueError(
+            f"{path}: no table asks for this eigenvector reference (a table with a spectral method does)"
+        )
+    return EIGEN[path]
+
+
+def nystrom_params(w):
+    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-nystrom-{w.source}-K{w.K}-a{w.alpha}.npz"
+    if path not in NYSTROM:
+        raise ValueError(
+            f"{path}: no table asks for this Nystrom extension (a table with spectral_inductive does)"
+        )
+    return NYSTROM[path]
+
+
+def alignment(w):
+    return alignment_spec(config, RUNS[(w.dataset, w.run)], w.evaluation)
+
+
+def segmentation_for(w):
+    """The `segmentations` entry that asked for this run (its split and eigenfunction maps)."""
+    for name in config.get("segmentations") or {}:
+        if f"{RESULTS}/{w.dataset}/runs/{w.run}/segment" in segmentation_outputs(
+            config, name
+        ):
+            return segmentation_config(config, name)
+    raise ValueError(f"no segmentations entry asks for run {w.run} of {w.dataset}")
