@@ -49,3 +49,23 @@ def test_slurm_profile_puts_gpu_jobs_on_the_gpu_partition_with_cpus_equal_to_thr
         assert re.search(r"runtime=\d+", resources), (rule, resources)
         if rule in ("train", "extract_features"):
             assert gpu and threads == 8, (rule, threads, resources)
+
+
+def test_results_path_with_a_space_and_a_command_substitution_is_used_literally(tmp_path, camvid_root):
+    """Every placeholder of every shell command is quoted: a results folder named
+    `my results$(touch PWNED)` receives the features and logs, and no command runs."""
+    import yaml
+
+    from test_workflow import tiny_config
+
+    results = tmp_path / "my results$(touch PWNED)"
+    cfg = tiny_config(results, camvid_root)
+    cfg["datasets"]["camvid"]["max_images"] = 2
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    target = results / "camvid" / "features" / "lite0" / "native" / "val.json"
+    result = run(sys.executable, "-m", "snakemake", str(target), "--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert target.is_file() and (results / "camvid" / "logs" / "extract_lite0_native_val_0-of-1.log").is_file()
+    assert not (REPO / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert not list(REPO.glob("my results*")) and not list(tmp_path.glob("*/PWNED"))

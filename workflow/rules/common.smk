@@ -33,9 +33,9 @@ RUNS = all_runs(config)
 TABLES = all_tables(config)
 EIGEN = all_eigen(config)
 NYSTROM = all_nystrom(config)
-# one conda environment for every rule: the one environment.yml creates (`conda env create -f
-# environment.yml`, then `snakemake --sdm conda ...`); pyproject.toml stays the one place versions live
-ENV = "neural-eigenseg"
+# one conda environment for every rule under `--sdm conda` (path relative to the rule files); its
+# post-deploy script pip-installs this package, so pyproject.toml stays the one place versions live
+ENV = "../envs/neural-eigenseg.yaml"
 # SLURM partitions, chosen by whether a job asks for a GPU (`slurm:` in the config)
 SLURM = {"cpu_partition": "cpu", "gpu_partition": "gpu", **(config.get("slurm") or {})}
 
