@@ -19,6 +19,14 @@ log = logging.getLogger("nes")
 GRAPH_KIND = {"kmeans": None, "kmeans_transductive": None, "spectral": "exact", "spectral_inductive": "exact"}
 
 
+def json_option(text: str, option: str):
+    """An option's JSON value, or one line naming the option and where the JSON breaks."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{option}: not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}") from None
+
+
 def cmd_extract(args: argparse.Namespace) -> None:
     from .backbones import Backbone, BackboneSpec
     from .datasets import load_dataset
@@ -26,7 +34,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .runtime import resolve_device, write_json_atomic
     from .views import View
 
-    spec = json.loads(args.spec)
+    spec = json_option(args.spec, "--spec")
     dataset = load_dataset(spec["dataset_spec"], spec["split"])
     backbone = Backbone(BackboneSpec.from_config(spec["backbone_spec"]))
     manifest = extract_split(dataset, backbone, Path(args.cache), View.from_config(spec["view"], "view"), views=spec["views"],
@@ -56,7 +64,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
     from .runtime import measured, write_json_atomic
     from .graph.dataset import build_dataset_graph
 
-    spec = json.loads(args.spec)
+    spec = json_option(args.spec, "--spec")
     cache = cache_for(args.features)
     out = Path(args.out)
     with measured() as cost:
@@ -73,7 +81,7 @@ def cmd_eigen(args: argparse.Namespace) -> None:
     from .graph.reference import eigen_reference
     from .graph.spectral import write_eigen_reference
 
-    spec = json.loads(args.spec)
+    spec = json_option(args.spec, "--spec")
     values, vectors, attrs = eigen_reference(cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), int(spec["K"]),
                                              float(spec["alpha"]), [tuple(p) for p in spec["pixel_knn"]])
     write_eigen_reference(Path(args.out), values, vectors, {**attrs, "features": spec["features"], "graph": spec["graph"]})
@@ -83,7 +91,7 @@ def cmd_nystrom(args: argparse.Namespace) -> None:
     """The training split's eigenvectors extended to an evaluated split (rule `nystrom`)."""
     from .graph.reference import nystrom_reference
 
-    spec = json.loads(args.spec)
+    spec = json_option(args.spec, "--spec")
     embedding, attrs = nystrom_reference(spec)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +108,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     from .graph.reference import run_alignment
     from .runtime import write_json_atomic
 
-    spec = json.loads(args.spec)
+    spec = json_option(args.spec, "--spec")
     model = RunModel.load(Path(args.run))
     result = run_alignment(model, cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), Path(spec["path"]))
     write_json_atomic(Path(args.out), {"run": model.config.get("run"), **result})
@@ -110,7 +118,7 @@ def cmd_align(args: argparse.Namespace) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from .fit import fit_run
 
-    fit_run(json.loads(args.spec), Path(args.run_dir))
+    fit_run(json_option(args.spec, "--spec"), Path(args.run_dir))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -126,14 +134,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = RunModel.load(Path(args.run))
     cfg = model.config
     if args.spec:
-        spec = json.loads(args.spec)
+        spec = json_option(args.spec, "--spec")
     else:
         ds_spec = {k: v for k, v in cfg["dataset_spec"].items() if k not in ("train_split", "train_view")}
         if args.dataset and args.dataset != ds_spec["name"]:
             ds_spec = {"name": args.dataset, "adapter": args.dataset}
         if args.data_root:
             ds_spec["data_root"] = args.data_root
-        view = json.loads(args.view) if args.view else default_view(model)
+        view = json_option(args.view, "--view") if args.view else default_view(model)
         view["crf"] = bool(args.crf or view.get("crf"))
         if args.labels:
             view["labels"] = args.labels
@@ -179,6 +187,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_table(args: argparse.Namespace) -> None:
     from .tables import write_table
 
+    for path in [*args.metrics, *args.alignments]:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file (a metrics.json or alignment.json of an evaluated run)")
+        try:
+            json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     df = write_table([Path(p) for p in args.metrics], Path(args.out), [Path(p) for p in args.alignments])
     print(df.to_string(index=False))
 
@@ -203,14 +218,14 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from PIL import Image
-    from tqdm import tqdm
-
+    
     from .datasets import read_rgb
+    from .runtime import progress
     from .segmenter import UNMATCHED, Segmenter
     from .visualise import blend, colourise, palette, save_heatmaps, save_labels, with_legend
 
     mapping = {"auto": "auto", "none": None}.get(args.mapping, args.mapping)
-    seg = Segmenter.from_run(args.run, device=args.device, view=json.loads(args.view) if args.view else None,
+    seg = Segmenter.from_run(args.run, device=args.device, view=json_option(args.view, "--view") if args.view else None,
                              mapping=mapping, batch_size=1)
     if args.eigenfunctions and seg.model.method != "nes":
         raise InputError(f"--eigenfunctions: {args.run} is a {seg.model.method} run; eigenfunction maps need a nes run")
@@ -222,14 +237,14 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.dataset:
         from .datasets import load_dataset
 
-        images = [sample.image_path for sample in load_dataset(json.loads(args.dataset), args.split).samples]
+        images = [sample.image_path for sample in load_dataset(json_option(args.dataset, "--dataset"), args.split).samples]
     else:
         images = expand_inputs(args.images)
     if not images:
         raise InputError(f"no images found in {' '.join(args.images) or args.dataset}")
     out = Path(args.out)
     failed = []
-    for path in tqdm(images, desc="segment", unit="img"):
+    for path in progress(images, desc="segment", unit="img"):
         try:
             image = read_rgb(path)
         except InputError as exc:
@@ -266,6 +281,21 @@ def _version() -> str:
         return "unknown"
 
 
+EXAMPLES = {name: "example:\n  " + text for name, text in {
+    "extract": 'nes extract --spec "$(cat spec.json)" --cache results/camvid/features/lite0/train/train.zarr --out shard.json',
+    "gather": 'nes gather --out results/camvid/features/lite0/train/train.json results/camvid/features/lite0/train/train.shards/*.json',
+    "graph": 'nes graph --features results/camvid/features/lite0/native/val.json --spec \'{"k": 256}\' --out results/camvid/graphs/lite0/native/val.json',
+    "eigen": 'nes eigen --spec "$(cat eigen.json)" --out val-eigen-K128-a0.3.npz   (the workflow\'s rule eigenvectors)',
+    "nystrom": 'nes nystrom --spec "$(cat nystrom.json)" --out val-nystrom.npz   (the workflow\'s rule nystrom)',
+    "align": 'nes align --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --spec "$(cat eigen.json)" --out alignment.json',
+    "fit": 'nes fit --spec "$(cat run.json)" --run-dir results/camvid/runs/my-run   (the workflow\'s rules train and fit_kmeans)',
+    "evaluate": 'nes evaluate --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --split val --out metrics.json',
+    "table": 'nes table --out results/camvid/mine.csv results/camvid/runs/*/camvid-native/metrics.json',
+    "download": 'nes download camvid --dest data/camvid',
+    "segment": 'nes segment --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --out seg --eigenfunctions 8 photos/',
+}.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nes", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -273,45 +303,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("extract", help="backbone features of a split (or one shard of it) into the Zarr cache")
+    s = sub.add_parser("extract", help="backbone features of a split (or one shard of it) into the Zarr cache", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="backbone features of a split (or one shard of it) into the Zarr cache", epilog=EXAMPLES["extract"])
     s.add_argument("--spec", required=True, help="extraction spec as JSON (the workflow passes it)")
     s.add_argument("--cache", required=True, help="the cache directory {split}.zarr")
     s.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("INDEX", "COUNT"), help="extract shard INDEX of COUNT")
     s.add_argument("--out", required=True, help="the shard's manifest, written once the shard is complete")
     s.set_defaults(func=cmd_extract)
 
-    s = sub.add_parser("gather", help="check that a cache's shards are complete and write its manifest")
+    s = sub.add_parser("gather", help="check that a cache's shards are complete and write its manifest", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="check that a cache's shards are complete and write its manifest", epilog=EXAMPLES["gather"])
     s.add_argument("--out", required=True, help="manifest path {split}.json (the cache is {split}.zarr beside it)")
     s.add_argument("shards", nargs="+", help="the shards' manifests")
     s.set_defaults(func=cmd_gather)
 
-    s = sub.add_parser("graph", help="dataset-wide k-NN graph over every token of a cached split (FAISS)")
+    s = sub.add_parser("graph", help="dataset-wide k-NN graph over every token of a cached split (FAISS)", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="dataset-wide k-NN graph over every token of a cached split (FAISS)", epilog=EXAMPLES["graph"])
     s.add_argument("--features", required=True, help="the cache's manifest")
     s.add_argument("--spec", default="{}", help="graph options as JSON: k, exact_max_tokens, approximate, target_recall, block, nlist, nprobe, hnsw_m, ef_search")
     s.add_argument("--out", required=True, help="manifest path {split}.json; the graph goes to {split}.zarr")
     s.set_defaults(func=cmd_graph)
 
-    s = sub.add_parser("eigen", help="top-K eigenvectors of a cached split's graph G (the exact spectral reference)")
+    s = sub.add_parser("eigen", help="top-K eigenvectors of a cached split's graph G (the exact spectral reference)", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="top-K eigenvectors of a cached split's graph G (the exact spectral reference)", epilog=EXAMPLES["eigen"])
     s.add_argument("--spec", required=True, help="JSON: features and graph manifests, K, alpha, pixel_knn")
     s.add_argument("--out", required=True, help=".npz with values, vectors and attributes")
     s.set_defaults(func=cmd_eigen)
 
-    s = sub.add_parser("nystrom", help="extend a training split's eigenvectors to an evaluated split (Nystrom)")
+    s = sub.add_parser("nystrom", help="extend a training split's eigenvectors to an evaluated split (Nystrom)", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="extend a training split's eigenvectors to an evaluated split (Nystrom)", epilog=EXAMPLES["nystrom"])
     s.add_argument("--spec", required=True, help="JSON from the workflow (plan.nystrom_spec)")
     s.add_argument("--out", required=True, help="output .npz")
     s.set_defaults(func=cmd_nystrom)
-    s = sub.add_parser("align", help="a run's partition on a split's exact graph (capture), psi's eigen-alignment")
+    s = sub.add_parser("align", help="a run's partition on a split's exact graph (capture), psi's eigen-alignment", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="a run's partition on a split's exact graph (capture), psi's eigen-alignment", epilog=EXAMPLES["align"])
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--spec", required=True, help="JSON: features and graph manifests, path of the eigenvector reference")
     s.add_argument("--out", required=True, help="alignment JSON")
     s.set_defaults(func=cmd_align)
 
-    s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star, spectral) from its cache")
+    s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star, spectral) from its cache", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="fit a run (nes, kmeans, nes_star, spectral) from its cache", epilog=EXAMPLES["fit"])
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")
-    s.add_argument("--run-dir", required=True)
+    s.add_argument("--run-dir", required=True, help="where model.pt, config.yaml and the training log go")
     s.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("evaluate", help="score a run on a labelled split; prints one JSON object")
+    s = sub.add_parser("evaluate", help="score a run on a labelled split; prints one JSON object", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="score a run on a labelled split; prints one JSON object", epilog=EXAMPLES["evaluate"])
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--spec", help="evaluation spec as JSON (the workflow passes it; replaces the options below)")
     s.add_argument("--dataset", help="dataset adapter name (default: the run's dataset)")
@@ -329,29 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", action="store_true", help="also write report.md and its figures beside --out")
     s.add_argument("--compare", help="an evaluation folder of a K-means run: its sample predictions join the report")
     s.add_argument("--mapping-out", help="write the cluster -> class mapping (majority vote) as JSON for `nes segment --mapping`")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("table", help="metrics.json files -> table CSV + Markdown")
-    s.add_argument("--out", required=True)
-    s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files of nes runs (beside their metrics)")
-    s.add_argument("metrics", nargs="+")
+    s = sub.add_parser("table", help="metrics.json files -> table CSV + Markdown", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="metrics.json files -> table CSV + Markdown", epilog=EXAMPLES["table"])
+    s.add_argument("--out", required=True, help="the table CSV; {name}_runs.csv and {name}.md are written beside it")
+    s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files beside the runs' metrics (partition measures)")
+    s.add_argument("metrics", nargs="+", help="metrics.json files of the runs (one per run and evaluation)")
     s.set_defaults(func=cmd_table)
 
-    s = sub.add_parser("download", help="fetch a dataset from its public source (needs internet)")
+    s = sub.add_parser("download", help="fetch a dataset from its public source (needs internet)", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="fetch a dataset from its public source (needs internet)", epilog=EXAMPLES["download"])
     s.add_argument("dataset", choices=["camvid"])
-    s.add_argument("--dest", default="data/camvid")
+    s.add_argument("--dest", default="data/camvid", help="folder to create (default data/camvid)")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("segment", help="segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image")
+    s = sub.add_parser("segment", help="segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image", epilog=EXAMPLES["segment"])
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--mapping", default="auto",
                    help="auto: class ids from the run's evaluation when it has one; none: cluster ids; "
                         "or a JSON file from `nes evaluate --mapping-out` (or a metrics.json)")
     s.add_argument("--eigenfunctions", type=int, default=0, metavar="N", help="also write the first N eigenfunctions as heat maps (nes runs)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.add_argument("--view", help="view as JSON (default: the run's training view, centre crops as sliding windows)")
     s.add_argument("--dataset", help="segment a dataset split instead: its config entry as JSON (the workflow passes it)")
     s.add_argument("--split", default="val", help="the split of --dataset")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -19,10 +20,12 @@ def fit_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np
         raise ValueError(f"k-means needs at least K={k} points, got {len(points)}")
     from .graph.batch import faiss_gpus
 
+    started = time.time()
+    log.info("k-means: K=%d on %d points of dim %d, %d iterations ...", k, len(points), points.shape[1], niter)
     km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, gpu=faiss_gpus() > 0,
                       max_points_per_centroid=max(256, -(-len(points) // k)))
     km.train(points)
-    log.info("k-means: K=%d on %d points of dim %d, final objective %.4g", k, len(points), points.shape[1], km.obj[-1])
+    log.info("k-means: done in %.1f s, final objective %.4g", time.time() - started, km.obj[-1])
     return km.centroids.copy()
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .configcheck import schema
 
 INTRO = """# Configuration keys

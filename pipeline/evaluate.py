@@ -18,7 +18,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import metrics as M
 from .backbones import Backbone, BackboneSpec
@@ -27,6 +26,7 @@ from .datasets import Dataset
 from .errors import InputError
 from .features import encode_crops
 from .models import RunModel
+from .runtime import progress
 from .views import View
 from .visualise import blend, colourise, palette, save_panel
 
@@ -165,7 +165,7 @@ def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction
     # frames look alike), the same for every run
     samples = set(np.linspace(0, len(dataset) - 1, n_overlays).round().astype(int).tolist()) if n_overlays else set()
     started = time.time()
-    bar = tqdm(total=len(dataset), desc=f"evaluate {model.method}", unit="img")
+    bar = progress(total=len(dataset), desc=f"evaluate {model.method}", unit="img")
     for image_idx, logits in predictions:
         image = dataset.load_image(image_idx)
         image, label = view.scored(image, dataset.load_label(image_idx, expected_hw=image.shape[:2]))

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .backbones import Backbone, pad_to_multiple
 from .cache import CacheLayout, CacheWriter, remove_stale_shards, shard_path
 from .datasets import Dataset
 from .errors import InputError
+from .runtime import progress
 from .views import View
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def extract_split(dataset: Dataset, backbone: Backbone, out: Path, view: View, v
         if writer.n_done:
             log.info("%s: resuming after %d of %d items", path, writer.n_done, len(items))
         desc = f"extract {dataset.name}/{dataset.split}" + (f" shard {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "")
-        bar = tqdm(total=len(items), initial=writer.n_done, desc=desc, unit="img")
+        bar = progress(total=len(items), initial=writer.n_done, desc=desc, unit="img")
         for start in range(writer.n_done, len(items), batch_size):
             crops, sizes = [], []
             for image_idx, v in items[start:start + batch_size]:

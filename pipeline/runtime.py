@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import resource
 import time
@@ -41,6 +42,36 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports missing CPU variants at INFO
+
+
+class _LineStream:
+    """tqdm's output for a log file: each refresh on its own timestamped line instead of `\r`-joined
+    updates on one line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "\n").strip()
+        if text:
+            self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.splitlines()[-1].strip()}\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm on a terminal; in a log (stderr not a terminal) one timestamped line every 30 s at most
+    (`NES_PROGRESS_SECONDS` to change), and a last line when it ends."""
+    import sys
+
+    from tqdm import tqdm
+
+    if sys.stderr.isatty():
+        return tqdm(iterable, **kwargs)
+    interval = float(os.environ.get("NES_PROGRESS_SECONDS", 30))
+    return tqdm(iterable, file=_LineStream(sys.stderr), mininterval=interval, maxinterval=max(interval, 60),
+                ascii=True, **kwargs)
 
 
 def set_threads(threads: int | None) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .cache import FeatureCache
 from .eigenfunctions import default_beta, neuralef_objective, training_output
@@ -32,7 +31,7 @@ from .errors import InputError
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .models import RunModel, build_psi
 from .monitor import CaptureMonitor
-from .runtime import save_torch_atomic, seed_everything
+from .runtime import progress, save_torch_atomic, seed_everything
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds")
@@ -99,7 +98,7 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     first = resume(out_dir / CHECKPOINT, fingerprint, psi, optimiser, rows, monitor, device)
     started = time.time() - (rows[-1]["seconds"] if rows else 0.0)
     saved_at = time.time()
-    bar = tqdm(total=total, initial=first, desc=f"train {spec['run']}", unit="step")
+    bar = progress(total=total, initial=first, desc=f"train {spec['run']}", unit="step")
     # the next batch is read and decompressed in a thread while this one trains
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(cache.read, schedule[first][1]) if first < total else None

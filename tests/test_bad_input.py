@@ -1,6 +1,7 @@
 """Each bad input stops with one clear message naming the file or key; nothing cached is lost."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,10 +117,26 @@ def test_snakemake_stops_on_a_bad_override_naming_the_key(tmp_path):
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--run", str(tmp_path / "nope")],
-                            capture_output=True, text=True)
+    def nes(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+
+    result = nes("evaluate", "--run", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "model.pt" in result.stderr
+    result = nes("table", "--out", str(tmp_path / "t.csv"), str(tmp_path / "missing" / "metrics.json"))
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'missing' / 'metrics.json'}: no such file (a metrics.json or alignment.json of an evaluated run)"
+    result = nes("graph", "--features", str(tmp_path / "f.json"), "--spec", "{k: 8", "--out", str(tmp_path / "g.json"))
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: --spec: not valid JSON")
+    assert "Traceback" not in result.stderr
+    version = nes("--version")
+    assert version.returncode == 0 and version.stdout.startswith("nes ")
+    for command in ("extract", "gather", "graph", "eigen", "nystrom", "align", "fit", "evaluate", "table", "download", "segment"):
+        text = nes(command, "--help").stdout
+        assert "example:" in text and "  nes " + command in text, command
+        options = re.findall(r"^  (--[\w-]+)[^\n]*$", text, flags=re.M)
+        for option in options:  # every option says what it does (argparse prints help beside or below it)
+            block = text.split(option, 1)[1].split("\n  -", 1)[0]
+            assert len(block.strip()) > len(option) or "help" in option, (command, option)
 
 
 def test_download_fails_clearly_without_internet(tmp_path):

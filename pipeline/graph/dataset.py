@@ -31,9 +31,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import zarr
-from tqdm import tqdm
 
 from ..errors import InputError
+from ..runtime import progress
 from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
         if target_recall:
             group.attrs["search_breadth"] = _reach_recall(search, x, tune_rows, exact["tune"], k, target_recall)
     done = int(group.attrs["n_done"])
-    for start in tqdm(range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block,
+    for start in progress(range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block,
                       total=-(-n // block)):
         sims, idx = search_block(search, x, start, min(start + block, n), k)
         group["indices"][start:start + len(idx)] = idx.astype(np.int32)

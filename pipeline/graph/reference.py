@@ -24,13 +24,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..cache import FeatureCache
 from ..clustering import fit_kmeans
 from ..errors import InputError
 from ..models import RunModel
-from ..runtime import measured
+from ..runtime import measured, progress
 from .batch import pixel_graph
 from .dataset import DatasetGraph, build_index, normalised_rows, search_block, split_graph
 from .spectral import (eigen_alignment, eigenvalue_capture, nystrom_extension, partition_measures, query_rows,
@@ -110,7 +109,7 @@ def nystrom_reference(spec: dict[str, Any], block: int = 8192) -> tuple[np.ndarr
         parts = []
         log.info("Nystrom extension of %d eigenvectors of %d training tokens to %d tokens (%s search, k=%d)",
                  vectors.shape[1], len(vectors), len(cache) * hw, kind, int(spec["k"]))
-        for start in tqdm(range(0, len(cache), items_per_block), desc="nystrom", unit="block"):
+        for start in progress(range(0, len(cache), items_per_block), desc="nystrom", unit="block"):
             items = np.arange(start, min(start + items_per_block, len(cache)))
             data = cache.read(items, ("high", "pixels"))
             queries = normalised_rows(data["high"].reshape(-1, data["high"].shape[-1]))

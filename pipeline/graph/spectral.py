@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,18 @@ from scipy.optimize import linear_sum_assignment
 from ..errors import InputError
 from .dataset import normalised_rows
 
+log = logging.getLogger(__name__)
+
 
 def top_eigenvectors(g: sp.spmatrix, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The k largest eigenpairs of a symmetric sparse G: (values descending, (N, k) vectors)."""
     from scipy.sparse.linalg import eigsh
 
     v0 = np.random.default_rng(seed).standard_normal(g.shape[0])
+    started = time.time()
+    log.info("eigsh: top %d eigenpairs of a %d x %d matrix with %d non-zeros ...", k, g.shape[0], g.shape[1], g.nnz)
     values, vectors = eigsh(g.astype(np.float64), k=k, which="LA", v0=v0)
+    log.info("eigsh: done in %.1f s", time.time() - started)
     order = np.argsort(-values)
     return values[order], vectors[:, order]
 

@@ -1,0 +1,17 @@
+"""Progress in logs: when stderr is not a terminal (a rule's log), progress comes as separate
+timestamped lines at a modest rate, not one line of carriage returns."""
+
+import re
+
+
+def test_progress_in_a_log_is_timestamped_lines(capsys, monkeypatch):
+    from pipeline.runtime import progress
+
+    monkeypatch.setenv("NES_PROGRESS_SECONDS", "0")
+    for _ in progress(range(5), desc="work", unit="it"):
+        pass
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) >= 2 and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d work: ", line) for line in lines)
+    assert "5/5" in lines[-1]
