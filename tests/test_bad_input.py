@@ -254,3 +254,11 @@ def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels > 2 x 100: PIL's bomb error
     with pytest.raises(InputError, match="bomb.png: cannot read image .*DecompressionBomb"):
         read_rgb(path)
+
+
+def test_dry_run_finds_a_missing_dataset_naming_its_layout(tmp_path):
+    """Planning a Pascal Context table without the data fails at once, naming where the data was
+    looked for, instead of when an extraction job starts."""
+    result = run_snakemake("-n", f"{tmp_path}/pascal/table1.csv", "--config", f"results={tmp_path}")
+    assert result.returncode != 0
+    assert "dataset 'pascal': no data found (looked in data/pascal_context" in result.stdout + result.stderr

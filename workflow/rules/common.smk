@@ -52,6 +52,15 @@ def shard_manifests(w):
     ]
 
 
+def dataset_present(w):
+    """No input: checks while the jobs are planned that the split's images are where the config
+    says (the error names the layout expected), so a dry run finds a missing dataset."""
+    from pipeline.datasets import load_dataset
+
+    load_dataset(source_spec(config, w.dataset), w.split)
+    return []
+
+
 def run_spec(w):
     return RUNS[(w.dataset, w.run)]
 

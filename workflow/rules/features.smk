@@ -2,6 +2,8 @@ rule extract_features:
     """Backbone features, psi inputs and pixel vectors of one shard of a split under one view into
     {split}.zarr/shard-{shard}-of-{shards}; its manifest is written once the shard is complete (a
     rerun resumes an interrupted shard)."""
+    input:
+        dataset_present,
     output:
         f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.shards/{{shard}}-of-{{shards}}.json",
     log:
