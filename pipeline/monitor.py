@@ -49,8 +49,11 @@ class KernelReference:
     spectral_capture: float
 
     @classmethod
-    def of(cls, kernel: BatchKernel, k: int, seed: int = 0) -> "KernelReference":
+    def of(cls, kernel: BatchKernel, k: int, seed: int = 0) -> "KernelReference | None":
+        """None for a kernel too small for K clusters (fewer than 2K tokens)."""
         g = kernel_to_scipy(kernel)
+        if g.shape[0] < 2 * k:
+            return None
         values, vectors = top_eigenvectors(g, min(k, g.shape[0] - 2), seed)
         labels = _nearest(spectral_embedding(vectors), fit_kmeans(spectral_embedding(vectors), k, seed))
         return cls(g, values, partition_measures(labels, g, values)["capture"])
@@ -73,6 +76,7 @@ class CaptureMonitor:
         if heldout is not None and self.steps:
             self.heldout_input = heldout[0]
             self.heldout = KernelReference.of(heldout[1], k, seed)
+        if self.heldout is not None:
             log.info("held-out kernel: %d tokens, spectral clustering captures %.3f", self.heldout.g.shape[0], self.heldout.spectral_capture)
 
     @torch.no_grad()
@@ -81,6 +85,9 @@ class CaptureMonitor:
             return
         started = time.time()
         batch = KernelReference.of(kernel, self.k, self.seed)
+        if batch is None:
+            log.info("step %d: the batch kernel has fewer than 2K tokens; capture not measured", step)
+            return
         row = {"step": step, "batch_psi": batch.capture(logits.detach()), "batch_spectral": batch.spectral_capture,
                "heldout_psi": None, "heldout_spectral": None}
         if self.heldout is not None:
