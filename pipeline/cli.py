@@ -296,6 +296,12 @@ EXAMPLES = {name: "example:\n  " + text for name, text in {
 }.items()}
 
 
+def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its summary and an example."""
+    return sub.add_parser(name, help=summary, description=summary, epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nes", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -303,53 +309,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("extract", help="backbone features of a split (or one shard of it) into the Zarr cache", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="backbone features of a split (or one shard of it) into the Zarr cache", epilog=EXAMPLES["extract"])
+    s = command(sub, "extract", "backbone features of a split (or one shard of it) into the Zarr cache")
     s.add_argument("--spec", required=True, help="extraction spec as JSON (the workflow passes it)")
     s.add_argument("--cache", required=True, help="the cache directory {split}.zarr")
     s.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("INDEX", "COUNT"), help="extract shard INDEX of COUNT")
     s.add_argument("--out", required=True, help="the shard's manifest, written once the shard is complete")
     s.set_defaults(func=cmd_extract)
 
-    s = sub.add_parser("gather", help="check that a cache's shards are complete and write its manifest", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="check that a cache's shards are complete and write its manifest", epilog=EXAMPLES["gather"])
+    s = command(sub, "gather", "check that a cache's shards are complete and write its manifest")
     s.add_argument("--out", required=True, help="manifest path {split}.json (the cache is {split}.zarr beside it)")
     s.add_argument("shards", nargs="+", help="the shards' manifests")
     s.set_defaults(func=cmd_gather)
 
-    s = sub.add_parser("graph", help="dataset-wide k-NN graph over every token of a cached split (FAISS)", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="dataset-wide k-NN graph over every token of a cached split (FAISS)", epilog=EXAMPLES["graph"])
+    s = command(sub, "graph", "dataset-wide k-NN graph over every token of a cached split (FAISS)")
     s.add_argument("--features", required=True, help="the cache's manifest")
     s.add_argument("--spec", default="{}", help="graph options as JSON: k, exact_max_tokens, approximate, target_recall, block, nlist, nprobe, hnsw_m, ef_search")
     s.add_argument("--out", required=True, help="manifest path {split}.json; the graph goes to {split}.zarr")
     s.set_defaults(func=cmd_graph)
 
-    s = sub.add_parser("eigen", help="top-K eigenvectors of a cached split's graph G (the exact spectral reference)", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="top-K eigenvectors of a cached split's graph G (the exact spectral reference)", epilog=EXAMPLES["eigen"])
+    s = command(sub, "eigen", "top-K eigenvectors of a cached split's graph G (the exact spectral reference)")
     s.add_argument("--spec", required=True, help="JSON: features and graph manifests, K, alpha, pixel_knn")
     s.add_argument("--out", required=True, help=".npz with values, vectors and attributes")
     s.set_defaults(func=cmd_eigen)
 
-    s = sub.add_parser("nystrom", help="extend a training split's eigenvectors to an evaluated split (Nystrom)", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="extend a training split's eigenvectors to an evaluated split (Nystrom)", epilog=EXAMPLES["nystrom"])
+    s = command(sub, "nystrom", "extend a training split's eigenvectors to an evaluated split (Nystrom)")
     s.add_argument("--spec", required=True, help="JSON from the workflow (plan.nystrom_spec)")
     s.add_argument("--out", required=True, help="output .npz")
     s.set_defaults(func=cmd_nystrom)
-    s = sub.add_parser("align", help="a run's partition on a split's exact graph (capture), psi's eigen-alignment", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="a run's partition on a split's exact graph (capture), psi's eigen-alignment", epilog=EXAMPLES["align"])
+    s = command(sub, "align", "a run's partition on a split's exact graph (capture), psi's eigen-alignment")
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--spec", required=True, help="JSON: features and graph manifests, path of the eigenvector reference")
     s.add_argument("--out", required=True, help="alignment JSON")
     s.set_defaults(func=cmd_align)
 
-    s = sub.add_parser("fit", help="fit a run (nes, kmeans, nes_star, spectral) from its cache", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="fit a run (nes, kmeans, nes_star, spectral) from its cache", epilog=EXAMPLES["fit"])
+    s = command(sub, "fit", "fit a run (nes, kmeans, nes_star, spectral) from its cache")
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")
     s.add_argument("--run-dir", required=True, help="where model.pt, config.yaml and the training log go")
     s.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("evaluate", help="score a run on a labelled split; prints one JSON object", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="score a run on a labelled split; prints one JSON object", epilog=EXAMPLES["evaluate"])
+    s = command(sub, "evaluate", "score a run on a labelled split; prints one JSON object")
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--spec", help="evaluation spec as JSON (the workflow passes it; replaces the options below)")
     s.add_argument("--dataset", help="dataset adapter name (default: the run's dataset)")
@@ -371,21 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("table", help="metrics.json files -> table CSV + Markdown", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="metrics.json files -> table CSV + Markdown", epilog=EXAMPLES["table"])
+    s = command(sub, "table", "metrics.json files -> table CSV + Markdown")
     s.add_argument("--out", required=True, help="the table CSV; {name}_runs.csv and {name}.md are written beside it")
     s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files beside the runs' metrics (partition measures)")
     s.add_argument("metrics", nargs="+", help="metrics.json files of the runs (one per run and evaluation)")
     s.set_defaults(func=cmd_table)
 
-    s = sub.add_parser("download", help="fetch a dataset from its public source (needs internet)", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="fetch a dataset from its public source (needs internet)", epilog=EXAMPLES["download"])
+    s = command(sub, "download", "fetch a dataset from its public source (needs internet)")
     s.add_argument("dataset", choices=["camvid"])
     s.add_argument("--dest", default="data/camvid", help="folder to create (default data/camvid)")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("segment", help="segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image", epilog=EXAMPLES["segment"])
+    s = command(sub, "segment", "segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image")
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--mapping", default="auto",
