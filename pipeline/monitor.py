@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .clustering import fit_kmeans
+from .clustering import centre_logits, fit_kmeans
 from .graph.batch import BatchKernel
 from .graph.spectral import partition_measures, spectral_embedding, top_eigenvectors
 
@@ -55,15 +55,13 @@ class KernelReference:
         if g.shape[0] < 2 * k:
             return None
         values, vectors = top_eigenvectors(g, min(k, g.shape[0] - 2), seed)
-        labels = _nearest(spectral_embedding(vectors), fit_kmeans(spectral_embedding(vectors), k, seed))
+        embedding = spectral_embedding(vectors)
+        centres = fit_kmeans(embedding, k, seed)
+        labels = centre_logits(torch.from_numpy(embedding), torch.from_numpy(centres)).argmax(1).numpy()
         return cls(g, values, partition_measures(labels, g, values)["capture"])
 
     def capture(self, logits: torch.Tensor) -> float:
         return partition_measures(logits.argmax(-1).reshape(-1).cpu().numpy(), self.g, self.values)["capture"]
-
-
-def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return (points @ centres.T - 0.5 * (centres ** 2).sum(1)[None]).argmax(1)
 
 
 class CaptureMonitor:
