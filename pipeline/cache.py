@@ -12,37 +12,71 @@ Arrays of each shard, chunked one item (an image or an augmented view of it) per
 Group attributes hold the split's image ids, the shard's image range, the grid, the backbone and
 its normalisation, the extraction fingerprint, `n_done` (items written so far, for resuming) and
 `complete`. Item indices are global (image * views + view), so shards never renumber anything.
+A complete shard also holds `extracted.json` (its manifest): the file the workflow tracks, so a
+deleted cache is re-extracted instead of trusted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec
 
 from .errors import InputError
 
 ARRAYS = ("high", "input", "pixels")
 SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
+MARKER = "extracted.json"
+log = logging.getLogger(__name__)
 
 
 def shard_path(root: Path, index: int, count: int) -> Path:
     return Path(root) / f"shard-{index}-of-{count}"
 
 
-def remove_stale_shards(root: Path, count: int) -> None:
-    """Shards written under another shard count would be read as part of this cache: drop them."""
-    for path in Path(root).glob("shard-*-of-*"):
-        m = SHARD_NAME.match(path.name)
-        if m and int(m.group(2)) != count:
-            shutil.rmtree(path, ignore_errors=True)
+@contextmanager
+def shard_lock(path: Path) -> Iterator[None]:
+    """Hold `.{shard}.lock` beside the shard while it is written: a second writer is refused at
+    once, naming the lock, instead of interleaving with the first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.parent / f".{path.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(f"{path}: another extraction is writing this shard (lock {lock.lock_file}); "
+                         "wait for it to finish or stop it") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_stale_shards(root: Path, count: int, overwrite: bool = False) -> None:
+    """Shards written under another shard count would be read as part of this cache: drop them
+    (only with `overwrite`: otherwise refuse, naming them)."""
+    stale = [p for p in sorted(Path(root).glob("shard-*-of-*")) if SHARD_NAME.match(p.name) and int(SHARD_NAME.match(p.name).group(2)) != count]
+    if stale and not overwrite:
+        raise InputError(f"{root}: holds {', '.join(p.name for p in stale)}, written with another shard count; "
+                         "pass --overwrite to replace them (the workflow does) or choose another --cache")
+    for path in stale:
+        log.info("%s: removing a shard of another shard count", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:60]} -> {json.dumps(new.get(k), default=str)[:60]}" for k in keys[:5])
 
 
 def _compressor() -> BloscCodec:
@@ -59,16 +93,29 @@ class CacheLayout:
 
 class CacheWriter:
     """Resumable writer: reopening an incomplete cache with the same fingerprint continues after
-    the last complete batch; a different fingerprint starts afresh."""
+    the last complete batch. A cache of other settings (the fingerprint holds every extraction
+    setting, the torch thread count and the device, which change the features' last bits) is
+    refused, naming what differs, unless `overwrite`: resuming must never mix two settings."""
 
-    def __init__(self, path: Path, layout: CacheLayout, attrs: dict[str, Any]):
+    def __init__(self, path: Path, layout: CacheLayout, attrs: dict[str, Any], overwrite: bool = False):
         self.path = Path(path)
         fingerprint = json.dumps(attrs, sort_keys=True, default=str)
-        existing = self._open_existing(fingerprint)
+        existing = self._open_existing()
+        if existing is not None and existing.attrs.get("fingerprint") != fingerprint:
+            old = json.loads(existing.attrs.get("fingerprint") or "{}")
+            if not overwrite:
+                raise InputError(f"{self.path}: holds features extracted with other settings ({_differences(old, json.loads(fingerprint))}); "
+                                 "pass --overwrite to replace them (the workflow does) or choose another --cache")
+            log.info("%s: replacing features of other settings (%s)", self.path, _differences(old, json.loads(fingerprint)))
+            existing = None
         if existing is not None:
             self.group = existing
         else:
             if self.path.exists():
+                foreign = not (self.path / "zarr.json").exists() and any(p.name != MARKER for p in self.path.iterdir())
+                if foreign and not overwrite:
+                    raise InputError(f"{self.path}: exists and is not a feature cache; not removing it "
+                                     "(pass --overwrite or choose another --cache)")
                 shutil.rmtree(self.path)
             self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
             h, w = layout.grid
@@ -82,13 +129,14 @@ class CacheWriter:
             self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_done": 0, "complete": False})
         self.n_done = int(self.group.attrs["n_done"])
 
-    def _open_existing(self, fingerprint: str):
+    def _open_existing(self):
         if not (self.path / "zarr.json").exists():
             return None
-        group = zarr.open_group(str(self.path), mode="r+")
-        if group.attrs.get("fingerprint") != fingerprint:
-            return None
-        return group
+        try:
+            return zarr.open_group(str(self.path), mode="r+")
+        except (ValueError, KeyError, OSError) as exc:
+            raise InputError(f"{self.path}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} "
+                             "and rerun extraction") from None
 
     @property
     def complete(self) -> bool:
@@ -107,6 +155,12 @@ class CacheWriter:
         self.group["image_index"][:] = image_index.astype(np.int32)
         self.group["view"][:] = views.astype(np.int16)
         self.group.attrs["complete"] = True
+
+    def mark(self, manifest: dict[str, Any]) -> None:
+        """Write the shard's marker (its manifest) once the shard is complete."""
+        from .runtime import write_json_atomic
+
+        write_json_atomic(self.path / MARKER, manifest)
 
 
 class FeatureCache:

@@ -31,7 +31,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .backbones import Backbone, BackboneSpec
     from .datasets import load_dataset
     from .features import extract_split
-    from .runtime import resolve_device, write_json_atomic
+    from .runtime import resolve_device
     from .views import View
 
     spec = json_option(args.spec, "--spec")
@@ -40,8 +40,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
     manifest = extract_split(dataset, backbone, Path(args.cache), View.from_config(spec["view"], "view"), views=spec["views"],
                              scale=tuple(spec["scale"]), flip=spec["flip"], batch_size=spec["batch_size"],
                              seed=spec["seed"], device=resolve_device(spec["device"]),
-                             extra_attrs={"backbone": spec["backbone_spec"]}, shard=tuple(args.shard))
-    write_json_atomic(Path(args.out), manifest)
+                             extra_attrs={"backbone": spec["backbone_spec"]}, shard=tuple(args.shard), overwrite=args.overwrite)
+    log.info("%s: shard %d of %d complete (%d items)", args.cache, manifest["shard"][0] + 1, manifest["shard"][1], manifest["items"])
 
 
 def cmd_gather(args: argparse.Namespace) -> None:
@@ -272,6 +272,14 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(download_camvid(Path(args.dest)))
 
 
+def cmd_check_config(args: argparse.Namespace) -> None:
+    from .configcheck import check_files
+    from .plan import all_runs
+
+    config = check_files(args.files, args.default)
+    print(f"ok: {', '.join([args.default, *args.files])} ({len(all_runs(config))} runs planned)")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -282,8 +290,8 @@ def _version() -> str:
 
 
 EXAMPLES = {name: "example:\n  " + text for name, text in {
-    "extract": 'nes extract --spec "$(cat spec.json)" --cache results/camvid/features/lite0/train/train.zarr --out shard.json',
-    "gather": 'nes gather --out results/camvid/features/lite0/train/train.json results/camvid/features/lite0/train/train.shards/*.json',
+    "extract": 'nes extract --spec "$(cat spec.json)" --cache results/camvid/features/lite0/train/train.zarr',
+    "gather": 'nes gather --out results/camvid/features/lite0/train/train.json results/camvid/features/lite0/train/train.zarr/shard-*/extracted.json',
     "graph": 'nes graph --features results/camvid/features/lite0/native/val.json --spec \'{"k": 256}\' --out results/camvid/graphs/lite0/native/val.json',
     "eigen": 'nes eigen --spec "$(cat eigen.json)" --out val-eigen-K128-a0.3.npz   (the workflow\'s rule eigenvectors)',
     "nystrom": 'nes nystrom --spec "$(cat nystrom.json)" --out val-nystrom.npz   (the workflow\'s rule nystrom)',
@@ -292,6 +300,7 @@ EXAMPLES = {name: "example:\n  " + text for name, text in {
     "evaluate": 'nes evaluate --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --split val --out metrics.json',
     "table": 'nes table --out results/camvid/mine.csv results/camvid/runs/*/camvid-native/metrics.json',
     "download": 'nes download camvid --dest data/camvid',
+    "check-config": 'nes check-config my_overrides.yaml   # then: snakemake --configfile my_overrides.yaml ...',
     "segment": 'nes segment --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --out seg --eigenfunctions 8 photos/',
 }.items()}
 
@@ -313,12 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec", required=True, help="extraction spec as JSON (the workflow passes it)")
     s.add_argument("--cache", required=True, help="the cache directory {split}.zarr")
     s.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("INDEX", "COUNT"), help="extract shard INDEX of COUNT")
-    s.add_argument("--out", required=True, help="the shard's manifest, written once the shard is complete")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a shard written with other settings (default: refuse, naming what differs)")
     s.set_defaults(func=cmd_extract)
 
     s = command(sub, "gather", "check that a cache's shards are complete and write its manifest")
     s.add_argument("--out", required=True, help="manifest path {split}.json (the cache is {split}.zarr beside it)")
-    s.add_argument("shards", nargs="+", help="the shards' manifests")
+    s.add_argument("shards", nargs="+", help="the shards' manifests ({split}.zarr/shard-*/extracted.json)")
     s.set_defaults(func=cmd_gather)
 
     s = command(sub, "graph", "dataset-wide k-NN graph over every token of a cached split (FAISS)")
@@ -374,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files beside the runs' metrics (partition measures)")
     s.add_argument("metrics", nargs="+", help="metrics.json files of the runs (one per run and evaluation)")
     s.set_defaults(func=cmd_table)
+
+    s = command(sub, "check-config", "check configuration files before a run: YAML syntax (file, line), keys, ranges, every run")
+    s.add_argument("files", nargs="*", help="override files, merged over --default in order (as snakemake --configfile)")
+    s.add_argument("--default", default="config/config.yaml", help="the workflow's default configuration")
+    s.set_defaults(func=cmd_check_config)
 
     s = command(sub, "download", "fetch a dataset from its public source (needs internet)")
     s.add_argument("dataset", choices=["camvid"])

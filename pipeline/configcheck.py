@@ -54,3 +54,39 @@ def check_train(train: dict[str, Any], where: str) -> None:
     errors = sorted(_validator(schema()["$defs"]["train"]).iter_errors(train), key=lambda e: -len(e.absolute_path))
     if errors:
         raise InputError(_message(errors[0], where))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML configuration file as a dict; a syntax error names the file, line and column (which
+    Snakemake's own message for a bad --configfile does not)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise InputError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: YAML syntax error: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def check_files(paths: list[str | Path], default: str | Path = SCHEMA.parents[2] / "config" / "config.yaml") -> dict[str, Any]:
+    """What `snakemake --configfile A B` would plan with, checked: the default configuration with
+    each file merged over it in order, validated key by key and run by run."""
+    from snakemake.utils import update_config
+
+    from .plan import all_runs
+
+    config = load_yaml(default)
+    for path in paths:
+        update_config(config, load_yaml(path))
+    check_config(config)
+    all_runs(config)
+    return config

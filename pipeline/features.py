@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, pad_to_multiple
-from .cache import CacheLayout, CacheWriter, remove_stale_shards, shard_path
+from .cache import CacheLayout, CacheWriter, remove_stale_shards, shard_lock, shard_path
 from .datasets import Dataset
 from .errors import InputError
 from .runtime import progress
@@ -110,11 +110,13 @@ def shard_range(n_images: int, index: int, count: int) -> tuple[int, int]:
 def extract_split(dataset: Dataset, backbone: Backbone, out: Path, view: View, views: int = 1,
                   scale: tuple[float, float] = (0.5, 2.0), flip: bool = True, batch_size: int = 8,
                   seed: int = 0, device: torch.device | None = None, extra_attrs: dict[str, Any] | None = None,
-                  shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+                  shard: tuple[int, int] = (0, 1), overwrite: bool = False) -> dict[str, Any]:
     """Write (or resume) shard `shard = (index, count)` of the cache at `out`; returns its manifest.
 
     Items are numbered image * views + view over the whole split and augmentations are seeded by
-    (seed, image, view), so any shard count gives the same cache."""
+    (seed, image, view), so any shard count gives the same cache. The shard is locked while it is
+    written (a second writer is refused, not interleaved); a cache of other settings is refused
+    unless `overwrite`."""
     if view.mode == "sliding":
         raise ValueError("sliding-window views are evaluated live, not cached")
     device = device or torch.device("cpu")
@@ -127,30 +129,41 @@ def extract_split(dataset: Dataset, backbone: Backbone, out: Path, view: View, v
         "dataset": dataset.name, "split": dataset.split, "ids": [s.id for s in dataset.samples],
         "view_spec": view.__dict__, "input_size": list(input_size), "grid": list(grid), "stride": backbone.spec.stride,
         "mean": backbone.mean.flatten().tolist(), "std": backbone.std.flatten().tolist(),
-        "views": views, "scale": list(scale), "flip": flip, "seed": seed, "images": [lo, hi], **(extra_attrs or {}),
+        "views": views, "scale": list(scale), "flip": flip, "seed": seed, "images": [lo, hi],
+        "threads": torch.get_num_threads(), "device": device.type, **(extra_attrs or {}),
     }
-    remove_stale_shards(out, shard[1])
     path = shard_path(out, *shard)
-    writer = CacheWriter(path, CacheLayout(len(items), grid, backbone.high_dim, backbone.input_dim), attrs)
-    if not writer.complete:
-        if writer.n_done:
-            log.info("%s: resuming after %d of %d items", path, writer.n_done, len(items))
-        desc = f"extract {dataset.name}/{dataset.split}" + (f" shard {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "")
-        bar = progress(total=len(items), initial=writer.n_done, desc=desc, unit="img")
-        for start in range(writer.n_done, len(items), batch_size):
-            crops, sizes = [], []
-            for image_idx, v in items[start:start + batch_size]:
-                image = dataset.load_image(image_idx)
-                sizes.append(image.shape[:2])
-                if v == 0:
-                    crops.append(view.prepare(image))
-                else:
-                    crops.append(augmented_view(image, view, np.random.default_rng([seed, image_idx, v]), scale, flip))
-            arrays = {k: t.cpu().numpy() for k, t in encode_crops(backbone, crops, device, input_size).items()}
-            check_finite(arrays, [dataset.samples[i].image_path for i, _ in items[start:start + batch_size]])
-            writer.write(start, arrays, np.array(sizes))
-            bar.update(len(crops))
-        bar.close()
-        writer.finish(np.array([i for i, _ in items]), np.array([v for _, v in items]))
-    return {"path": str(out), "shard": list(shard), "items": len(items), "images": [lo, hi], "grid": list(grid),
-            "high_dim": backbone.high_dim, "input_dim": backbone.input_dim, "views": views}
+    with shard_lock(path):
+        remove_stale_shards(out, shard[1], overwrite)
+        writer = CacheWriter(path, CacheLayout(len(items), grid, backbone.high_dim, backbone.input_dim), attrs, overwrite)
+        _fill(writer, dataset, backbone, view, items, scale, flip, batch_size, seed, device,
+              f"extract {dataset.name}/{dataset.split}" + (f" shard {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else ""))
+        manifest = {"path": str(out), "shard": list(shard), "items": len(items), "images": [lo, hi], "grid": list(grid),
+                    "high_dim": backbone.high_dim, "input_dim": backbone.input_dim, "views": views}
+        writer.mark(manifest)
+    return manifest
+
+
+def _fill(writer: CacheWriter, dataset: Dataset, backbone: Backbone, view: View, items: list[tuple[int, int]],
+          scale: tuple[float, float], flip: bool, batch_size: int, seed: int, device: torch.device, desc: str) -> None:
+    """Encode the items the writer does not hold yet, batch by batch, then finish the shard."""
+    if writer.complete:
+        return
+    if writer.n_done:
+        log.info("%s: resuming after %d of %d items", writer.path, writer.n_done, len(items))
+    bar = progress(total=len(items), initial=writer.n_done, desc=desc, unit="img")
+    for start in range(writer.n_done, len(items), batch_size):
+        crops, sizes = [], []
+        for image_idx, v in items[start:start + batch_size]:
+            image = dataset.load_image(image_idx)
+            sizes.append(image.shape[:2])
+            if v == 0:
+                crops.append(view.prepare(image))
+            else:
+                crops.append(augmented_view(image, view, np.random.default_rng([seed, image_idx, v]), scale, flip))
+        arrays = {k: t.cpu().numpy() for k, t in encode_crops(backbone, crops, device, view.input_size).items()}
+        check_finite(arrays, [dataset.samples[i].image_path for i, _ in items[start:start + batch_size]])
+        writer.write(start, arrays, np.array(sizes))
+        bar.update(len(crops))
+    bar.close()
+    writer.finish(np.array([i for i, _ in items]), np.array([v for _, v in items]))

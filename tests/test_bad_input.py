@@ -108,6 +108,28 @@ def test_config_errors_name_the_full_key_path_before_any_job(text, message):
     assert message in str(caught.value)
 
 
+def test_check_config_names_the_file_and_line_of_a_yaml_syntax_error(tmp_path):
+    """Snakemake's own message for a broken --configfile names neither file nor line; `nes
+    check-config` does, then checks keys and every run as the workflow would."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  K: 64\n lr: [1\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  bta: 1\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  K: 64\n")
+
+    def check(*files):
+        return subprocess.run([sys.executable, "-m", "pipeline", "check-config", *map(str, files)], capture_output=True,
+                              text=True, cwd=REPO)
+
+    result = check(good, broken)
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {broken}:3:2: YAML syntax error"), result.stderr
+    result = check(typo)
+    assert result.returncode == 2 and "train: Additional properties are not allowed ('bta'" in result.stderr
+    result = check(good)
+    assert result.returncode == 0 and result.stdout.startswith("ok: config/config.yaml, ")
+
+
 def test_snakemake_stops_on_a_bad_override_naming_the_key(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("tables:\n  camvid:\n    table1: {sweep: {K: [0, 64]}}\n")
@@ -130,7 +152,8 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     version = nes("--version")
     assert version.returncode == 0 and version.stdout.startswith("nes ")
-    for command in ("extract", "gather", "graph", "eigen", "nystrom", "align", "fit", "evaluate", "table", "download", "segment"):
+    for command in ("extract", "gather", "graph", "eigen", "nystrom", "align", "fit", "evaluate", "table", "download", "segment",
+                    "check-config"):
         text = nes(command, "--help").stdout
         assert "example:" in text and "  nes " + command in text, command
         options = re.findall(r"^  (--[\w-]+)[^\n]*$", text, flags=re.M)
@@ -262,3 +285,23 @@ def test_dry_run_finds_a_missing_dataset_naming_its_layout(tmp_path):
     result = run_snakemake("-n", f"{tmp_path}/pascal/table1.csv", "--config", f"results={tmp_path}")
     assert result.returncode != 0
     assert "dataset 'pascal': no data found (looked in data/pascal_context" in result.stdout + result.stderr
+
+
+def test_a_failed_job_names_its_culprit_on_the_console(tmp_path, camvid_root):
+    """The error line of a failed job's log is repeated where Snakemake reports the failure, so
+    the console names the corrupt image, not only the log file to open."""
+    import yaml
+
+    from test_workflow import tiny_config
+
+    root = make_camvid_copy(camvid_root, tmp_path / "camvid", n=2)
+    bad = sorted((root / "val").iterdir())[1]
+    bad.write_bytes(b"this is not a png")
+    cfg = tiny_config(tmp_path / "results", root)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    target = tmp_path / "results" / "camvid" / "features" / "lite0" / "native" / "val.json"
+    result = run_snakemake(str(target), "--cores", "1", "--configfile", str(tmp_path / "config.yaml"))
+    assert result.returncode != 0
+    console = result.stdout + result.stderr
+    assert f"error: {bad}: cannot read image" in console, console[-3000:]
+    assert not target.exists()

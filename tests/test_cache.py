@@ -107,8 +107,76 @@ def test_sharded_extraction_equals_one_job(tmp_path):
 
     with pytest.raises(InputError, match="cached for view"):
         next(cached_predictions(None, one, ds, View("resize", (64, 64)), 16, 4, torch.device("cpu")))
-    # a shard missing: refused by name; re-sharding removes the old shards
-    extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2))
+    # a shard missing: refused by name; re-sharding refuses to touch the old shards, or with
+    # `overwrite` (what the workflow passes) removes them
+    with pytest.raises(InputError, match="shard-0-of-3, shard-1-of-3, shard-2-of-3, written with another shard count"):
+        extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2))
+    assert len(FeatureCache(tmp_path / "sharded.zarr").shards) == 3
+    extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2), overwrite=True)
     with pytest.raises(InputError, match="do not form one complete set"):
         FeatureCache(tmp_path / "sharded.zarr")
     assert sorted(p.name for p in (tmp_path / "sharded.zarr").iterdir() if p.is_dir()) == ["shard-0-of-2"]
+
+
+def _tiny_split(tmp_path):
+    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
+    from pipeline.backbones import Backbone, BackboneSpec
+    from pipeline.datasets import load_dataset
+
+    root = write_pascal(tmp_path / "pascal", n_train=3)
+    ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "train")
+    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
+                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    return ds, backbone, View.from_config({"mode": "centre_crop", "short_side": 72, "crop": 64})
+
+
+def _snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_a_cache_of_other_settings_is_refused_and_left_as_it_was(tmp_path):
+    """Another seed, or the same settings under another torch thread count (which changes the
+    features' last bits), never resumes into or silently replaces a cache: refused naming what
+    differs; `overwrite` replaces it."""
+    ds, backbone, view = _tiny_split(tmp_path)
+    out = tmp_path / "train.zarr"
+    extract_split(ds, backbone, out, view, views=2, seed=1)
+    before = _snapshot(out)
+    assert (out / "shard-0-of-1" / "extracted.json").exists()
+    with pytest.raises(InputError, match=r"train.zarr/shard-0-of-1: holds features extracted with other settings \(seed: 1 -> 2\)"):
+        extract_split(ds, backbone, out, view, views=2, seed=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        with pytest.raises(InputError, match=rf"threads: {threads} -> {threads + 1}"):
+            extract_split(ds, backbone, out, view, views=2, seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert _snapshot(out) == before
+    extract_split(ds, backbone, out, view, views=2, seed=2, overwrite=True)
+    assert FeatureCache(out).attrs["seed"] == 2
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_shard(tmp_path):
+    from filelock import FileLock
+
+    ds, backbone, view = _tiny_split(tmp_path)
+    out = tmp_path / "train.zarr"
+    extract_split(ds, backbone, out, view)
+    before = _snapshot(out)
+    with FileLock(out / ".shard-0-of-1.lock"):  # what a running extraction holds
+        with pytest.raises(InputError, match=r"shard-0-of-1: another extraction is writing this shard \(lock .*\.shard-0-of-1\.lock\)"):
+            extract_split(ds, backbone, out, view, seed=5, overwrite=True)
+    assert _snapshot(out) == before
+    extract_split(ds, backbone, out, view)  # once released, the same settings find the cache complete
+    assert _snapshot(out) == before
+
+
+def test_a_directory_that_is_not_a_cache_is_never_removed(tmp_path):
+    ds, backbone, view = _tiny_split(tmp_path)
+    shard = tmp_path / "train.zarr" / "shard-0-of-1"
+    shard.mkdir(parents=True)
+    (shard / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="exists and is not a feature cache; not removing it"):
+        extract_split(ds, backbone, tmp_path / "train.zarr", view)
+    assert (shard / "notes.txt").read_text() == "mine"

@@ -112,6 +112,27 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     assert "Nothing to be done" in same
 
 
+def test_a_deleted_cache_is_re_extracted_not_trusted(workflow):
+    """Each shard's data is a tracked output: with the training cache gone (its manifest still
+    there), a change that retrains re-extracts it first instead of failing on a manifest that
+    points at nothing."""
+    cache = workflow["results"] / "camvid" / "features" / "lite0" / "train" / "train.zarr"
+    cfg = yaml.safe_load(workflow["config"].read_text())
+    cfg["train"]["beta"] = 0.5
+    changed = workflow["base"] / "beta-deleted.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    target = str(workflow["results"] / "camvid" / "table1.csv")
+    moved = cache.with_name("moved.zarr")
+    cache.rename(moved)
+    try:
+        out = snakemake("-n", target, "--cores", "2", "--configfile", str(changed))
+        jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
+        assert jobs.get("extract_features") == "1" and jobs.get("gather_features") == "1", out[-2000:]
+    finally:
+        moved.rename(cache)
+    assert "Nothing to be done" in snakemake("-n", target, "--cores", "2", "--configfile", str(workflow["config"]))
+
+
 def test_cli_evaluate_on_live_features_matches_the_workflow(workflow):
     run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
     before = sorted(p.name for p in run.iterdir())

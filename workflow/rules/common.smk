@@ -40,6 +40,17 @@ ENV = "../envs/neural-eigenseg.yaml"
 SLURM = {"cpu_partition": "cpu", "gpu_partition": "gpu", **(config.get("slurm") or {})}
 
 
+def logged(command):
+    """`command` with its stderr in the rule's log; when it fails, the log's last error line (which
+    names the file or key at fault; else its last line) is repeated on the console above
+    Snakemake's report of the job."""
+    errors = r"'^(error: |[A-Za-z_.]+(Error|Exception|Interrupt): )'"
+    return (
+        f"{command} 2> {{log:q}} || (status=$?; (grep -E {errors} {{log:q}} || tail -n 1 {{log:q}}) "
+        "| tail -n 1 >&2; exit $status)"
+    )
+
+
 def partition(gpu):
     return SLURM["gpu_partition"] if gpu else SLURM["cpu_partition"]
 
@@ -47,9 +58,19 @@ def partition(gpu):
 def shard_manifests(w):
     n = shard_count(config, w.dataset)
     return [
-        f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.shards/{i}-of-{n}.json"
+        f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr/shard-{i}-of-{n}/extracted.json"
         for i in range(n)
     ]
+
+
+def cache_markers(manifest):
+    """The shard markers of the cache a features manifest describes: an input of every job that
+    reads the cache, so a job that must run re-extracts a deleted cache first (its manifest,
+    still present, would otherwise be trusted)."""
+    dataset = Path(manifest).relative_to(RESULTS).parts[0]
+    n = shard_count(config, dataset)
+    stem = manifest.removesuffix(".json")
+    return [f"{stem}.zarr/shard-{i}-of-{n}/extracted.json" for i in range(n)]
 
 
 def dataset_present(w):
@@ -77,7 +98,7 @@ def kmeans_inputs(w):
             "graph": spec["eigen"]["graph"],
             "nystrom": spec["nystrom"]["path"],
         }
-    inputs = {"features": spec["features"]}
+    inputs = {"features": spec["features"], "cache": cache_markers(spec["features"])}
     if spec["method"] == "nes_star":
         inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
     return inputs

@@ -9,4 +9,4 @@ rule download_camvid:
     conda:
         ENV
     shell:
-        "nes download camvid --dest {output:q} 2> {log:q}"
+        logged("nes download camvid --dest {output:q}")

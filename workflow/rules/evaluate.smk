@@ -7,6 +7,11 @@ rule evaluate:
         features=lambda w: (
             [evaluation(w)["features"]] if evaluation(w)["features"] else []
         ),
+        cache=lambda w: (
+            cache_markers(evaluation(w)["features"])
+            if evaluation(w)["features"]
+            else []
+        ),
         twin=lambda w: [f"{kmeans_twin(w)}/metrics.json"] if kmeans_twin(w) else [],
     output:
         metrics=f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/metrics.json",
@@ -57,6 +62,8 @@ rule evaluate:
         run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
         compare=lambda w: ["--compare", kmeans_twin(w)] if kmeans_twin(w) else [],
     shell:
-        "nes --threads {threads} evaluate --run {params.run_dir:q} --spec {params.spec:q} "
-        "--overlays-dir {output.overlays:q} --out {output.metrics:q} --report {params.compare:q} "
-        "> /dev/null 2> {log:q}"
+        logged(
+            "nes --threads {threads} evaluate --run {params.run_dir:q} --spec {params.spec:q} "
+            "--overlays-dir {output.overlays:q} --out {output.metrics:q} --report {params.compare:q} "
+            "> /dev/null"
+        )

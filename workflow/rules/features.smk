@@ -1,11 +1,12 @@
 rule extract_features:
     """Backbone features, psi inputs and pixel vectors of one shard of a split under one view into
-    {split}.zarr/shard-{shard}-of-{shards}; its manifest is written once the shard is complete (a
-    rerun resumes an interrupted shard)."""
+    {split}.zarr/shard-{shard}-of-{shards}; its manifest extracted.json is written into the shard
+    once it is complete (a rerun resumes an interrupted shard)."""
     input:
         dataset_present,
     output:
-        f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.shards/{{shard}}-of-{{shards}}.json",
+        # the shard's manifest, written into it once complete: a deleted cache is re-extracted
+        f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.zarr/shard-{{shard}}-of-{{shards}}/extracted.json",
     log:
         f"{RESULTS}/{{dataset}}/logs/extract_{{backbone}}_{{view}}_{{split}}_{{shard}}-of-{{shards}}.log",
     benchmark:
@@ -27,8 +28,10 @@ rule extract_features:
         ),
         cache=lambda w: f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr",
     shell:
-        "nes --threads {threads} extract --spec {params.spec:q} --cache {params.cache:q} "
-        "--shard {wildcards.shard} {wildcards.shards} --out {output:q} 2> {log:q}"
+        logged(
+            "nes --threads {threads} extract --spec {params.spec:q} --cache {params.cache:q} "
+            "--shard {wildcards.shard} {wildcards.shards} --overwrite"
+        )
 
 
 rule gather_features:
@@ -43,4 +46,4 @@ rule gather_features:
     conda:
         ENV
     shell:
-        "nes gather --out {output:q} {input:q} 2> {log:q}"
+        logged("nes gather --out {output:q} {input:q}")

@@ -4,7 +4,10 @@ rule build_graph:
     {split}.zarr; the manifest {split}.json is written once the graph is complete (a rerun
     resumes after the last complete block)."""
     input:
-        f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
+        features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
+        cache=lambda w: cache_markers(
+            f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
+        ),
     output:
         f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
     log:
@@ -21,7 +24,9 @@ rule build_graph:
     params:
         spec=lambda w: as_param(config.get("graph") or {}),
     shell:
-        "nes --threads {threads} graph --features {input:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"
+        logged(
+            "nes --threads {threads} graph --features {input.features:q} --spec {params.spec:q} --out {output:q}"
+        )
 
 
 rule eigenvectors:
@@ -30,6 +35,9 @@ rule eigenvectors:
     spectral methods cluster and that every run's partition is measured on."""
     input:
         features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
+        cache=lambda w: cache_markers(
+            f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
+        ),
         graph=f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
     output:
         f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-eigen-K{{K}}-a{{alpha}}.npz",
@@ -50,7 +58,7 @@ rule eigenvectors:
     params:
         spec=lambda w: as_param(eigen_params(w)),
     shell:
-        "nes --threads {threads} eigen --spec {params.spec:q} --out {output:q} 2> {log:q}"
+        logged("nes --threads {threads} eigen --spec {params.spec:q} --out {output:q}")
 
 
 rule nystrom:
@@ -60,8 +68,12 @@ rule nystrom:
     input:
         eigen=lambda w: nystrom_params(w)["eigen"]["path"],
         train_features=lambda w: nystrom_params(w)["eigen"]["features"],
+        train_cache=lambda w: cache_markers(nystrom_params(w)["eigen"]["features"]),
         train_graph=lambda w: nystrom_params(w)["eigen"]["graph"],
         features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
+        cache=lambda w: cache_markers(
+            f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
+        ),
     output:
         f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-nystrom-{{source}}-K{{K}}-a{{alpha}}.npz",
     log:
@@ -82,7 +94,9 @@ rule nystrom:
     params:
         spec=lambda w: as_param(nystrom_params(w)),
     shell:
-        "nes --threads {threads} nystrom --spec {params.spec:q} --out {output:q} 2> {log:q}"
+        logged(
+            "nes --threads {threads} nystrom --spec {params.spec:q} --out {output:q}"
+        )
 
 
 rule align:
@@ -93,6 +107,7 @@ rule align:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
         eigen=lambda w: alignment(w)["path"],
         features=lambda w: alignment(w)["features"],
+        cache=lambda w: cache_markers(alignment(w)["features"]),
         graph=lambda w: alignment(w)["graph"],
     output:
         f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/alignment.json",
@@ -109,5 +124,7 @@ rule align:
         spec=lambda w: as_param(alignment(w)),
         run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
     shell:
-        "nes --threads {threads} align --run {params.run_dir:q} --spec {params.spec:q} --out {output:q} "
-        "> /dev/null 2> {log:q}"
+        logged(
+            "nes --threads {threads} align --run {params.run_dir:q} --spec {params.spec:q} --out {output:q} "
+            "> /dev/null"
+        )

@@ -26,6 +26,8 @@ rule segment_images:
         ),
         run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
     shell:
-        "nes --threads {threads} segment --run {params.run_dir:q} --out {output:q} "
-        "--dataset {params.dataset:q} --split {params.split:q} --eigenfunctions {params.eigenfunctions} "
-        "> /dev/null 2> {log:q}"
+        logged(
+            "nes --threads {threads} segment --run {params.run_dir:q} --out {output:q} "
+            "--dataset {params.dataset:q} --split {params.split:q} --eigenfunctions {params.eigenfunctions} "
+            "> /dev/null"
+        )

@@ -20,5 +20,7 @@ rule table:
     conda:
         ENV
     shell:
-        "nes table --out {output.csv:q} --alignments {input.alignments:q} -- {input.metrics:q} "
-        "> /dev/null 2> {log:q}"
+        logged(
+            "nes table --out {output.csv:q} --alignments {input.alignments:q} -- {input.metrics:q} "
+            "> /dev/null"
+        )

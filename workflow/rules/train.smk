@@ -3,10 +3,13 @@ rule train:
     a rerun resumes from the run's last checkpoint."""
     input:
         features=lambda w: run_spec(w)["features"],
+        cache=lambda w: cache_markers(run_spec(w)["features"]),
         graph=lambda w: [run_spec(w)["graph"]] if "graph" in run_spec(w) else [],
         # the capture monitor's held-out kernel: read, but a changed protocol cache does not retrain
         heldout=lambda w: (
-            [ancient(run_spec(w)["heldout"])] if run_spec(w).get("heldout") else []
+            [ancient(p) for p in [heldout, *cache_markers(heldout)]]
+            if (heldout := run_spec(w).get("heldout"))
+            else []
         ),
     output:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
@@ -36,7 +39,9 @@ rule train:
         spec=lambda w: as_param(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q} 2> {log:q}"
+        logged(
+            "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q}"
+        )
 
 
 rule fit_kmeans:
@@ -67,4 +72,6 @@ rule fit_kmeans:
         spec=lambda w: as_param(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q} 2> {log:q}"
+        logged(
+            "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q}"
+        )
