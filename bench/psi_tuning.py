@@ -6,7 +6,14 @@ exact spectral clustering of it, and val mIoU / accuracy (majority voting), with
         --set lr=1e-3 --set lr=3e-3 --set lr=3e-3,batch_size=4 --out docs/psi_tuning.csv
 
 Each `--set` is one setting: comma-separated train keys over the config's `train:` (values parsed
-as YAML). Rows are appended to `--out` (one per setting and seed) and printed.
+as YAML). Rows are appended to `--out` (one per setting and seed) and printed. Another training
+cache (e.g. 4 augmented views per image) is tried with a config override and a tag:
+
+    snakemake --cores 2 results/views4/camvid/features/dinov2_s14/train/train.json --configfile views4.yaml
+    python bench/psi_tuning.py --configfile views4.yaml --tag views=4 --set epochs=1
+
+where views4.yaml holds `results: results/views4` and `datasets: {camvid: {extract: {views: 4}}}`
+(the evaluation cache is read from that results folder too: extract it there or link it).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 import yaml
 
 from pipeline.cache import FeatureCache
+from pipeline.configcheck import check_files
 from pipeline.datasets import load_dataset
 from pipeline.evaluate import cached_predictions, evaluate
 from pipeline.plan import TRAIN_VIEW, default_train, features_path, source_spec
@@ -41,7 +49,7 @@ def parse_setting(text: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--configfile", nargs="*", default=[], help="overrides merged over config/config.yaml, as for snakemake")
     parser.add_argument("--dataset", default="camvid")
     parser.add_argument("--backbone", default="dinov2_s14")
     parser.add_argument("--protocol", default=None, help="cached evaluation protocol (default: the dataset's first)")
@@ -49,10 +57,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="docs/psi_tuning.csv", help="CSV the rows are appended to")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="", help="what differs in the caches (e.g. views=4 with a config whose "
+                                                  "datasets.camvid.extract.views is 4): prefixed to each setting")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = check_files(args.configfile)
     ds = config["datasets"][args.dataset]
     protocol = args.protocol or next(iter(ds["protocols"]))
     train_cache = FeatureCache(Path(features_path(config, args.dataset, args.backbone, TRAIN_VIEW, ds["train_split"])).with_suffix(".zarr"))
@@ -66,9 +76,10 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
         if new_file:
             writer.writeheader()
-        for text in args.settings or [""]:
+        for given in args.settings or [""]:
+            text = ",".join(filter(None, [args.tag, given]))
             for seed in args.seeds:
-                train = {**default_train(config, args.dataset), **parse_setting(text)}
+                train = {**default_train(config, args.dataset), **parse_setting(given)}
                 train["monitor"] = train.get("monitor") or 4
                 spec = {"run": f"tune-{text or 'default'}-s{seed}", "seed": seed, "train": train, "heldout": val_manifest}
                 run_dir = Path("results") / "tuning" / f"{args.backbone}-{text or 'default'}-s{seed}".replace("=", "").replace(",", "_")
