@@ -65,7 +65,7 @@ def shard_lock(path: Path) -> Iterator[None]:
 def remove_stale_shards(root: Path, count: int, overwrite: bool = False) -> None:
     """Shards written under another shard count would be read as part of this cache: drop them
     (only with `overwrite`: otherwise refuse, naming them)."""
-    stale = [p for p in sorted(Path(root).glob("shard-*-of-*")) if SHARD_NAME.match(p.name) and int(SHARD_NAME.match(p.name).group(2)) != count]
+    stale = [p for p in sorted(Path(root).glob("shard-*-of-*")) if (m := SHARD_NAME.match(p.name)) and int(m.group(2)) != count]
     if stale and not overwrite:
         raise InputError(f"{root}: holds {', '.join(p.name for p in stale)}, written with another shard count; "
                          "pass --overwrite to replace them (the workflow does) or choose another --cache")
@@ -102,11 +102,11 @@ class CacheWriter:
         fingerprint = json.dumps(attrs, sort_keys=True, default=str)
         existing = self._open_existing()
         if existing is not None and existing.attrs.get("fingerprint") != fingerprint:
-            old = json.loads(existing.attrs.get("fingerprint") or "{}")
+            differences = _differences(json.loads(existing.attrs.get("fingerprint") or "{}"), json.loads(fingerprint))
             if not overwrite:
-                raise InputError(f"{self.path}: holds features extracted with other settings ({_differences(old, json.loads(fingerprint))}); "
+                raise InputError(f"{self.path}: holds features extracted with other settings ({differences}); "
                                  "pass --overwrite to replace them (the workflow does) or choose another --cache")
-            log.info("%s: replacing features of other settings (%s)", self.path, _differences(old, json.loads(fingerprint)))
+            log.info("%s: replacing features of other settings (%s)", self.path, differences)
             existing = None
         if existing is not None:
             self.group = existing

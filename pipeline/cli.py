@@ -274,10 +274,10 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> None:
     from .configcheck import check_files
-    from .plan import all_runs
+    from .plan import all_tables
 
     config = check_files(args.files, args.default)
-    print(f"ok: {', '.join([args.default, *args.files])} ({len(all_runs(config))} runs planned)")
+    print(f"ok: {', '.join([args.default, *args.files])} ({len(all_tables(config))} tables, every run checked)")
 
 
 def _version() -> str:
