@@ -31,7 +31,7 @@ from pipeline.cache import FeatureCache
 from pipeline.configcheck import check_files
 from pipeline.datasets import load_dataset
 from pipeline.evaluate import cached_predictions, evaluate
-from pipeline.plan import TRAIN_VIEW, default_train, features_path, source_spec
+from pipeline.plan import TRAIN_VIEW, default_train, features_path, graph_path, source_spec
 from pipeline.train import train_psi
 from pipeline.views import View
 
@@ -82,6 +82,8 @@ def main() -> None:
                 train = {**default_train(config, args.dataset), **parse_setting(given)}
                 train["monitor"] = train.get("monitor") or 4
                 spec = {"run": f"tune-{text or 'default'}-s{seed}", "seed": seed, "train": train, "heldout": val_manifest}
+                if train.get("graph") == "dataset":  # the train split's k-NN graph (rule build_graph)
+                    spec["graph"] = graph_path(config, args.dataset, args.backbone, TRAIN_VIEW, ds["train_split"])
                 run_dir = Path("results") / "tuning" / f"{args.backbone}-{text or 'default'}-s{seed}".replace("=", "").replace(",", "_")
                 started = time.time()
                 model = train_psi(train_cache, spec, run_dir, torch.device("cpu"))
