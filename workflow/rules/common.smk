@@ -56,11 +56,9 @@ def partition(gpu):
 
 
 def shard_manifests(w):
-    n = shard_count(config, w.dataset)
-    return [
-        f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr/shard-{i}-of-{n}/extracted.json"
-        for i in range(n)
-    ]
+    return cache_markers(
+        f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
+    )
 
 
 def cache_markers(manifest):
