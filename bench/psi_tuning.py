@@ -84,13 +84,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=["nes"], choices=METHODS,
                         help="nes (psi), nes_star (K-means on psi's features), kmeans (the baseline, fitted once per seed and K)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto (psi's training and the evaluation)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto: where psi trains (scoring runs on the CPU)")
     parser.add_argument("--extract", action="store_true", help="extract the training and evaluation caches first where missing")
     parser.add_argument("--out", default="docs/psi_tuning.csv", help="CSV the rows are appended to")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="what differs in the caches (e.g. views=4 with a config whose "
                                                   "datasets.camvid.extract.views is 4): prefixed to each setting")
     args = parser.parse_args()
+    if "nes_star" in args.methods and "nes" not in args.methods:
+        parser.error("--methods nes_star clusters psi's features: list nes too")
+    methods = sorted(set(args.methods), key=METHODS.index)  # nes before nes_star
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     config = check_files(args.configfile)
@@ -120,7 +123,7 @@ def main() -> None:
             for seed in args.seeds:
                 train = {**default_train(config, args.dataset), **parse_setting(given)}
                 train["monitor"] = train.get("monitor") or 4
-                for method in args.methods:  # nes before nes_star, which clusters psi's hidden features
+                for method in methods:
                     if method == "kmeans" and (seed, train["K"]) in done_kmeans:
                         continue
                     spec = make_spec(config, args.dataset, args.backbone, method, train, seed)
