@@ -9,7 +9,7 @@ Each `--set` is one setting: comma-separated train keys over the config's `train
 as YAML). Rows are appended to `--out` (one per setting, method and seed) and printed. Runs are
 the workflow's own (same specs, `fit_run`), under `{results}/tuning/{backbone}-{setting}/`.
 `--methods nes nes_star kmeans` adds Ours* and the K-means baseline on the same caches and seeds
-(like with like); `--device cuda` trains and evaluates on a GPU; `--extract` first extracts the
+(like with like); `--device cuda` trains psi on a GPU (scoring stays on the CPU); `--extract` extracts the
 two caches where missing (for a machine without Snakemake). The paper's schedule on a GPU:
 
     python bench/psi_tuning.py --device cuda --threads 16 --extract --methods nes nes_star kmeans \
