@@ -168,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     full = {"run": cfg["run"], "method": model.method, "dataset": dataset.name, "train_dataset": cfg["dataset"],
             "protocol": spec["protocol"], "backbone": cfg["backbone"], "K": model.num_clusters,
             "alpha": train.get("alpha"), "beta": resolved_beta(train) if model.psi is not None else None,
-            "graph": GRAPH_KIND.get(model.method, train.get("graph", "batch")),
+            "graph": GRAPH_KIND.get(model.method, train.get("graph", "batch")), "settings": cfg.get("settings", ""),
             "seed": cfg["seed"], "split": spec["split"], "fit": model.fit, **result}
     if args.out:
         write_json_atomic(Path(args.out), full)

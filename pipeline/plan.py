@@ -2,7 +2,9 @@
 depends on.
 
 A run id is readable and derived from the parameters that define it, e.g.
-`nes-lite0-K128-a0.3-b0.16-s0`, so reruns land in the same place and sweeps sort together. Runs
+`nes-lite0-K128-a0.3-b0.16-s0`, so reruns land in the same place and sweeps sort together; every
+other setting a run depends on that is off its dataset's defaults joins the id
+(`nes-lite0-K128-a0.3-b0.16-epochs10-knn_k64-s0`), so no two settings share a folder. Runs
 live under their training dataset (`results/{dataset}/runs/{run}`); an evaluation of a run on a
 dataset under one of its protocols is `{run dir}/{dataset}-{protocol}/metrics.json`, so one run
 serves every table and protocol that needs it (and a zero-shot run is evaluated on other
@@ -88,15 +90,55 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
     }
 
 
-def run_id(method: str, backbone: str, train: dict, seed: int, protocol: str | None = None) -> str:
+# training keys named in every id of a method (K, alpha, beta, graph), and the further keys each
+# method's result depends on: any of those that differs from the dataset's defaults joins the id
+ID_KEYS = ("K", "alpha", "beta", "graph")
+DEPENDS_ON: dict[str, tuple[str, ...] | None] = {
+    "kmeans": (), "kmeans_transductive": (),
+    "spectral": ("pixel_knn",), "spectral_inductive": ("pixel_knn", "knn_k"),
+    "nes": None, "nes_star": None,  # None: every training key
+}
+
+
+def _slug(value: Any) -> str:
+    """A setting's value as part of a path: 0.003, none, 10x2_5x0.1 (pixel_knn's pairs)."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        nested = any(isinstance(v, (list, tuple)) for v in value)
+        return ("_" if nested else "x").join(_slug(v) for v in value)
+    return _fmt(value)
+
+
+def nondefault_settings(method: str, train: dict, defaults: dict) -> dict[str, Any]:
+    """The training settings a run of `method` depends on that differ from the dataset's
+    defaults (and are not already in every id): a sweep over any of them keeps every value."""
+    wanted = DEPENDS_ON[method]
+    keys = sorted(k for k in train if k not in ID_KEYS) if wanted is None else sorted(wanted)
+    return {k: train[k] for k in keys if k in train and train[k] != defaults.get(k)}
+
+
+def settings_suffix(settings: dict[str, Any]) -> str:
+    return "".join(f"-{key}{_slug(value)}" for key, value in settings.items())
+
+
+def settings_label(settings: dict[str, Any]) -> str:
+    """What tables show and group by: `epochs=10 knn_k=64`."""
+    return " ".join(f"{key}={_slug(value)}" for key, value in settings.items())
+
+
+def run_id(method: str, backbone: str, train: dict, seed: int, protocol: str | None = None,
+           settings: dict[str, Any] | None = None) -> str:
+    """Default runs keep short ids; `settings` (nondefault_settings) are appended before the seed."""
+    extra = settings_suffix(settings or {})
     if method == "kmeans":
         return f"kmeans-{backbone}-K{train['K']}-s{seed}"
     if method == "kmeans_transductive":  # fit on the evaluated split under `protocol`'s view
         return f"kmeans_transductive-{backbone}-K{train['K']}-{protocol}-s{seed}"
     if method in ("spectral", "spectral_inductive"):  # labels the evaluated split under `protocol`'s view
-        return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-{protocol}-s{seed}"
+        return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-{protocol}{extra}-s{seed}"
     graph = "-gdataset" if train.get("graph", "batch") == "dataset" else ""  # batch graphs keep the short ids
-    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}{graph}-s{seed}"
+    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}{graph}{extra}-s{seed}"
 
 
 def resolved_beta(train: dict) -> float:
@@ -151,7 +193,7 @@ def segmentation_outputs(config: dict, name: str) -> list[str]:
 
 def grid_runs(config: dict, tcfg: dict) -> list[dict]:
     """Backbones x methods x seeds x sweep values; a run that a sweep does not change (K-means
-    vs alpha) is one run."""
+    vs alpha) is one run, and every value of a setting a run depends on is a run of its own."""
     sweep = tcfg.get("sweep") or {}
     keys = list(sweep)
     specs: dict[str, dict] = {}
@@ -167,7 +209,8 @@ def grid_runs(config: dict, tcfg: dict) -> list[dict]:
                 for seed in tcfg["seeds"]:
                     evaluation = (tcfg["folder"], tcfg["protocol"]) if "folder" in tcfg else None
                     spec = make_spec(config, tcfg["dataset"], backbone, method, train, int(seed), evaluation)
-                    specs.setdefault(spec["run"], spec)
+                    if specs.setdefault(spec["run"], spec) != spec:  # the id misses a setting: never merge silently
+                        raise InputError(f"{where}: run {spec['run']} planned twice with different settings")
     return list(specs.values())
 
 
@@ -204,7 +247,8 @@ def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: 
                          "protocol; sliding windows are evaluated live")
     k, alpha = int(train["K"]), float(train["alpha"])
     graph = graph_path(config, dataset, backbone, protocol, split)
-    return {"path": graph.removesuffix(".json") + f"-eigen-K{k}-a{_fmt(alpha)}.npz", "graph": graph,
+    extra = settings_suffix(nondefault_settings("spectral", train, default_train(config, dataset)))
+    return {"path": graph.removesuffix(".json") + f"-eigen-K{k}-a{_fmt(alpha)}{extra}.npz", "graph": graph,
             "features": features_path(config, dataset, backbone, protocol, split), "K": k, "alpha": alpha,
             "pixel_knn": [list(p) for p in train["pixel_knn"]]}
 
@@ -216,7 +260,8 @@ def nystrom_spec(config: dict, train_dataset: str, backbone: str, evaluation: tu
     eigen = eigen_spec(config, train_dataset, backbone, TRAIN_VIEW, train, dataset_spec(config, train_dataset)["train_split"])
     split = dataset_spec(config, dataset)["eval_split"]
     out = graph_path(config, dataset, backbone, protocol, split).removesuffix(".json")
-    return {"path": f"{out}-nystrom-{train_dataset}-K{eigen['K']}-a{_fmt(eigen['alpha'])}.npz", "eigen": eigen,
+    extra = settings_suffix(nondefault_settings("spectral_inductive", train, default_train(config, train_dataset)))
+    return {"path": f"{out}-nystrom-{train_dataset}-K{eigen['K']}-a{_fmt(eigen['alpha'])}{extra}.npz", "eigen": eigen,
             "features": features_path(config, dataset, backbone, protocol, split), "k": int(train["knn_k"]),
             "graph": config.get("graph") or {}}
 
@@ -275,8 +320,9 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
     if method == "kmeans_transductive":
         return kmeans_transductive_spec(config, backbone, train, seed, evaluation)
     ds = dataset_spec(config, dataset)
+    settings = nondefault_settings(method, train, default_train(config, dataset))
     spec: dict[str, Any] = {
-        "run": run_id(method, backbone, train, seed), "method": method, "seed": seed,
+        "run": run_id(method, backbone, train, seed, settings=settings), "method": method, "seed": seed,
         "dataset": dataset, "backbone": backbone,
         "dataset_spec": {**source_spec(config, dataset), "train_split": ds["train_split"], "train_view": ds["train_view"]},
         "backbone_spec": backbone_spec(config, backbone),
@@ -295,7 +341,9 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
         spec["heldout"] = heldout_features(config, dataset, backbone)
     if method == "nes_star":
         spec["kmeans"] = config["kmeans"]
-        spec["nes_run"] = run_id("nes", backbone, train, seed)
+        spec["nes_run"] = run_id("nes", backbone, train, seed, settings=settings)
+    if settings:  # only runs off the defaults carry it (default runs' params stay as they were)
+        spec["settings"] = settings_label(settings)
     return spec
 
 
@@ -322,8 +370,9 @@ def spectral_spec(config: dict, train_dataset: str, backbone: str, method: str, 
     split labelled through their Nystrom extension. Both live under the evaluated dataset."""
     dataset, protocol = _evaluated(method, evaluation)
     view = {k: v for k, v in view_config(config, dataset, protocol).items() if k not in ("labels", "crf")}
+    settings = nondefault_settings(method, train, default_train(config, train_dataset))
     spec = {
-        "run": run_id(method, backbone, train, seed, protocol), "method": method, "seed": seed,
+        "run": run_id(method, backbone, train, seed, protocol, settings), "method": method, "seed": seed,
         "dataset": dataset, "backbone": backbone,
         "dataset_spec": {**source_spec(config, dataset), "train_split": dataset_spec(config, dataset)["eval_split"], "train_view": view},
         "backbone_spec": backbone_spec(config, backbone), "evaluation": f"{dataset}-{protocol}",
@@ -336,6 +385,8 @@ def spectral_spec(config: dict, train_dataset: str, backbone: str, method: str, 
         spec["eigen"] = spec["nystrom"]["eigen"]
     spec["features"] = spec["eigen"]["features"]
     spec["train"] = {"K": spec["eigen"]["K"], "alpha": spec["eigen"]["alpha"]}
+    if settings:
+        spec["settings"] = settings_label(settings)
     return spec
 
 
@@ -379,8 +430,8 @@ def all_runs(config: dict) -> dict[tuple[str, str], dict]:
         for spec in grid_runs(config, grid):
             key = (spec["dataset"], spec["run"])
             if key in runs and runs[key] != spec:
-                raise InputError(f"tables: run {spec['run']} is declared twice with different parameters "
-                                 f"(e.g. epochs differ between tables but are not part of the run id)")
+                differ = sorted(k for k in {**spec, **runs[key]} if spec.get(k) != runs[key].get(k))
+                raise InputError(f"tables: run {spec['run']} is declared twice with different parameters ({', '.join(differ)})")
             runs[key] = spec
     return runs
 

@@ -21,9 +21,10 @@ import pandas as pd
 SCORES = ["acc", "miou", "miou_hungarian"]
 ALIGNMENT = ["capture", "onehot_cos", "perplexity", "logit_cos", "logit_cos_random"]
 COSTS = ["graph_s", "graph_mb", "train_s", "train_mb"]
-RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "seed", "split",
+RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "settings", "seed", "split",
                "crf", *SCORES, *ALIGNMENT, *COSTS, "run"]
-SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "crf"]
+# `settings`: every other setting a run has off the defaults (`epochs=10 knn_k=64`; "" for default runs)
+SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "settings", "crf"]
 METHOD_NAMES = {"kmeans": "K-means", "kmeans_transductive": "K-means (transductive)", "nes": "Ours", "nes_star": "Ours*",
                 "spectral": "Spectral (exact, transductive)", "spectral_inductive": "Spectral (exact, Nystrom)"}
 
@@ -62,12 +63,13 @@ def build_runs(metric_files: list[Path], alignment_files: list[Path] = ()) -> pd
         raise ValueError(f"alignments without metrics beside them: {', '.join(map(str, sorted(unmatched)))}")
     rows = [row for f in metric_files for row in rows_from_metrics(f, alignments)]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    df["settings"] = df["settings"].fillna("")  # metrics written before runs carried it
     for col in SCORES:
         df[col] = (100 * df[col].astype(float)).round(2)  # percent, as in the paper
     for col in (*ALIGNMENT, *COSTS):
         df[col] = df[col].astype(float)
     df[ALIGNMENT] = df[ALIGNMENT].round(3)
-    return df.sort_values(["backbone", "method", "K", "alpha", "beta", "graph", "crf", "seed"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["backbone", "method", "K", "alpha", "beta", "graph", "settings", "crf", "seed"], kind="stable").reset_index(drop=True)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -85,14 +87,14 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Methods as rows; backbone and swept parameters as leading columns only where they vary."""
-    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta", "graph") if table[c].nunique() > 1]
+    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta", "graph", "settings") if table[c].nunique() > 1]
     # alignment where measured; costs where a dataset-wide graph was built (the graph tables)
     trailing = [c for c in ALIGNMENT if table[c].notna().any()]
     trailing += COSTS if table["graph_s"].notna().any() or "spectral_inductive" in set(table["method"]) else []
     header = [*varying, "method", "CRF", "seeds", "Acc", "mIoU", "mIoU (Hungarian)", *(TRAILING_NAMES[c] for c in trailing)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        lead = [_cell(row[c]) for c in varying]
+        lead = [(row[c] or "defaults") if c == "settings" else _cell(row[c]) for c in varying]
         cells = [f"{row[f'{c}_mean']:.1f} ± {row[f'{c}_std']:.1f}" for c in SCORES]
         lines.append("| " + " | ".join([*lead, METHOD_NAMES.get(row["method"], row["method"]),
                                         "yes" if row["crf"] else "no", str(row["seeds"]), *cells,

@@ -40,6 +40,64 @@ def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
     assert star["nes_run"] == star["run"].replace("nes_star-", "nes-")
 
 
+# a value off the demo defaults for every sweepable training key (the schema lists them)
+OTHER_VALUES = {"K": 64, "epochs": 10, "batch_size": 16, "lr": 3.0e-3, "lr_min": 0.0, "tau_max": 2.0, "tau_min": 0.1,
+                "beta": 0.5, "t": 0.1, "alpha": 0.0, "knn_k": 64, "pixel_knn": [[20, 2.0], [10, 0.1]], "depth": 3,
+                "heads": 18, "dim_head": 32, "mlp_ratio": 1.0, "graph": "dataset", "monitor": 0}
+
+
+# the training keys each method's result depends on (psi's: all of them)
+DEPENDS_ON = {"kmeans": {"K"}, "kmeans_transductive": {"K"}, "spectral": {"K", "alpha", "pixel_knn"},
+              "spectral_inductive": {"K", "alpha", "pixel_knn", "knn_k"}}
+
+
+def test_a_sweep_over_any_training_key_keeps_every_value(config):
+    """Every sweepable key: the default value keeps its short id, the other value is another run
+    whose id and table setting name it; methods that do not depend on the key stay one run."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    sweepable = schema["$defs"]["sweep"]["propertyNames"]["enum"]
+    assert set(sweepable) == set(OTHER_VALUES)
+    methods = ["kmeans", "kmeans_transductive", "spectral", "spectral_inductive", "nes", "nes_star"]
+    default = {s["method"]: s["run"] for s in _sweep(config, "K", [config["train"]["K"]], methods)}
+    assert default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
+    for key in sweepable:
+        specs = _sweep(config, key, [config["train"][key], OTHER_VALUES[key]], methods)
+        for method in methods:
+            runs = [s for s in specs if s["method"] == method]
+            depends = key in DEPENDS_ON.get(method, {key})
+            assert len(runs) == (2 if depends else 1), (key, method, [s["run"] for s in runs])
+            assert default[method] in {s["run"] for s in runs}, (key, method)
+            if depends and key not in ("K", "alpha", "beta", "graph"):
+                (other,) = [s for s in runs if s["run"] != default[method]]
+                assert key in other["run"] and other["settings"].startswith(f"{key}="), other["run"]
+        star = next(s for s in specs if s["method"] == "nes_star" and s["run"] != default["nes_star"])
+        assert star["nes_run"] == star["run"].replace("nes_star-", "nes-")
+    # readable ids: pixel_knn's pairs, floats as written
+    runs = {s["run"] for s in _sweep(config, "pixel_knn", [[[20, 2.0], [10, 0.1]]], ["nes"])}
+    assert runs == {"nes-lite0-K128-a0.3-b0.16-pixel_knn20x2_10x0.1-s0"}
+    specs = _sweep(config, "lr", [3.0e-3], ["nes", "spectral_inductive"])
+    assert {s["run"] for s in specs} == {"nes-lite0-K128-a0.3-b0.16-lr0.003-s0", "spectral_inductive-lite0-K128-a0.3-native-s0"}
+    # the Nystrom extension depends on knn_k: each value its own file
+    paths = {s["nystrom"]["path"] for s in _sweep(config, "knn_k", [256, 64], ["spectral_inductive"])}
+    assert paths == {"results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz",
+                     "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3-knn_k64.npz"}
+
+
+def test_a_table_override_off_the_defaults_is_its_own_run(config):
+    """Two tables training with other epochs are two runs (before, the second silently reused
+    the first's id)."""
+    config["tables"]["camvid"]["long"] = {"backbones": ["lite0"], "seeds": [0], "methods": ["nes"], "train": {"epochs": 10}}
+    long = table_runs(config, "camvid", "long")
+    assert [s["run"] for s in long] == ["nes-lite0-K128-a0.3-b0.16-epochs10-s0"] and long[0]["settings"] == "epochs=10"
+    assert "settings" not in table_runs(config, "camvid", "table1")[0]  # default runs' params as before
+    all_runs(config)  # no clash with table1's default run
+
+
+def _sweep(config, key, values, methods):
+    config["tables"] = {"camvid": {"t": {"backbones": ["lite0"], "seeds": [0], "methods": methods, "sweep": {key: values}}}}
+    return table_runs(config, "camvid", "t")
+
+
 def test_paper_tables_share_runs_across_tables_and_protocols(config):
     """Table 1 (protocol A) and Table 3 (protocol B) evaluate the same ViT-S runs; beta: null and
     beta 0.08 at K = 256 are one run; the zero-shot table trains on the image folder."""
@@ -156,6 +214,17 @@ def test_markdown_shows_the_swept_parameter(tmp_path):
     md = to_markdown(write_table(files, tmp_path / "t.csv"))
     assert md.splitlines()[0].startswith("| alpha | method |")
     assert "| 0 | Ours |" in md and "| 0.3 | Ours |" in md
+
+
+def test_runs_off_the_defaults_are_rows_of_their_own(tmp_path):
+    """Seeds of one setting are averaged; a run with other epochs is another row, not a seed."""
+    files = [_metrics(tmp_path, f"nes-s{seed}", seed=seed, acc=0.5, miou=0.4 + seed / 10, miou_hungarian=0.3) for seed in (0, 1)]
+    files.append(_metrics(tmp_path, "nes-epochs10-s0", seed=0, settings="epochs=10", acc=0.6, miou=0.7, miou_hungarian=0.3))
+    table = write_table(files, tmp_path / "t.csv")
+    assert sorted(zip(table["settings"], table["seeds"])) == [("", 2), ("epochs=10", 1)]
+    md = to_markdown(table)
+    assert md.splitlines()[0].startswith("| settings | method |")
+    assert "| defaults | Ours | no | 2 |" in md and "| epochs=10 | Ours | no | 1 | 60.0 ± 0.0 | 70.0 ± 0.0 |" in md
 
 
 def test_alignment_and_costs_join_the_rows(tmp_path):
