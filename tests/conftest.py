@@ -1,4 +1,4 @@
-"""Shared fixtures: CamVid from ../shared (or data/camvid), small backbones."""
+"""Shared fixtures: CamVid and MSRC-21 from ../shared (or data/), small backbones."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ def camvid_root() -> Path:
         return resolve_data_root("camvid", "auto")
     except InputError as exc:
         pytest.fail(f"CamVid is required for these tests: {exc}")
+
+
+@pytest.fixture(scope="session")
+def msrc_root() -> Path:
+    for cand in ("data/msrc", "../shared/datasets/msrc"):
+        if (REPO / cand).is_dir():
+            return REPO / cand
+    pytest.fail("MSRC-21 is required for these tests: put it in data/msrc or ../shared/datasets/msrc")
 
 
 @pytest.fixture(scope="session")

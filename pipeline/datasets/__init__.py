@@ -11,12 +11,14 @@ from .base import Dataset, Sample, read_label, read_rgb
 from .camvid import load_camvid
 from .cityscapes import load_cityscapes
 from .folder import load_folder
+from .msrc import load_msrc
 from .pascal import load_pascal_context
 
-ADAPTERS = ("camvid", "pascal", "cityscapes", "ade20k", "folder")
+ADAPTERS = ("camvid", "msrc", "pascal", "cityscapes", "ade20k", "folder")
 # where `data_root: auto` looks, by adapter, first hit wins (relative to the working directory)
 AUTO_ROOTS = {
     "camvid": ["data/camvid", "../shared/datasets/camvid"],
+    "msrc": ["data/msrc", "../shared/datasets/msrc"],
     "pascal": ["data/pascal_context", "data/VOCdevkit"],
     "cityscapes": ["data/cityscapes"],
     "ade20k": ["data/ade20k", "data/ADEChallengeData2016"],
@@ -47,6 +49,8 @@ def load_dataset(spec: dict[str, Any], split: str, labels: str | None = None) ->
     root = resolve_data_root(spec.get("name", adapter), spec.get("data_root", "auto"), adapter)
     if adapter == "camvid":
         ds = load_camvid(root, split)
+    elif adapter == "msrc":
+        ds = load_msrc(root, split)
     elif adapter == "pascal":
         ds = load_pascal_context(root, split, labels or "context59")
     elif adapter == "cityscapes":
