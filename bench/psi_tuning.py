@@ -48,7 +48,7 @@ from pipeline.runtime import resolve_device
 from pipeline.views import View
 
 FIELDS = ["backbone", "setting", "method", "seed", "device", "steps", "s_per_step", "fit_s", "heldout_psi", "heldout_spectral",
-          "capture_ratio", "batch_psi_last", "acc", "miou", "miou_hungarian"]
+          "capture_ratio", "batch_psi_last", "same_image", "usage", "acc", "miou", "miou_hungarian"]
 METHODS = ("nes", "nes_star", "kmeans")
 
 
@@ -146,13 +146,17 @@ def main() -> None:
 
 
 def training_summary(run_dir: Path) -> dict:
-    """Steps, time per step and the last capture checkpoint (held-out val kernel, training batch)."""
+    """Steps, time per step, the last capture checkpoint (held-out val kernel, training batch), the
+    mean same-image share of the batches' feature graphs and the clusters in use at the end."""
     log = list(csv.DictReader(open(run_dir / "train_log.csv")))
+    tail = log[-max(1, len(log) // 10):]
     last = list(csv.DictReader(open(run_dir / "capture_log.csv")))[-1]
     return {"steps": len(log), "s_per_step": round(float(log[-1]["seconds"]) / len(log), 3),
             "heldout_psi": round(float(last["heldout_psi"]), 4), "heldout_spectral": round(float(last["heldout_spectral"]), 4),
             "capture_ratio": round(float(last["heldout_psi"]) / float(last["heldout_spectral"]), 3),
-            "batch_psi_last": round(float(last["batch_psi"]), 4)}
+            "batch_psi_last": round(float(last["batch_psi"]), 4),
+            "same_image": round(sum(float(r["same_image"]) for r in log) / len(log), 3),
+            "usage": round(sum(float(r["usage"]) for r in tail) / len(tail), 1)}
 
 
 if __name__ == "__main__":

@@ -29,12 +29,15 @@ from .cache import FeatureCache
 from .eigenfunctions import default_beta, neuralef_objective, training_output
 from .errors import InputError
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
+from .graph.spectral import perplexity
 from .models import RunModel, build_psi
 from .monitor import CaptureMonitor
 from .runtime import progress, save_torch_atomic, seed_everything
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds")
+# same_image: share of the batch's feature-graph weight inside single images (dataset-wide graph
+# batches: nan); usage: clusters in effective use by psi's argmax on the batch (perplexity)
+LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "same_image", "usage", "seconds")
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_SECONDS = 300
 
@@ -127,7 +130,9 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
             optimiser.step()
             monitor(step, psi, logits, kernel)
             rows.append({"step": step, "epoch": epoch, "loss": objective.loss.item(), "trace": objective.trace.item(),
-                         "penalty": objective.penalty.item(), "tau": tau, "lr": lr, "seconds": time.time() - started})
+                         "penalty": objective.penalty.item(), "tau": tau, "lr": lr,
+                         "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
+                         "usage": cluster_usage(logits.detach()), "seconds": time.time() - started})
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
             bar.update()
             epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
@@ -144,6 +149,11 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     monitor.write(out_dir)
     log.info("trained in %.1f s", time.time() - started)
     return model
+
+
+def cluster_usage(logits: torch.Tensor) -> float:
+    """Perplexity of the argmax clusters: how many of the K outputs are in effective use."""
+    return perplexity(torch.bincount(logits.argmax(dim=1).cpu()).numpy())
 
 
 def save_checkpoint(path: Path, fingerprint: str, step: int, psi: torch.nn.Module, optimiser: torch.optim.Optimizer,
@@ -206,10 +216,12 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
-    for ax, key in zip(axes, ("loss", "trace", "penalty", "tau")):
-        ax.plot(steps, [r[key] for r in rows])
-        ax.set_title({"trace": "trace(R) / K", "penalty": "sum_{i<j} R^_ij^2 / K"}.get(key, key))
+    keys = ("loss", "trace", "penalty", "tau", "usage", "same_image")
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, key in zip(axes, keys):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+        ax.set_title({"trace": "trace(R) / K", "penalty": "sum_{i<j} R^_ij^2 / K", "usage": "clusters in use (perplexity)",
+                      "same_image": "feature-graph weight in one image"}.get(key, key))
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.graph.batch import build_kernel, feature_graph, knn_cosine, pixel_graph
+from pipeline.graph.batch import BatchKernel, build_kernel, feature_graph, knn_cosine, pixel_graph
 
 
 def dense_reference(high, pixels, k, alpha, pixel_knn):
@@ -92,3 +92,11 @@ def test_kernel_gradient_equals_dense_gradient():
     grad_sparse = torch.autograd.grad(((kernel @ x) * w).sum(), x)[0]
     grad_dense = torch.autograd.grad(((dense @ x) * w).sum(), x)[0]
     torch.testing.assert_close(grad_sparse, grad_dense, atol=1e-5, rtol=1e-5)
+
+
+def test_same_image_share_by_hand():
+    """Two images of two tokens: weight 1 + 1 inside image 0, 2 inside image 1, 0.5 + 0.5 across."""
+    dense = torch.tensor([[0, 1, 0.5, 0], [1, 0, 0, 0], [0.5, 0, 0, 2], [0, 0, 2, 0]])
+    kernel = BatchKernel(dense.to_sparse_csr(), None, 0.0)
+    assert kernel.same_image_share(2) == pytest.approx(6 / 7)
+    assert kernel.same_image_share(1) == pytest.approx(0.0)  # every token its own image: no edge inside one

@@ -32,6 +32,8 @@ def test_same_seed_same_model_other_seed_other_model(tiny_cache, tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
     log = np.genfromtxt(tmp_path / "r0" / "train_log.csv", delimiter=",", names=True)
     assert len(log) == 4 and log["epoch"].tolist() == [0, 0, 1, 1]
+    # diagnostics: the share of feature-graph weight inside images, the clusters in use (1 to K = 6)
+    assert np.all((log["same_image"] > 0) & (log["same_image"] <= 1)) and np.all((log["usage"] >= 1) & (log["usage"] <= 6))
 
 
 def test_cosine_schedule_end_points():

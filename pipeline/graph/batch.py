@@ -44,6 +44,16 @@ class BatchKernel:
             out = out + self.alpha * _SymmetricMatmul.apply(self.pixel, x)
         return out
 
+    @torch.no_grad()
+    def same_image_share(self, tokens_per_image: int) -> float:
+        """Share of the feature graph's weight on edges inside one image (tokens are laid out image
+        by image): 1/B would be chance; near 1 the batch's kernel barely links images."""
+        counts = self.feature.crow_indices().diff()
+        rows = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+        values = self.feature.values()
+        same = rows // tokens_per_image == self.feature.col_indices() // tokens_per_image
+        return float(values[same].sum() / values.sum().clamp_min(1e-12))
+
     def to_dense(self) -> torch.Tensor:
         """For tests and small references only."""
         dense = self.feature.to_dense()

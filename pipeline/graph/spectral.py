@@ -68,6 +68,13 @@ def eigenvalue_capture(functions: np.ndarray, g: sp.spmatrix, top_values: np.nda
     return float(np.sum(q * (g @ q)) / np.sum(top_values))
 
 
+def perplexity(counts: np.ndarray) -> float:
+    """exp(entropy) of cluster sizes: the number of equally used clusters with the same entropy."""
+    counts = np.asarray(counts, dtype=np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def partition_measures(labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarray,
                        eigenvectors: np.ndarray | None = None) -> dict[str, float]:
     """How well a hard partition of the tokens (one cluster id per token) serves G.
@@ -86,8 +93,7 @@ def partition_measures(labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarra
     used, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     y = sp.csr_matrix((1.0 / np.sqrt(counts[inverse]), (np.arange(len(labels)), inverse)), shape=(len(labels), len(used)))
     association = float((y.multiply(g @ y)).sum())
-    p = counts / counts.sum()
-    out = {"capture": association / float(np.sum(top_values)), "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+    out = {"capture": association / float(np.sum(top_values)), "perplexity": perplexity(counts),
            "clusters": int(len(used))}
     if eigenvectors is not None:
         out["onehot_cos"] = eigen_alignment(y.toarray(), eigenvectors)["principal_cos"]
