@@ -82,6 +82,17 @@ def training_output(logits: torch.Tensor, tau: float) -> torch.Tensor:
     return y / y.norm(dim=0, keepdim=True).clamp_min(1.0)
 
 
+def centre_per_image(psi: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
+    """Psi minus each image's mean over its tokens (rows laid out image by image): P Psi with P the
+    projection off the per-image constant functions, so the objective learns the top
+    eigenfunctions of P G P. A batch kernel whose feature graph stays mostly inside images leads
+    its spectrum with image indicators, which differ from batch to batch; this removes them.
+    Beyond the paper (`train.image_centred`)."""
+    n, k = psi.shape
+    per_image = psi.reshape(n // tokens_per_image, tokens_per_image, k)
+    return (per_image - per_image.mean(dim=1, keepdim=True)).reshape(n, k)
+
+
 def test_logits(psi: Psi, x: torch.Tensor, tau_min: float) -> torch.Tensor:
     """At test time Gumbel and normalisation are removed: logits = head(hidden) / tau_min."""
     return psi(x) / tau_min

@@ -93,6 +93,9 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
 # training keys named in every id of a method (K, alpha, beta, graph), and the further keys each
 # method's result depends on: any of those that differs from the dataset's defaults joins the id
 ID_KEYS = ("K", "alpha", "beta", "graph")
+# switches beyond the paper: absent from config/config.yaml and from the specs of runs that leave
+# them at this value, so adding one changes no existing run's parameters
+OPTIONAL_TRAIN = {"image_centred": False}
 DEPENDS_ON: dict[str, tuple[str, ...] | None] = {
     "kmeans": (), "kmeans_transductive": (),
     "spectral": ("pixel_knn",), "spectral_inductive": ("pixel_knn", "knn_k"),
@@ -115,7 +118,7 @@ def nondefault_settings(method: str, train: dict, defaults: dict) -> dict[str, A
     defaults (and are not already in every id): a sweep over any of them keeps every value."""
     wanted = DEPENDS_ON[method]
     keys = sorted(k for k in train if k not in ID_KEYS) if wanted is None else sorted(wanted)
-    return {k: train[k] for k in keys if k in train and train[k] != defaults.get(k)}
+    return {k: train[k] for k in keys if k in train and train[k] != defaults.get(k, OPTIONAL_TRAIN.get(k))}
 
 
 def settings_suffix(settings: dict[str, Any]) -> str:
@@ -334,7 +337,8 @@ def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dic
         spec["kmeans"] = config["kmeans"]
     else:
         # canonical values: beta: null and beta: 0.08 at K = 256 are the same run
-        spec["train"] = {**train, "beta": round(resolved_beta(train), 6), "alpha": float(train["alpha"])}
+        kept = {k: v for k, v in train.items() if not (k in OPTIONAL_TRAIN and v == OPTIONAL_TRAIN[k])}
+        spec["train"] = {**kept, "beta": round(resolved_beta(train), 6), "alpha": float(train["alpha"])}
     if method == "nes" and train.get("graph", "batch") == "dataset":
         spec["graph"] = graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
     if method == "nes" and train.get("monitor"):

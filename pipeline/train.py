@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .cache import FeatureCache
-from .eigenfunctions import default_beta, neuralef_objective, training_output
+from .eigenfunctions import centre_per_image, default_beta, neuralef_objective, training_output
 from .errors import InputError
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .graph.spectral import perplexity
@@ -124,7 +124,10 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
             for group in optimiser.param_groups:
                 group["lr"] = lr
             logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
-            objective = neuralef_objective(training_output(logits, tau), kernel, beta, float(cfg["t"]))
+            outputs = training_output(logits, tau)
+            if cfg.get("image_centred"):
+                outputs = centre_per_image(outputs, h * w)
+            objective = neuralef_objective(outputs, kernel, beta, float(cfg["t"]))
             optimiser.zero_grad(set_to_none=True)
             objective.loss.backward()
             optimiser.step()

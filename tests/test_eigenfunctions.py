@@ -122,3 +122,27 @@ def test_linear_attention_scales_queries_after_their_softmax():
     x[..., 0] = 1.0
     out = attn(x)
     torch.testing.assert_close(out, torch.full_like(out, 16 ** -0.5))
+
+
+def test_image_centring_is_the_objective_of_the_projected_kernel():
+    """Centred outputs have zero mean in every image, and the objective on them is the objective
+    of P G P on the raw outputs (P: projection off the per-image constants), so an image
+    indicator earns nothing."""
+    from pipeline.eigenfunctions import centre_per_image
+
+    torch.manual_seed(0)
+    images, tokens, k = 3, 5, 4
+    n = images * tokens
+    a = torch.rand(n, n)
+    g = (a + a.T) / 2
+    psi = torch.rand(n, k)
+    centred = centre_per_image(psi, tokens)
+    torch.testing.assert_close(centred.reshape(images, tokens, k).mean(1), torch.zeros(images, k), atol=1e-6, rtol=0)
+    blocks = torch.block_diag(*[torch.full((tokens, tokens), 1 / tokens)] * images)
+    p = torch.eye(n) - blocks
+    ours = neuralef_objective(centred, g, beta=0.5)
+    projected = neuralef_objective(psi, p @ g @ p, beta=0.5)
+    torch.testing.assert_close(ours.loss, projected.loss)
+    indicator = torch.zeros(n, 1)
+    indicator[tokens:2 * tokens] = 1
+    assert neuralef_objective(centre_per_image(indicator, tokens), g, beta=0.5).trace.abs() < 1e-6

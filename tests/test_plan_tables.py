@@ -43,7 +43,7 @@ def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
 # a value off the demo defaults for every sweepable training key (the schema lists them)
 OTHER_VALUES = {"K": 64, "epochs": 10, "batch_size": 16, "lr": 3.0e-3, "lr_min": 0.0, "tau_max": 2.0, "tau_min": 0.1,
                 "beta": 0.5, "t": 0.1, "alpha": 0.0, "knn_k": 64, "pixel_knn": [[20, 2.0], [10, 0.1]], "depth": 3,
-                "heads": 18, "dim_head": 32, "mlp_ratio": 1.0, "graph": "dataset", "monitor": 0}
+                "heads": 18, "dim_head": 32, "mlp_ratio": 1.0, "graph": "dataset", "monitor": 0, "image_centred": True}
 
 
 # the training keys each method's result depends on (psi's: all of them)
@@ -61,7 +61,7 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     default = {s["method"]: s["run"] for s in _sweep(config, "K", [config["train"]["K"]], methods)}
     assert default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
     for key in sweepable:
-        specs = _sweep(config, key, [config["train"][key], OTHER_VALUES[key]], methods)
+        specs = _sweep(config, key, [config["train"].get(key, False), OTHER_VALUES[key]], methods)
         for method in methods:
             runs = [s for s in specs if s["method"] == method]
             depends = key in DEPENDS_ON.get(method, {key})
