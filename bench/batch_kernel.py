@@ -13,7 +13,6 @@ that stays inside single images.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from pathlib import Path
 
@@ -31,16 +30,10 @@ from pipeline.monitor import kernel_to_scipy
 from pipeline.graph.spectral import spectral_embedding, top_eigenvectors
 from pipeline.views import View
 
-from cluster_spread import token_labels
+from cluster_spread import purity, token_labels
+from common import append_rows
 
 FIELDS = ["dataset", "setting", "batch_size", "knn_k", "alpha", "K", "batches", "same_image", "purity_spectral", "purity_kmeans"]
-
-
-def purity(clusters: np.ndarray, labels: np.ndarray, k: int, c: int) -> float:
-    keep = labels >= 0
-    counts = np.zeros((k, c))
-    np.add.at(counts, (clusters[keep], labels[keep]), 1)
-    return float(counts.max(1).sum() / counts.sum())
 
 
 def nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -91,13 +84,7 @@ def main() -> None:
                      "purity_spectral": round(float(np.mean(spec_p)), 3), "purity_kmeans": round(float(np.mean(km_p)), 3)})
         print(rows[-1], flush=True)
     if args.out:
-        out = Path(args.out)
-        new = not out.exists()
-        with open(out, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_rows(args.out, FIELDS, rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ evaluation split (val only), from its token-level clusters:
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from pipeline.datasets import load_dataset
 from pipeline.graph.spectral import perplexity
 from pipeline.models import RunModel
 from pipeline.views import View
+
+from common import append_rows
 
 FIELDS = ["run", "method", "K", "clusters_used", "purity", "images_per_cluster", "groups_per_cluster", "clusters_per_image"]
 
@@ -58,6 +59,20 @@ def token_labels(dataset, view: View, grid: tuple[int, int]) -> np.ndarray:
         tok = pooled[:c].argmax(0)
         out.append(np.where(pooled[:c].sum(0) > 0.5, tok, -1))
     return np.stack(out)
+
+
+def class_counts(clusters: np.ndarray, labels: np.ndarray, k: int, c: int) -> np.ndarray:
+    """(K, C) token counts of each cluster and class; tokens labelled -1 (no class) left out."""
+    keep = labels >= 0
+    counts = np.zeros((k, c))
+    np.add.at(counts, (clusters[keep], labels[keep]), 1)
+    return counts
+
+
+def purity(clusters: np.ndarray, labels: np.ndarray, k: int, c: int) -> float:
+    """Share of labelled tokens whose cluster's majority class is theirs."""
+    counts = class_counts(clusters, labels, k, c)
+    return float(counts.max(1).sum() / counts.sum())
 
 
 def spread(counts: np.ndarray) -> float:
@@ -93,22 +108,13 @@ def main() -> None:
         np.add.at(by_image, (clusters, images), 1)
         by_group = np.zeros((k, groups.max() + 1))
         np.add.at(by_group, (clusters, groups), 1)
-        labelled = labels >= 0
-        by_class = np.zeros((k, dataset.num_classes))
-        np.add.at(by_class, (clusters[labelled], labels[labelled]), 1)
         rows.append({"run": model.config["run"], "method": model.method, "K": k, "clusters_used": int((by_image.sum(1) > 0).sum()),
-                     "purity": round(by_class.max(1).sum() / by_class.sum(), 3),
+                     "purity": round(purity(clusters, labels, k, dataset.num_classes), 3),
                      "images_per_cluster": round(spread(by_image), 1), "groups_per_cluster": round(spread(by_group), 2),
                      "clusters_per_image": round(spread(by_image.T), 1)})
         print(rows[-1], flush=True)
     if args.out:
-        out = Path(args.out)
-        new = not out.exists()
-        with open(out, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_rows(args.out, FIELDS, rows)
 
 
 if __name__ == "__main__":

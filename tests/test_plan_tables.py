@@ -257,3 +257,16 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
     assert ("| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.500 | 0.700 | 50.5 | 0.800 | 0.400 | 100 | 4000 "
             "| 50 | 2000 |") in md
     assert "| exact | Spectral (exact, transductive) | no | 1 |" in md
+
+
+def test_msrc_tables_train_on_their_batch_and_score_both_protocols(config):
+    """MSRC-21's table1 and verdict: protocol A, its own training defaults (32 images x 20 epochs)
+    under the short ids, and K = 21 runs beside K = 128 for the STEGO family's protocol."""
+    t1 = {s["run"]: s for s in table_runs(config, "msrc", "table1")}
+    nes = t1["nes-lite0-K128-a0.3-b0.16-s0"]
+    assert (nes["train"]["batch_size"], nes["train"]["epochs"]) == (32, 20) and "settings" not in nes
+    assert nes["features"] == "results/msrc/features/lite0/train/train.json"
+    assert table_evaluation(config, "msrc", "table1") == "msrc-A"
+    verdict = {s["run"] for s in table_runs(config, "msrc", "verdict")}
+    assert {"kmeans-dinov2_s14-K21-s2", "nes-lite0-K21-a0.3-b0.975238-s0", "spectral_inductive-lite0-K21-a0.3-A-s1"} <= verdict
+    assert len(verdict) == 2 * 6 * 3 * 2

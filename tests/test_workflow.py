@@ -50,8 +50,8 @@ def workflow(tmp_path_factory, camvid_root):
 
 def test_table_has_every_method_with_sane_scores(workflow):
     runs = pd.read_csv(workflow["results"] / "camvid" / "table1_runs.csv")
-    assert list(runs.columns[:10]) == ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph",
-                                       "seed"]
+    assert list(runs.columns[:11]) == ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph",
+                                       "settings", "seed"]
     assert sorted(runs["method"]) == ["kmeans", "nes", "nes_star"]
     assert (runs["split"] == "val").all() and (runs["K"] == 8).all() and (runs["protocol"] == "native").all()
     for col in ("acc", "miou", "miou_hungarian"):
@@ -68,7 +68,8 @@ def test_run_directories_hold_what_they_need(workflow):
     runs = workflow["results"] / "camvid" / "runs"
     nes = next(runs.glob("nes-*"))
     log = pd.read_csv(nes / "train_log.csv")
-    assert list(log.columns) == ["step", "epoch", "loss", "trace", "penalty", "tau", "lr", "seconds"]
+    assert list(log.columns) == ["step", "epoch", "loss", "trace", "penalty", "tau", "lr", "same_image", "usage", "seconds"]
+    assert log["same_image"].between(0, 1).all() and log["usage"].between(1, 8).all()
     assert log["tau"].iloc[0] == pytest.approx(1.0) and np.isfinite(log["loss"]).all()
     assert Image.open(nes / "loss.png").size[0] > 100
     # capture of the kernel against exact spectral clustering at the monitor's checkpoints
