@@ -23,11 +23,11 @@ import yaml
 
 from pipeline.cache import FeatureCache
 from pipeline.clustering import centre_logits, fit_kmeans
-from pipeline.configcheck import check_files
 from pipeline.datasets import load_dataset
 from pipeline.graph.batch import build_kernel
-from pipeline.monitor import kernel_to_scipy
 from pipeline.graph.spectral import spectral_embedding, top_eigenvectors
+from pipeline.monitor import kernel_to_scipy
+from pipeline.plan import check_files
 from pipeline.views import View
 
 from cluster_spread import purity, token_labels

@@ -27,10 +27,9 @@ import torch.nn.functional as F
 from pipeline import metrics as M
 from pipeline.cache import FeatureCache
 from pipeline.clustering import fit_kmeans
-from pipeline.configcheck import check_files
 from pipeline.datasets import load_dataset
 from pipeline.evaluate import summarise
-from pipeline.plan import TRAIN_VIEW, features_path
+from pipeline.plan import TRAIN_VIEW, check_files, features_path
 from pipeline.views import View
 
 from cluster_spread import token_labels

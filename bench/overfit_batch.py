@@ -22,11 +22,11 @@ import torch
 import yaml
 
 from pipeline.cache import FeatureCache
-from pipeline.configcheck import check_files
 from pipeline.eigenfunctions import default_beta, neuralef_objective, training_output
 from pipeline.graph.batch import build_kernel
 from pipeline.models import build_psi
 from pipeline.monitor import KernelReference
+from pipeline.plan import check_files
 from pipeline.runtime import seed_everything
 from pipeline.train import cosine
 

@@ -39,11 +39,10 @@ import torch
 import yaml
 
 from pipeline.cache import MARKER, FeatureCache
-from pipeline.configcheck import check_files
 from pipeline.datasets import load_dataset
 from pipeline.evaluate import cached_predictions, evaluate
 from pipeline.fit import fit_run
-from pipeline.plan import TRAIN_VIEW, default_train, extraction_spec, features_path, make_spec, source_spec
+from pipeline.plan import TRAIN_VIEW, check_files, default_train, extraction_spec, features_path, make_spec, source_spec
 from pipeline.runtime import resolve_device
 from pipeline.views import View
 

@@ -235,3 +235,8 @@ class FeatureCache:
     def plain_items(self) -> np.ndarray:
         """Item indices of the un-augmented view of every image, in image order."""
         return np.flatnonzero(self.view == 0)
+
+
+def cache_for(manifest: str | Path) -> FeatureCache:
+    """The Zarr cache that sits beside a features manifest (`{split}.json` -> `{split}.zarr`)."""
+    return FeatureCache(Path(manifest).with_suffix(".zarr"))

@@ -60,7 +60,7 @@ def cmd_gather(args: argparse.Namespace) -> None:
 
 def cmd_graph(args: argparse.Namespace) -> None:
     """Dataset-wide k-NN graph over every token of a cached split (rule `build_graph`)."""
-    from .fit import cache_for
+    from .cache import cache_for
     from .runtime import measured, write_json_atomic
     from .graph.dataset import build_dataset_graph
 
@@ -77,7 +77,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
 
 def cmd_eigen(args: argparse.Namespace) -> None:
     """Top-K eigenpairs of a cached split's G (rule `eigenvectors`)."""
-    from .fit import cache_for
+    from .cache import cache_for
     from .graph.reference import eigen_reference
     from .graph.spectral import write_eigen_reference
 
@@ -103,7 +103,7 @@ def cmd_nystrom(args: argparse.Namespace) -> None:
 def cmd_align(args: argparse.Namespace) -> None:
     """How well a run's partition serves the evaluated split's G, and psi's alignment with its
     exact eigenvectors (rule `align`)."""
-    from .fit import cache_for
+    from .cache import cache_for
     from .models import RunModel
     from .graph.reference import run_alignment
     from .runtime import write_json_atomic
@@ -124,7 +124,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_dataset
     from .evaluate import backbone_for, cached_predictions, evaluate, live_predictions
-    from .fit import cache_for
+    from .cache import cache_for
     from .models import RunModel
     from .plan import resolved_beta
     from .runtime import resolve_device, write_json_atomic
@@ -273,7 +273,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
-    from .configcheck import check_files
+    from .plan import check_files
     from .plan import all_tables
 
     config = check_files(args.files, args.default)

@@ -75,18 +75,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
-
-
-def check_files(paths: list[str | Path], default: str | Path = SCHEMA.parents[2] / "config" / "config.yaml") -> dict[str, Any]:
-    """What `snakemake --configfile A B` would plan with, checked: the default configuration with
-    each file merged over it in order, validated key by key and run by run."""
-    from snakemake.utils import update_config
-
-    from .plan import all_runs
-
-    config = load_yaml(default)
-    for path in paths:
-        update_config(config, load_yaml(path))
-    check_config(config)
-    all_runs(config)
-    return config

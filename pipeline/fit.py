@@ -14,18 +14,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .cache import FeatureCache
+from .cache import FeatureCache, cache_for
 from .clustering import fit_kmeans
 from .models import RunModel
 from .runtime import measured, resolve_device, save_torch_atomic
 from .train import CHECKPOINT, train_psi
 
 log = logging.getLogger(__name__)
-
-
-def cache_for(manifest: str | Path) -> FeatureCache:
-    """The Zarr cache that sits beside a features manifest (`{split}.json` -> `{split}.zarr`)."""
-    return FeatureCache(Path(manifest).with_suffix(".zarr"))
 
 
 def sample_tokens(cache: FeatureCache, embed: Callable[[dict[str, np.ndarray]], np.ndarray], names: tuple[str, ...],

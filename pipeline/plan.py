@@ -18,12 +18,15 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
-from .configcheck import check_train
+from .configcheck import SCHEMA, check_config, check_train, load_yaml
 from .eigenfunctions import default_beta
 from .errors import InputError
 from .models import METHODS
+
+DEFAULT_CONFIG = SCHEMA.parents[2] / "config" / "config.yaml"
 TRAIN_VIEW = "train"  # the view name of training caches; protocols name the evaluation views
 # what reading a dataset's images depends on (not its protocols, training overrides or splits)
 SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names", "unknown_labels")
@@ -443,3 +446,16 @@ def all_runs(config: dict) -> dict[tuple[str, str], dict]:
 def as_param(obj: Any) -> str:
     """Canonical JSON: what Snakemake compares to decide whether parameters changed."""
     return json.dumps(obj, sort_keys=True)
+
+
+def check_files(paths: list[str | Path], default: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    """What `snakemake --configfile A B` would plan with, checked: the default configuration with
+    each file merged over it in order, validated key by key and run by run."""
+    from snakemake.utils import update_config
+
+    config = load_yaml(default)
+    for path in paths:
+        update_config(config, load_yaml(path))
+    check_config(config)
+    all_runs(config)
+    return config

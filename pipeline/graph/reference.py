@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..cache import FeatureCache
+from ..cache import FeatureCache, cache_for
 from ..clustering import fit_kmeans
 from ..errors import InputError
 from ..models import RunModel
@@ -86,7 +86,6 @@ def nystrom_reference(spec: dict[str, Any], block: int = 8192) -> tuple[np.ndarr
     evaluated split (`spec["features"]`): k nearest training tokens by cosine (FAISS, exact up to
     graph.exact_max_tokens), their degree-normalised weights, and the pixel graph of each
     evaluated image (rule `nystrom`). Returns the (M, K) extension and its cost."""
-    from ..fit import cache_for
 
     values, vectors, attrs = read_eigen_reference(Path(spec["eigen"]["path"]))
     train_cache, cache = cache_for(spec["eigen"]["features"]), cache_for(spec["features"])
