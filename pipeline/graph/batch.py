@@ -48,11 +48,15 @@ class BatchKernel:
     def same_image_share(self, tokens_per_image: int) -> float:
         """Share of the feature graph's weight on edges inside one image (tokens are laid out image
         by image): 1/B would be chance; near 1 the batch's kernel barely links images."""
-        counts = self.feature.crow_indices().diff()
-        rows = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        values = self.feature.values()
-        same = rows // tokens_per_image == self.feature.col_indices() // tokens_per_image
-        return float(values[same].sum() / values.sum().clamp_min(1e-12))
+        # the entries of one image's rows are one contiguous range of the CSR arrays
+        bounds = self.feature.crow_indices()[::tokens_per_image].tolist()
+        cols, values = self.feature.col_indices(), self.feature.values()
+        inside = values.new_zeros(())
+        for image, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+            first = image * tokens_per_image
+            mask = (cols[start:end] >= first) & (cols[start:end] < first + tokens_per_image)
+            inside += values[start:end][mask].sum()
+        return float(inside / values.sum().clamp_min(1e-12))
 
     def to_dense(self) -> torch.Tensor:
         """For tests and small references only."""
