@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test gpu-check bench clean-results
+.PHONY: install demo test test-fast lint format gpu-check bench clean-results
 
 install: $(STAMP)
 
@@ -22,6 +22,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# the unit tests, without Snakemake runs or whole stages on real data: under 2 minutes on 2 cores
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not workflow and not gpu" tests
+
+# ruff (lint, and format as a check) on the code, mypy on the package; `make format` applies ruff's
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix pipeline tests bench
+	$(BIN)/ruff format pipeline tests bench
 
 # GPU paths (skipped without CUDA) and the timings behind the README's table of GPU hours; < 5 min
 gpu-check: $(STAMP)

@@ -92,9 +92,7 @@ def main() -> None:
     cache = FeatureCache(Path(args.features).with_suffix(".zarr"))
     items = cache.plain_items()
     first = RunModel.load(Path(args.runs[0]))
-    spec = first.config["dataset_spec"]
-    dataset = load_dataset({k: v for k, v in spec.items() if k not in ("train_split", "train_view")},
-                           args.split)
+    dataset = load_dataset(first.spec.source, args.split)
     view = View.from_config(cache.attrs["view_spec"])
     labels = token_labels(dataset, view, cache.grid).reshape(-1)
     images = np.repeat(cache.image_index[items], int(np.prod(cache.grid)))
@@ -108,7 +106,7 @@ def main() -> None:
         np.add.at(by_image, (clusters, images), 1)
         by_group = np.zeros((k, groups.max() + 1))
         np.add.at(by_group, (clusters, groups), 1)
-        rows.append({"run": model.config["run"], "method": model.method, "K": k, "clusters_used": int((by_image.sum(1) > 0).sum()),
+        rows.append({"run": model.spec.run, "method": model.method, "K": k, "clusters_used": int((by_image.sum(1) > 0).sum()),
                      "purity": round(purity(clusters, labels, k, dataset.num_classes), 3),
                      "images_per_cluster": round(spread(by_image), 1), "groups_per_cluster": round(spread(by_group), 2),
                      "clusters_per_image": round(spread(by_image.T), 1)})

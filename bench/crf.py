@@ -30,8 +30,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = RunModel.load(Path(args.run))
-    view = View.from_config(model.config["dataset_spec"]["train_view"])
-    ds = load_dataset({**model.config["dataset_spec"], "max_images": args.images}, "val")
+    view = View.from_config(model.spec.train_view)
+    ds = load_dataset({**model.spec.source, "max_images": args.images}, "val")
     backbone = backbone_for(model)
     rows = []
     for i in range(len(ds)):

@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from pipeline.cache import FeatureCache
-from pipeline.eigenfunctions import default_beta, neuralef_objective, training_output
+from pipeline.eigenfunctions import neuralef_objective, training_output
+from pipeline.spec import TrainSettings
 from pipeline.graph.batch import build_kernel
 from pipeline.models import build_psi
 from pipeline.monitor import KernelReference
@@ -42,35 +43,35 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    cfg = dict(check_files([])["train"])
+    given = dict(check_files([])["train"])
     for item in args.set:
         key, _, value = item.partition("=")
-        cfg[key] = yaml.safe_load(value)
+        given[key] = yaml.safe_load(value)
+    cfg = TrainSettings.from_dict(given, "--set")
     generator = seed_everything(args.seed)
     cache = FeatureCache(Path(args.features).with_suffix(".zarr"))
-    b = int(cfg["batch_size"])
+    b = cfg.batch_size
     items = np.sort(torch.randperm(len(cache), generator=generator)[:b].numpy())
     data = {k: torch.from_numpy(v) for k, v in cache.read(items).items()}
     _, h, w, _ = data["high"].shape
-    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=int(cfg["knn_k"]),
-                          alpha=float(cfg["alpha"]), pixel_knn=[tuple(p) for p in cfg["pixel_knn"]])
-    k = int(cfg["K"])
+    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=cfg.knn_k,
+                          alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
+    k = cfg.K
     reference = KernelReference.of(kernel, k, args.seed)
     print(f"batch of {b} images, {b * h * w} tokens; same-image share {kernel.same_image_share(h * w):.3f}; "
           f"spectral clustering captures {reference.spectral_capture:.3f}; "
-          f"trace optimum (top-K eigenvalues) {reference.values.sum() * float(cfg['t']) / k:.4f}")
+          f"trace optimum (top-K eigenvalues) {reference.values.sum() * cfg.t / k:.4f}")
     x = data["input"].reshape(b, h * w, -1)
     psi = build_psi(x.shape[-1], cfg)
-    optimiser = torch.optim.Adam(psi.parameters(), lr=float(cfg["lr"]))
-    beta = float(cfg["beta"]) if cfg.get("beta") is not None else default_beta(k)
+    optimiser = torch.optim.Adam(psi.parameters(), lr=cfg.lr)
     checkpoints = set(np.linspace(0, args.steps - 1, args.checkpoints).round().astype(int).tolist())
     started = time.time()
     for step in range(args.steps):
-        tau = cosine(step, args.steps, float(cfg["tau_max"]), float(cfg["tau_min"]))
+        tau = cosine(step, args.steps, cfg.tau_max, cfg.tau_min)
         for group in optimiser.param_groups:
-            group["lr"] = cosine(step, args.steps, float(cfg["lr"]), float(cfg["lr_min"]))
+            group["lr"] = cosine(step, args.steps, cfg.lr, cfg.lr_min)
         logits = psi(x).reshape(b * h * w, -1)
-        objective = neuralef_objective(training_output(logits, tau), kernel, beta, float(cfg["t"]))
+        objective = neuralef_objective(training_output(logits, tau), kernel, cfg.beta, cfg.t)
         optimiser.zero_grad(set_to_none=True)
         objective.loss.backward()
         optimiser.step()

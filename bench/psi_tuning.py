@@ -126,7 +126,7 @@ def main() -> None:
                     if method == "kmeans" and (seed, train["K"]) in done_kmeans:
                         continue
                     spec = make_spec(config, args.dataset, args.backbone, method, train, seed)
-                    run_dir = folder / spec["run"]
+                    run_dir = folder / spec.run
                     started = time.time()
                     model = fit_run(spec, run_dir).to(torch.device("cpu"))
                     seconds = time.time() - started

@@ -17,7 +17,7 @@ cached (pipeline/offline_weights.py), or a path to a local file (safetensors or 
 
 Token grid: ceil(H / stride) x ceil(W / stride), the tokens that hold at least one real pixel.
 Inputs are zero-padded to the backbone's multiple (a CNN's largest reduction: 32 for Lite0), and
-tokens made of padding alone are cut off (`Backbone.crop`): a 360-row CamVid frame gives 23 rows of
+tokens made of padding alone are cut off (`Backbone.grid_for` gives the grid kept): a 360-row CamVid frame gives 23 rows of
 stride-16 tokens, not 24 of which the last is padding.
 """
 

@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec
 
 from .errors import InputError
+from .formats import store_of, write_json
 
 ARRAYS = ("high", "input", "pixels")
 SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
@@ -158,9 +159,7 @@ class CacheWriter:
 
     def mark(self, manifest: dict[str, Any]) -> None:
         """Write the shard's marker (its manifest) once the shard is complete."""
-        from .runtime import write_json_atomic
-
-        write_json_atomic(self.path / MARKER, manifest)
+        write_json(self.path / MARKER, manifest)
 
 
 class FeatureCache:
@@ -239,4 +238,4 @@ class FeatureCache:
 
 def cache_for(manifest: str | Path) -> FeatureCache:
     """The Zarr cache that sits beside a features manifest (`{split}.json` -> `{split}.zarr`)."""
-    return FeatureCache(Path(manifest).with_suffix(".zarr"))
+    return FeatureCache(store_of(manifest))

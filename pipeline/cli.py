@@ -6,21 +6,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
 from .errors import InputError
 
 log = logging.getLogger("nes")
-# the feature graph a method's clusters come from, for the tables: psi's per-batch or dataset-wide
-# graph (train.graph), the exact eigenvectors of the evaluated split's graph, or none
-GRAPH_KIND = {"kmeans": None, "kmeans_transductive": None, "spectral": "exact", "spectral_inductive": "exact"}
 
 
-def json_option(text: str, option: str):
-    """An option's JSON value, or one line naming the option and where the JSON breaks."""
+def json_option(text: str, option: str) -> Any:
+    """An option's JSON value, given inline or as the path of a JSON file (what the workflow
+    passes), or one line naming the option and where the JSON breaks."""
+    if not text.lstrip().startswith(("{", "[", '"')) and text.endswith(".json"):
+        from .formats import read_json
+
+        return read_json(text, f"the JSON value of {option}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -46,132 +51,135 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 def cmd_gather(args: argparse.Namespace) -> None:
     """Check that the shards form one complete cache, then write the manifest later stages read."""
-    from .cache import FeatureCache
-    from .runtime import write_json_atomic
+    from .cache import cache_for
+    from .formats import write_json
 
     out = Path(args.out)
-    cache = FeatureCache(out.with_suffix(".zarr"))
+    cache = cache_for(out)
     shards = [json.loads(Path(p).read_text()) for p in args.shards]
     if sorted(tuple(s["shard"]) for s in shards) != [(i, len(cache.shards)) for i in range(len(cache.shards))]:
         raise InputError(f"{out}: shard manifests {', '.join(args.shards)} do not match the cache's {len(cache.shards)} shards")
-    write_json_atomic(out, {"path": str(cache.path), "items": len(cache), "images": len(cache.ids), "shards": len(cache.shards),
+    write_json(out, {"path": str(cache.path), "items": len(cache), "images": len(cache.ids), "shards": len(cache.shards),
                             "grid": list(cache.grid), "high_dim": cache.dim("high"), "input_dim": cache.dim("input")})
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
     """Dataset-wide k-NN graph over every token of a cached split (rule `build_graph`)."""
     from .cache import cache_for
-    from .runtime import measured, write_json_atomic
+    from .formats import store_of, write_json
     from .graph.dataset import build_dataset_graph
+    from .runtime import measured
 
     spec = json_option(args.spec, "--spec")
     cache = cache_for(args.features)
     out = Path(args.out)
     with measured() as cost:
         high = cache.read(np.arange(len(cache)), ("high",))["high"]
-        attrs = build_dataset_graph(high.reshape(-1, high.shape[-1]), out.with_suffix(".zarr"),
+        attrs = build_dataset_graph(high.reshape(-1, high.shape[-1]), store_of(out),
                                     attrs={"features": args.features}, **spec)
     log.info("graph of %d tokens in %.1f s, peak memory %.0f MB", attrs["tokens"], cost["wall_s"], cost["peak_rss_mb"])
-    write_json_atomic(out, {**{k: v for k, v in attrs.items() if k != "fingerprint"}, "cost": cost})
+    write_json(out, {**{k: v for k, v in attrs.items() if k != "fingerprint"}, "cost": cost})
 
 
 def cmd_eigen(args: argparse.Namespace) -> None:
     """Top-K eigenpairs of a cached split's G (rule `eigenvectors`)."""
     from .cache import cache_for
-    from .graph.reference import eigen_reference
-    from .graph.spectral import write_eigen_reference
+    from .formats import store_of, write_eigen_reference
+    from .reference import eigen_reference
+    from .spec import EigenRef
 
-    spec = json_option(args.spec, "--spec")
-    values, vectors, attrs = eigen_reference(cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), int(spec["K"]),
-                                             float(spec["alpha"]), [tuple(p) for p in spec["pixel_knn"]])
-    write_eigen_reference(Path(args.out), values, vectors, {**attrs, "features": spec["features"], "graph": spec["graph"]})
+    spec = EigenRef.from_dict(json_option(args.spec, "--spec"), "--spec")
+    values, vectors, attrs = eigen_reference(cache_for(spec.features), store_of(spec.graph), spec.K, spec.alpha, spec.pixel_knn)
+    write_eigen_reference(Path(args.out), values, vectors, {**attrs, "features": spec.features, "graph": spec.graph})
 
 
 def cmd_nystrom(args: argparse.Namespace) -> None:
     """The training split's eigenvectors extended to an evaluated split (rule `nystrom`)."""
-    from .graph.reference import nystrom_reference
+    from .formats import write_nystrom
+    from .reference import nystrom_reference
+    from .spec import NystromRef
 
-    spec = json_option(args.spec, "--spec")
+    spec = NystromRef.from_dict(json_option(args.spec, "--spec"), "--spec")
     embedding, attrs = nystrom_reference(spec)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, embedding=embedding, attrs=np.array(json.dumps({**attrs, "spec": spec}, default=str)))
-    tmp.replace(out)
+    write_nystrom(Path(args.out), embedding, {**attrs, "spec": spec.to_dict()})
 
 
 def cmd_align(args: argparse.Namespace) -> None:
     """How well a run's partition serves the evaluated split's G, and psi's alignment with its
     exact eigenvectors (rule `align`)."""
     from .cache import cache_for
+    from .formats import store_of, write_json
     from .models import RunModel
-    from .graph.reference import run_alignment
-    from .runtime import write_json_atomic
+    from .reference import run_alignment
+    from .spec import EigenRef
 
-    spec = json_option(args.spec, "--spec")
+    spec = EigenRef.from_dict(json_option(args.spec, "--spec"), "--spec")
     model = RunModel.load(Path(args.run))
-    result = run_alignment(model, cache_for(spec["features"]), Path(spec["graph"]).with_suffix(".zarr"), Path(spec["path"]))
-    write_json_atomic(Path(args.out), {"run": model.config.get("run"), **result})
+    result = run_alignment(model, cache_for(spec.features), store_of(spec.graph), Path(spec.path))
+    write_json(Path(args.out), {"run": model.spec.run, **result})
     print(json.dumps(result["partition"]))
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from .fit import fit_run
+    from .spec import RunSpec
 
-    fit_run(json_option(args.spec, "--spec"), Path(args.run_dir))
+    fit_run(RunSpec.from_dict(json_option(args.spec, "--spec"), "--spec"), Path(args.run_dir))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .datasets import load_dataset
-    from .evaluate import backbone_for, cached_predictions, evaluate, live_predictions
+    from .backbones import BackboneSpec
     from .cache import cache_for
+    from .datasets import load_dataset
+    from .evaluate import (
+        backbone_for,
+        cached_predictions,
+        evaluate,
+        live_predictions,
+        metrics_record,
+    )
+    from .formats import write_json
     from .models import RunModel
-    from .plan import resolved_beta
-    from .runtime import resolve_device, write_json_atomic
+    from .runtime import resolve_device
     from .segmenter import ClassMapping, default_view
+    from .spec import EvaluationSpec
     from .views import View
 
     model = RunModel.load(Path(args.run))
-    cfg = model.config
     if args.spec:
-        spec = json_option(args.spec, "--spec")
+        spec = EvaluationSpec.from_dict(json_option(args.spec, "--spec"), "--spec")
     else:
-        ds_spec = {k: v for k, v in cfg["dataset_spec"].items() if k not in ("train_split", "train_view")}
-        if args.dataset and args.dataset != ds_spec["name"]:
-            ds_spec = {"name": args.dataset, "adapter": args.dataset}
+        source = dict(model.spec.source)
+        if args.dataset and args.dataset != source.get("name"):
+            source = {"name": args.dataset, "adapter": args.dataset}
         if args.data_root:
-            ds_spec["data_root"] = args.data_root
+            source["data_root"] = args.data_root
         view = json_option(args.view, "--view") if args.view else default_view(model)
         view["crf"] = bool(args.crf or view.get("crf"))
         if args.labels:
             view["labels"] = args.labels
-        spec = {"dataset_spec": ds_spec, "split": args.split, "protocol": args.protocol, "view": view,
-                "features": args.features, "overlays": args.overlays, "batch_size": args.batch_size, "device": args.device}
-    view = View.from_config(spec["view"], "view")
-    dataset = load_dataset(spec["dataset_spec"], spec["split"], view.labels)
+        spec = EvaluationSpec(source=source, split=args.split, protocol=args.protocol, view=view, features=args.features,
+                              overlays=args.overlays, batch_size=args.batch_size, device=args.device)
+    view = View.from_config(spec.view, "view")
+    dataset = load_dataset(spec.source, spec.split, view.labels)
     if not dataset.has_labels:
         unlabelled = [s for s in dataset.samples if s.label_path is None]
         if len(unlabelled) < len(dataset.samples):  # some have labels: name the first that does not
             missing = f"no label for {unlabelled[0].image_path} (and {len(unlabelled) - 1} more)"
-            raise InputError(f"{dataset.name}/{spec['split']}: {missing}; every image needs one to evaluate")
-        raise InputError(f"{dataset.name}/{spec['split']}: no labels, nothing to evaluate against (use `nes segment`)")
-    device = resolve_device(spec["device"])
+            raise InputError(f"{dataset.name}/{spec.split}: {missing}; every image needs one to evaluate")
+        raise InputError(f"{dataset.name}/{spec.split}: no labels, nothing to evaluate against (use `nes segment`)")
+    device = resolve_device(spec.device)
     model = model.to(device)
-    stride = int(cfg["backbone_spec"]["stride"])
-    if spec.get("features"):
-        predictions = cached_predictions(model, cache_for(spec["features"]), dataset, view, stride, spec["batch_size"], device)
+    stride = BackboneSpec.from_config(model.spec.backbone_spec).stride
+    if spec.features:
+        predictions = cached_predictions(model, cache_for(spec.features), dataset, view, stride, spec.batch_size, device)
     else:
-        predictions = live_predictions(model, backbone_for(model).to(device), dataset, view, spec["batch_size"], device)
+        predictions = live_predictions(model, backbone_for(model).to(device), dataset, view, spec.batch_size, device)
     overlay_dir = Path(args.overlays_dir) if args.overlays_dir else None
-    result = evaluate(model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec["overlays"])
-    train = cfg["train"]
-    full = {"run": cfg["run"], "method": model.method, "dataset": dataset.name, "train_dataset": cfg["dataset"],
-            "protocol": spec["protocol"], "backbone": cfg["backbone"], "K": model.num_clusters,
-            "alpha": train.get("alpha"), "beta": resolved_beta(train) if model.psi is not None else None,
-            "graph": GRAPH_KIND.get(model.method, train.get("graph", "batch")), "settings": cfg.get("settings", ""),
-            "seed": cfg["seed"], "split": spec["split"], "fit": model.fit, **result}
+    result = evaluate(model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays)
+    full = metrics_record(model, dataset, spec, result)
     if args.out:
-        write_json_atomic(Path(args.out), full)
+        write_json(Path(args.out), full)
     if args.report:
         from .report import write_report
 
@@ -179,22 +187,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise InputError("--report needs --out (the report is written beside metrics.json)")
         write_report(Path(args.out).parent, full, Path(args.compare) if args.compare else None)
     if args.mapping_out:
-        ClassMapping.from_metrics(full, f"{cfg['run']} on {dataset.name}/{spec['split']} ({spec['protocol']})").save(Path(args.mapping_out))
+        ClassMapping.from_metrics(full, f"{model.spec.run} on {dataset.name}/{spec.split} ({spec.protocol})").save(Path(args.mapping_out))
     brief = {k: full[k] for k in ("method", "acc", "miou", "miou_hungarian", "per_class_iou")}
     print(json.dumps(brief))
 
 
 def cmd_table(args: argparse.Namespace) -> None:
+    from .formats import read_json
     from .tables import write_table
 
-    for path in [*args.metrics, *args.alignments]:
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such file (a metrics.json or alignment.json of an evaluated run)")
-        try:
-            json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    df = write_table([Path(p) for p in args.metrics], Path(args.out), [Path(p) for p in args.alignments])
+    metrics, alignments = list(args.metrics), list(args.alignments)
+    if args.inputs:
+        listed = read_json(args.inputs, "a list of the table's inputs")
+        metrics += listed.get("metrics", [])
+        alignments += listed.get("alignments", [])
+    if not metrics:
+        raise InputError("nes table: no metrics.json given (as arguments or in --inputs)")
+    for path in [*metrics, *alignments]:
+        read_json(path, "a metrics.json or alignment.json of an evaluated run")
+    df = write_table([Path(p) for p in metrics], Path(args.out), [Path(p) for p in alignments])
     print(df.to_string(index=False))
 
 
@@ -218,16 +229,23 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from PIL import Image
-    
+
     from .datasets import read_rgb
     from .runtime import progress
     from .segmenter import UNMATCHED, Segmenter
-    from .visualise import blend, colourise, palette, save_heatmaps, save_labels, with_legend
+    from .visualise import (
+        blend,
+        colourise,
+        palette,
+        save_heatmaps,
+        save_labels,
+        with_legend,
+    )
 
     mapping = {"auto": "auto", "none": None}.get(args.mapping, args.mapping)
     seg = Segmenter.from_run(args.run, device=args.device, view=json_option(args.view, "--view") if args.view else None,
                              mapping=mapping, batch_size=1)
-    if args.eigenfunctions and seg.model.method != "nes":
+    if args.eigenfunctions and not seg.model.method.traits.learns_psi:
         raise InputError(f"--eigenfunctions: {args.run} is a {seg.model.method} run; eigenfunction maps need a nes run")
     if seg.mapping is not None:
         names, colours = seg.mapping.class_names, palette(len(seg.mapping.class_names))
@@ -273,8 +291,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
-    from .plan import check_files
-    from .plan import all_tables
+    from .plan import all_tables, check_files
 
     config = check_files(args.files, args.default)
     print(f"ok: {', '.join([args.default, *args.files])} ({len(all_tables(config))} tables, every run checked)")
@@ -314,7 +331,8 @@ def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nes", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    p.add_argument("--log", help="also write the log to this file")
+    p.add_argument("--log", help="write the log (progress, and any traceback) to this file; the console then shows "
+                                 "only a failure's one-line reason")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -382,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(sub, "table", "metrics.json files -> table CSV + Markdown")
     s.add_argument("--out", required=True, help="the table CSV; {name}_runs.csv and {name}.md are written beside it")
     s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files beside the runs' metrics (partition measures)")
-    s.add_argument("metrics", nargs="+", help="metrics.json files of the runs (one per run and evaluation)")
+    s.add_argument("--inputs", help='a JSON file {"metrics": [...], "alignments": [...]} (what the workflow passes)')
+    s.add_argument("metrics", nargs="*", help="metrics.json files of the runs (one per run and evaluation)")
     s.set_defaults(func=cmd_table)
 
     s = command(sub, "check-config", "check configuration files before a run: YAML syntax (file, line), keys, ranges, every run")
@@ -415,13 +434,38 @@ def main(argv: list[str] | None = None) -> None:
     from .runtime import set_threads, setup_logging
 
     args = build_parser().parse_args(argv)
-    setup_logging(Path(args.log) if args.log else None)
+    console = log_to_file(Path(args.log)) if args.log else sys.stderr
+    setup_logging()
     set_threads(args.threads)
     try:
         args.func(args)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _fail(f"error: {exc}", console)
         raise SystemExit(2) from None
+    except Exception as exc:
+        if console is sys.stderr:
+            raise
+        traceback.print_exc()  # into the log
+        _fail(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", console)
+        raise SystemExit(1) from None
+
+
+def log_to_file(path: Path) -> TextIO:
+    """Send everything written to stderr (the log, progress, tracebacks, C libraries' messages)
+    to `path` and return a stream to the console, where only a failure's one-line reason goes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = os.fdopen(os.dup(2), "w", buffering=1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.close(fd)
+    return console
+
+
+def _fail(line: str, console: TextIO) -> None:
+    print(line, file=sys.stderr)
+    if console is not sys.stderr:
+        print(line, file=console)
 
 
 if __name__ == "__main__":

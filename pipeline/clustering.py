@@ -8,6 +8,8 @@ import time
 import numpy as np
 import torch
 
+from .runtime import faiss_gpus
+
 log = logging.getLogger(__name__)
 
 
@@ -18,8 +20,6 @@ def fit_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np
     points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) < k:
         raise ValueError(f"k-means needs at least K={k} points, got {len(points)}")
-    from .graph.batch import faiss_gpus
-
     started = time.time()
     log.info("k-means: K=%d on %d points of dim %d, %d iterations ...", k, len(points), points.shape[1], niter)
     km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, gpu=faiss_gpus() > 0,

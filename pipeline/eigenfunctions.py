@@ -93,7 +93,7 @@ def centre_per_image(psi: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
     return (per_image - per_image.mean(dim=1, keepdim=True)).reshape(n, k)
 
 
-def test_logits(psi: Psi, x: torch.Tensor, tau_min: float) -> torch.Tensor:
+def inference_logits(psi: Psi, x: torch.Tensor, tau_min: float) -> torch.Tensor:
     """At test time Gumbel and normalisation are removed: logits = head(hidden) / tau_min."""
     return psi(x) / tau_min
 
@@ -124,7 +124,3 @@ def neuralef_loss(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) -> to
     """-trace(R)/K + beta * sum_{i<j} R^_ij^2 / K; see `neuralef_objective`."""
     return neuralef_objective(psi, kernel, beta, t).loss
 
-
-def default_beta(num_eigenfunctions: int) -> float:
-    """beta * K = 20.48 in every published run (0.08 at K = 256)."""
-    return 20.48 / num_eigenfunctions

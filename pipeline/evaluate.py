@@ -25,8 +25,10 @@ from .cache import FeatureCache
 from .datasets import Dataset
 from .errors import InputError
 from .features import encode_crops
+from .formats import store_of
 from .models import RunModel
 from .runtime import progress
+from .spec import EvaluationSpec
 from .views import View
 from .visualise import blend, colourise, palette, save_panel
 
@@ -66,8 +68,8 @@ def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, v
     if cached != wanted:
         raise InputError(f"{cache.path}: cached for view {cached}, but evaluation asks for {wanted}; "
                          "use a cache of the same view or run the backbone live (no --features)")
-    if model.item_lookup and Path(model.lookup_features).with_suffix(".zarr").resolve() != Path(cache.path).resolve():
-        raise InputError(f"{model.config['run']} labels the tokens of {model.lookup_features} by item: it can only be scored "
+    if model.item_lookup and store_of(model.lookup_features).resolve() != Path(cache.path).resolve():
+        raise InputError(f"{model.spec.run} labels the tokens of {model.lookup_features} by item: it can only be scored "
                          f"on that cache, not {cache.path}")
     input_size = tuple(cache.attrs["input_size"])
     for start in range(0, len(items), batch_size):
@@ -229,4 +231,13 @@ def write_overlays(kept, mapping: np.ndarray, dataset: Dataset, out_dir: Path) -
 
 
 def backbone_for(model: RunModel) -> Backbone:
-    return Backbone(BackboneSpec.from_config(model.config["backbone_spec"]))
+    return Backbone(BackboneSpec.from_config(model.spec.backbone_spec))
+
+
+def metrics_record(model: RunModel, dataset: Dataset, evaluation: EvaluationSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json: the run's identity and settings (what tables group by) with its scores."""
+    spec = model.spec
+    return {"run": spec.run, "method": str(model.method), "dataset": dataset.name, "train_dataset": spec.dataset,
+            "protocol": evaluation.protocol, "backbone": spec.backbone, "K": model.num_clusters, "alpha": spec.alpha,
+            "beta": spec.beta, "graph": spec.graph_kind, "settings": spec.settings, "seed": spec.seed,
+            "split": evaluation.split, "fit": model.fit, **result}

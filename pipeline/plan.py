@@ -17,23 +17,28 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
 from .configcheck import SCHEMA, check_config, check_train, load_yaml
-from .eigenfunctions import default_beta
 from .errors import InputError
-from .models import METHODS
+from .spec import (
+    EigenRef,
+    EvaluationSpec,
+    KMeansSettings,
+    Method,
+    NystromRef,
+    RunSpec,
+    TrainSettings,
+    canonical_json,
+    fmt,
+    resolved_beta,
+)
 
 DEFAULT_CONFIG = SCHEMA.parents[2] / "config" / "config.yaml"
 TRAIN_VIEW = "train"  # the view name of training caches; protocols name the evaluation views
 # what reading a dataset's images depends on (not its protocols, training overrides or splits)
 SOURCE_KEYS = ("name", "adapter", "data_root", "max_images", "label_dir", "class_names", "unknown_labels")
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def dataset_spec(config: dict, dataset: str) -> dict:
@@ -87,23 +92,15 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
         raise InputError(f"datasets.{dataset}.protocols.{view}: sliding-window protocols are evaluated live, not cached")
     return {
         "dataset_spec": source_spec(config, dataset), "backbone_spec": backbone_spec(config, backbone), "split": split,
-        "view": {k: v for k, v in spec.items() if k not in ("labels", "crf")},  # scoring options do not change features
+        "view": {k: v for k, v in spec.items() if k not in SCORING_KEYS},  # scoring options do not change features
         "views": int(ext["views"]) if train else 1, "scale": ext["scale"], "flip": ext["flip"], "seed": ext["seed"],
         "batch_size": ext["batch_size"], "device": config["device"],
     }
 
 
-# training keys named in every id of a method (K, alpha, beta, graph), and the further keys each
-# method's result depends on: any of those that differs from the dataset's defaults joins the id
+# training keys named in every id of a method (K, alpha, beta, graph); any other key a method
+# depends on (Method.traits.depends_on) that differs from the dataset's defaults joins the id
 ID_KEYS = ("K", "alpha", "beta", "graph")
-# switches beyond the paper: absent from config/config.yaml and from the specs of runs that leave
-# them at this value, so adding one changes no existing run's parameters
-OPTIONAL_TRAIN = {"image_centred": False}
-DEPENDS_ON: dict[str, tuple[str, ...] | None] = {
-    "kmeans": (), "kmeans_transductive": (),
-    "spectral": ("pixel_knn",), "spectral_inductive": ("pixel_knn", "knn_k"),
-    "nes": None, "nes_star": None,  # None: every training key
-}
 
 
 def _slug(value: Any) -> str:
@@ -113,15 +110,16 @@ def _slug(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         nested = any(isinstance(v, (list, tuple)) for v in value)
         return ("_" if nested else "x").join(_slug(v) for v in value)
-    return _fmt(value)
+    return fmt(value)
 
 
-def nondefault_settings(method: str, train: dict, defaults: dict) -> dict[str, Any]:
+def nondefault_settings(method: Method, train: dict, defaults: dict) -> dict[str, Any]:
     """The training settings a run of `method` depends on that differ from the dataset's
     defaults (and are not already in every id): a sweep over any of them keeps every value."""
-    wanted = DEPENDS_ON[method]
+    wanted = method.traits.depends_on
     keys = sorted(k for k in train if k not in ID_KEYS) if wanted is None else sorted(wanted)
-    return {k: train[k] for k in keys if k in train and train[k] != defaults.get(k, OPTIONAL_TRAIN.get(k))}
+    beyond = TrainSettings.BEYOND_PAPER
+    return {k: train[k] for k in keys if k in train and train[k] != defaults.get(k, beyond.get(k))}
 
 
 def settings_suffix(settings: dict[str, Any]) -> str:
@@ -133,22 +131,15 @@ def settings_label(settings: dict[str, Any]) -> str:
     return " ".join(f"{key}={_slug(value)}" for key, value in settings.items())
 
 
-def run_id(method: str, backbone: str, train: dict, seed: int, protocol: str | None = None,
+def run_id(method: Method, backbone: str, train: dict, seed: int, protocol: str | None = None,
            settings: dict[str, Any] | None = None) -> str:
-    """Default runs keep short ids; `settings` (nondefault_settings) are appended before the seed."""
-    extra = settings_suffix(settings or {})
-    if method == "kmeans":
-        return f"kmeans-{backbone}-K{train['K']}-s{seed}"
-    if method == "kmeans_transductive":  # fit on the evaluated split under `protocol`'s view
-        return f"kmeans_transductive-{backbone}-K{train['K']}-{protocol}-s{seed}"
-    if method in ("spectral", "spectral_inductive"):  # labels the evaluated split under `protocol`'s view
-        return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-{protocol}{extra}-s{seed}"
+    """The method's id format (Method.traits.run_id) filled in; default runs keep short ids and
+    `settings` (nondefault_settings) are appended before the seed."""
     graph = "-gdataset" if train.get("graph", "batch") == "dataset" else ""  # batch graphs keep the short ids
-    return f"{method}-{backbone}-K{train['K']}-a{_fmt(float(train['alpha']))}-b{_fmt(round(resolved_beta(train), 6))}{graph}{extra}-s{seed}"
-
-
-def resolved_beta(train: dict) -> float:
-    return float(train["beta"]) if train.get("beta") is not None else default_beta(int(train["K"]))
+    return method.traits.run_id.format(
+        method=method, backbone=backbone, K=train["K"], alpha=fmt(float(train["alpha"])) if "alpha" in train else "",
+        beta=fmt(resolved_beta(train.get("beta"), int(train["K"]))), graph=graph, protocol=protocol,
+        extra=settings_suffix(settings or {}), seed=seed)
 
 
 def table_config(config: dict, folder: str, table: str) -> dict:
@@ -174,7 +165,7 @@ def all_tables(config: dict) -> list[tuple[str, str]]:
     return [(folder, table) for folder, ts in (config.get("tables") or {}).items() for table in (ts or {})]
 
 
-def table_runs(config: dict, folder: str, table: str) -> list[dict]:
+def table_runs(config: dict, folder: str, table: str) -> list[RunSpec]:
     """All run specs of one table: its backbones x methods x seeds x sweep grid (sweeps declared
     in config)."""
     return grid_runs(config, table_config(config, folder, table))
@@ -197,12 +188,12 @@ def segmentation_outputs(config: dict, name: str) -> list[str]:
     return [f"{run_dir(config, spec)}/segment" for spec in grid_runs(config, segmentation_config(config, name))]
 
 
-def grid_runs(config: dict, tcfg: dict) -> list[dict]:
+def grid_runs(config: dict, tcfg: dict) -> list[RunSpec]:
     """Backbones x methods x seeds x sweep values; a run that a sweep does not change (K-means
     vs alpha) is one run, and every value of a setting a run depends on is a run of its own."""
     sweep = tcfg.get("sweep") or {}
     keys = list(sweep)
-    specs: dict[str, dict] = {}
+    specs: dict[str, RunSpec] = {}
     for values in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
         train = copy.deepcopy(config["train"])
         train.update(dataset_spec(config, tcfg["dataset"]).get("train") or {})
@@ -211,12 +202,13 @@ def grid_runs(config: dict, tcfg: dict) -> list[dict]:
         where = tcfg.get("where", "tables")
         check_train(train, f"{where}.sweep {dict(zip(keys, values))} -> train" if keys else f"{where}.train")
         for backbone in tcfg["backbones"]:
-            for method in tcfg["methods"]:
+            for name in tcfg["methods"]:
+                method = Method.parse(name, f"{where}.methods")
                 for seed in tcfg["seeds"]:
                     evaluation = (tcfg["folder"], tcfg["protocol"]) if "folder" in tcfg else None
                     spec = make_spec(config, tcfg["dataset"], backbone, method, train, int(seed), evaluation)
-                    if specs.setdefault(spec["run"], spec) != spec:  # the id misses a setting: never merge silently
-                        raise InputError(f"{where}: run {spec['run']} planned twice with different settings")
+                    if specs.setdefault(spec.run, spec) != spec:  # the id misses a setting: never merge silently
+                        raise InputError(f"{where}: run {spec.run} planned twice with different settings")
     return list(specs.values())
 
 
@@ -233,17 +225,17 @@ def table_alignments(config: dict, folder: str, table: str) -> list[str]:
     """A table with the exact `spectral` reference also measures how well every run's partition
     serves the evaluated split's G, and how close each psi comes to its eigenvectors
     (alignment.json beside each run's metrics)."""
-    if "spectral" not in table_config(config, folder, table)["methods"]:
+    if Method.SPECTRAL not in table_config(config, folder, table)["methods"]:
         return []
     evaluation = table_evaluation(config, folder, table)
     return [alignment_path(config, spec, evaluation) for spec in table_runs(config, folder, table)]
 
 
-def alignment_path(config: dict, spec: dict, evaluation: str) -> str:
+def alignment_path(config: dict, spec: RunSpec, evaluation: str) -> str:
     return f"{run_dir(config, spec)}/{evaluation}/alignment.json"
 
 
-def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: dict, split: str | None = None) -> dict:
+def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: dict, split: str | None = None) -> EigenRef:
     """The exact top-K eigenvectors of G over a split of `dataset` (default: its evaluation split)
     under the view `protocol` (or the training view) (rule `eigenvectors`), from its dataset-wide
     graph (rule `build_graph`)."""
@@ -253,108 +245,114 @@ def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: 
                          "protocol; sliding windows are evaluated live")
     k, alpha = int(train["K"]), float(train["alpha"])
     graph = graph_path(config, dataset, backbone, protocol, split)
-    extra = settings_suffix(nondefault_settings("spectral", train, default_train(config, dataset)))
-    return {"path": graph.removesuffix(".json") + f"-eigen-K{k}-a{_fmt(alpha)}{extra}.npz", "graph": graph,
-            "features": features_path(config, dataset, backbone, protocol, split), "K": k, "alpha": alpha,
-            "pixel_knn": [list(p) for p in train["pixel_knn"]]}
+    extra = settings_suffix(nondefault_settings(Method.SPECTRAL, train, default_train(config, dataset)))
+    return EigenRef(path=graph.removesuffix(".json") + f"-eigen-K{k}-a{fmt(alpha)}{extra}.npz", graph=graph,
+                    features=features_path(config, dataset, backbone, protocol, split), K=k, alpha=alpha,
+                    pixel_knn=tuple((n, w) for n, w in train["pixel_knn"]))
 
 
-def nystrom_spec(config: dict, train_dataset: str, backbone: str, evaluation: tuple[str, str], train: dict) -> dict:
+def nystrom_spec(config: dict, train_dataset: str, backbone: str, evaluation: tuple[str, str], train: dict) -> NystromRef:
     """The training split's exact eigenvectors (of `train_dataset` under its training view) extended
     to every token of the evaluated split by the Nystrom formula (rule `nystrom`)."""
     dataset, protocol = evaluation
     eigen = eigen_spec(config, train_dataset, backbone, TRAIN_VIEW, train, dataset_spec(config, train_dataset)["train_split"])
     split = dataset_spec(config, dataset)["eval_split"]
     out = graph_path(config, dataset, backbone, protocol, split).removesuffix(".json")
-    extra = settings_suffix(nondefault_settings("spectral_inductive", train, default_train(config, train_dataset)))
-    return {"path": f"{out}-nystrom-{train_dataset}-K{eigen['K']}-a{_fmt(eigen['alpha'])}{extra}.npz", "eigen": eigen,
-            "features": features_path(config, dataset, backbone, protocol, split), "k": int(train["knn_k"]),
-            "graph": config.get("graph") or {}}
+    extra = settings_suffix(nondefault_settings(Method.SPECTRAL_INDUCTIVE, train, default_train(config, train_dataset)))
+    return NystromRef(path=f"{out}-nystrom-{train_dataset}-K{eigen.K}-a{fmt(eigen.alpha)}{extra}.npz", eigen=eigen,
+                      features=features_path(config, dataset, backbone, protocol, split), k=int(train["knn_k"]),
+                      graph=dict(config.get("graph") or {}))
 
 
 def default_train(config: dict, dataset: str) -> dict:
     return {**config["train"], **(dataset_spec(config, dataset).get("train") or {})}
 
 
-def alignment_spec(config: dict, spec: dict, evaluation: str) -> dict:
+def alignment_spec(config: dict, spec: RunSpec, evaluation: str) -> EigenRef:
     """The evaluated split's eigen reference a run is measured on: the run's K, alpha and pixel
     graph, the dataset's defaults where the run has none (K-means runs have no alpha)."""
     dataset, protocol = evaluation.rsplit("-", 1)
-    return eigen_spec(config, dataset, spec["backbone"], protocol, {**default_train(config, dataset), **spec["train"]})
+    own: dict[str, Any] = spec.train.to_dict() if spec.train is not None else {"K": spec.K}
+    if spec.train is None and spec.alpha is not None:
+        own["alpha"] = spec.alpha
+    return eigen_spec(config, dataset, spec.backbone, protocol, {**default_train(config, dataset), **own})
 
 
-def all_eigen(config: dict) -> dict[str, dict]:
+def all_eigen(config: dict) -> dict[str, EigenRef]:
     """Eigenvector reference path -> its spec, over every spectral run and alignment of the tables."""
-    out: dict[str, dict] = {}
+    out: dict[str, EigenRef] = {}
     for folder, table in all_tables(config):
         evaluation = table_evaluation(config, folder, table)
         for spec in table_runs(config, folder, table):
-            wanted = []
-            if spec["method"] in ("spectral", "spectral_inductive"):
-                wanted.append(spec["eigen"])
-            if "spectral" in table_config(config, folder, table)["methods"]:
+            wanted = [spec.eigen] if spec.eigen is not None else []
+            if Method.SPECTRAL in table_config(config, folder, table)["methods"]:
                 wanted.append(alignment_spec(config, spec, evaluation))
             for eig in wanted:
-                if out.setdefault(eig["path"], eig) != eig:
-                    raise InputError(f"tables.{folder}.{table}: {eig['path']} is wanted with different pixel graphs "
+                if out.setdefault(eig.path, eig) != eig:
+                    raise InputError(f"tables.{folder}.{table}: {eig.path} is wanted with different pixel graphs "
                                      "(train.pixel_knn differs between tables but is not part of its name)")
     return out
 
 
-def all_nystrom(config: dict) -> dict[str, dict]:
+def all_nystrom(config: dict) -> dict[str, NystromRef]:
     """Nystrom extension path -> its spec, over every spectral_inductive run of the tables."""
-    return {spec["nystrom"]["path"]: spec["nystrom"] for folder, table in all_tables(config)
-            for spec in table_runs(config, folder, table) if spec["method"] == "spectral_inductive"}
+    return {spec.nystrom.path: spec.nystrom for folder, table in all_tables(config)
+            for spec in table_runs(config, folder, table) if spec.nystrom is not None}
 
 
-def run_dir(config: dict, spec: dict) -> str:
-    return f"{config['results']}/{spec['dataset']}/runs/{spec['run']}"
+def run_dir(config: dict, spec: RunSpec) -> str:
+    return f"{config['results']}/{spec.dataset}/runs/{spec.run}"
 
 
-def metrics_path(config: dict, spec: dict, evaluation: str) -> str:
+def metrics_path(config: dict, spec: RunSpec, evaluation: str) -> str:
     return f"{run_dir(config, spec)}/{evaluation}/metrics.json"
 
 
-def make_spec(config: dict, dataset: str, backbone: str, method: str, train: dict, seed: int,
-              evaluation: tuple[str, str] | None = None) -> dict:
-    """One run. `evaluation` = (dataset, protocol) of the table: where a transductive `spectral`
-    run is fit (the evaluated split itself, not the training dataset)."""
-    if method not in METHODS:
-        raise InputError(f"tables.*.methods: unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method in ("spectral", "spectral_inductive"):
-        return spectral_spec(config, dataset, backbone, method, train, seed, evaluation)
-    if method == "kmeans_transductive":
-        return kmeans_transductive_spec(config, backbone, train, seed, evaluation)
-    ds = dataset_spec(config, dataset)
+def make_spec(config: dict, dataset: str, backbone: str, method: Method | str, train: dict, seed: int,
+              evaluation: tuple[str, str] | None = None) -> RunSpec:
+    """One run from its dataset's, backbone's and merged training settings. `evaluation` =
+    (dataset, protocol) of the table: where methods that fit on the evaluated split are fit (the
+    evaluated split itself, not the training dataset) and filed."""
+    method = Method.parse(method, "tables.*.methods")
+    traits = method.traits
     settings = nondefault_settings(method, train, default_train(config, dataset))
-    spec: dict[str, Any] = {
-        "run": run_id(method, backbone, train, seed, settings=settings), "method": method, "seed": seed,
-        "dataset": dataset, "backbone": backbone,
-        "dataset_spec": {**source_spec(config, dataset), "train_split": ds["train_split"], "train_view": ds["train_view"]},
-        "backbone_spec": backbone_spec(config, backbone),
-        "features": features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"]),
-        "device": config["device"],
-    }
-    if method == "kmeans":
-        spec["train"] = {"K": train["K"]}
-        spec["kmeans"] = config["kmeans"]
-    else:
-        # canonical values: beta: null and beta: 0.08 at K = 256 are the same run
-        kept = {k: v for k, v in train.items() if not (k in OPTIONAL_TRAIN and v == OPTIONAL_TRAIN[k])}
-        spec["train"] = {**kept, "beta": round(resolved_beta(train), 6), "alpha": float(train["alpha"])}
-    if method == "nes" and train.get("graph", "batch") == "dataset":
-        spec["graph"] = graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
-    if method == "nes" and train.get("monitor"):
-        spec["heldout"] = heldout_features(config, dataset, backbone)
-    if method == "nes_star":
-        spec["kmeans"] = config["kmeans"]
-        spec["nes_run"] = run_id("nes", backbone, train, seed, settings=settings)
-    if settings:  # only runs off the defaults carry it (default runs' params stay as they were)
-        spec["settings"] = settings_label(settings)
-    return spec
+    common: dict[str, Any] = {"method": method, "seed": seed, "backbone": backbone, "K": int(train["K"]),
+                              "backbone_spec": backbone_spec(config, backbone), "device": config["device"],
+                              "settings": settings_label(settings)}
+    if traits.evaluated_split:
+        target, protocol = _evaluated(method, evaluation)
+        split = dataset_spec(config, target)["eval_split"]
+        view = {k: v for k, v in view_config(config, target, protocol).items() if k not in SCORING_KEYS}
+        placed: dict[str, Any] = {"dataset": target, "source": source_spec(config, target), "train_split": split,
+                                  "train_view": view, "evaluation": f"{target}-{protocol}",
+                                  "kmeans": KMeansSettings.from_dict(config["kmeans"])}
+        run = run_id(method, backbone, train, seed, protocol, settings)
+        if method is Method.KMEANS_TRANSDUCTIVE:
+            return RunSpec(run=run, features=features_path(config, target, backbone, protocol, split), **placed, **common)
+        nystrom = nystrom_spec(config, dataset, backbone, (target, protocol), train) if traits.nystrom else None
+        eigen = nystrom.eigen if nystrom is not None else eigen_spec(config, target, backbone, protocol, train)
+        return RunSpec(run=run, features=eigen.features, alpha=eigen.alpha, eigen=eigen, nystrom=nystrom,
+                       **{**placed, **common, "K": eigen.K})
+    ds = dataset_spec(config, dataset)
+    psi = TrainSettings.from_dict(train) if traits.uses_psi else None
+    return RunSpec(
+        run=run_id(method, backbone, train, seed, settings=settings), dataset=dataset, source=source_spec(config, dataset),
+        train_split=ds["train_split"], train_view=ds["train_view"],
+        features=features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"]),
+        alpha=psi.alpha if psi is not None else None, train=psi,
+        kmeans=KMeansSettings.from_dict(config["kmeans"]) if method is not Method.NES else None,
+        graph=graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
+        if psi is not None and psi.graph == "dataset" and traits.learns_psi else None,
+        heldout=heldout_features(config, dataset, backbone) if psi is not None and psi.monitor and traits.learns_psi else None,
+        nes_run=run_id(Method.NES, backbone, train, seed, settings=settings) if method is Method.NES_STAR else None,
+        **common)
 
 
-def _evaluated(method: str, evaluation: tuple[str, str] | None) -> tuple[str, str]:
+# view options that change scoring, not features
+SCORING_KEYS = ("labels", "crf")
+
+
+def _evaluated(method: Method, evaluation: tuple[str, str] | None) -> tuple[str, str]:
     if evaluation is None:
         raise InputError(f"method {method} labels the split a table evaluates (or is fit on it): use it in tables, not segmentations")
     return evaluation
@@ -370,82 +368,39 @@ def heldout_features(config: dict, dataset: str, backbone: str) -> str | None:
     return None
 
 
-def spectral_spec(config: dict, train_dataset: str, backbone: str, method: str, train: dict, seed: int,
-                  evaluation: tuple[str, str] | None) -> dict:
-    """`spectral`: K-means on the exact eigenvectors of the evaluated split's G (transductive);
-    `spectral_inductive`: K-means centres on the training split's eigenvectors, the evaluated
-    split labelled through their Nystrom extension. Both live under the evaluated dataset."""
-    dataset, protocol = _evaluated(method, evaluation)
-    view = {k: v for k, v in view_config(config, dataset, protocol).items() if k not in ("labels", "crf")}
-    settings = nondefault_settings(method, train, default_train(config, train_dataset))
-    spec = {
-        "run": run_id(method, backbone, train, seed, protocol, settings), "method": method, "seed": seed,
-        "dataset": dataset, "backbone": backbone,
-        "dataset_spec": {**source_spec(config, dataset), "train_split": dataset_spec(config, dataset)["eval_split"], "train_view": view},
-        "backbone_spec": backbone_spec(config, backbone), "evaluation": f"{dataset}-{protocol}",
-        "kmeans": config["kmeans"], "device": config["device"],
-    }
-    if method == "spectral":
-        spec["eigen"] = eigen_spec(config, dataset, backbone, protocol, train)
-    else:
-        spec["nystrom"] = nystrom_spec(config, train_dataset, backbone, evaluation, train)
-        spec["eigen"] = spec["nystrom"]["eigen"]
-    spec["features"] = spec["eigen"]["features"]
-    spec["train"] = {"K": spec["eigen"]["K"], "alpha": spec["eigen"]["alpha"]}
-    if settings:
-        spec["settings"] = settings_label(settings)
-    return spec
-
-
-def kmeans_transductive_spec(config: dict, backbone: str, train: dict, seed: int, evaluation: tuple[str, str] | None) -> dict:
-    """K-means fitted on the evaluated split's own tokens: the control for `spectral`, which is
-    fit there too. Lives under the evaluated dataset."""
-    dataset, protocol = _evaluated("kmeans_transductive", evaluation)
-    view = {k: v for k, v in view_config(config, dataset, protocol).items() if k not in ("labels", "crf")}
-    split = dataset_spec(config, dataset)["eval_split"]
-    return {
-        "run": run_id("kmeans_transductive", backbone, train, seed, protocol), "method": "kmeans_transductive", "seed": seed,
-        "dataset": dataset, "backbone": backbone,
-        "dataset_spec": {**source_spec(config, dataset), "train_split": split, "train_view": view},
-        "backbone_spec": backbone_spec(config, backbone), "evaluation": f"{dataset}-{protocol}",
-        "features": features_path(config, dataset, backbone, protocol, split), "train": {"K": train["K"]},
-        "kmeans": config["kmeans"], "device": config["device"],
-    }
-
-
-def evaluation_spec(config: dict, spec: dict, evaluation: str) -> dict:
+def evaluation_spec(config: dict, spec: RunSpec, evaluation: str) -> EvaluationSpec:
     """What `evaluate` needs for one run on `{dataset}-{protocol}`: the dataset's images and
     label set, the protocol's view, and the cached features unless the protocol slides windows."""
     dataset, protocol = evaluation.rsplit("-", 1)
     ds = dataset_spec(config, dataset)
     view = view_config(config, dataset, protocol)
     cached = view["mode"] != "sliding"
-    return {
-        "dataset_spec": source_spec(config, dataset), "split": ds["eval_split"], "protocol": protocol, "view": view,
-        "features": features_path(config, dataset, spec["backbone"], protocol, ds["eval_split"]) if cached else None,
-        "overlays": config["evaluate"]["overlays"], "batch_size": config["evaluate"].get("batch_size", 8),
-        "device": config["device"],
-    }
+    return EvaluationSpec(
+        source=source_spec(config, dataset), split=ds["eval_split"], protocol=protocol, view=view,
+        features=features_path(config, dataset, spec.backbone, protocol, ds["eval_split"]) if cached else None,
+        overlays=config["evaluate"]["overlays"], batch_size=config["evaluate"].get("batch_size", 8),
+        device=config["device"])
 
 
-def all_runs(config: dict) -> dict[tuple[str, str], dict]:
+def all_runs(config: dict) -> dict[tuple[str, str], RunSpec]:
     """(dataset, run id) -> spec over every table; one run shared by several tables is one job."""
-    runs: dict[tuple[str, str], dict] = {}
+    runs: dict[tuple[str, str], RunSpec] = {}
     grids = [table_config(config, folder, table) for folder, table in all_tables(config)]
     grids += [segmentation_config(config, name) for name in config.get("segmentations") or {}]
     for grid in grids:
         for spec in grid_runs(config, grid):
-            key = (spec["dataset"], spec["run"])
+            key = (spec.dataset, spec.run)
             if key in runs and runs[key] != spec:
-                differ = sorted(k for k in {**spec, **runs[key]} if spec.get(k) != runs[key].get(k))
-                raise InputError(f"tables: run {spec['run']} is declared twice with different parameters ({', '.join(differ)})")
+                new, old = spec.to_dict(), runs[key].to_dict()
+                differ = sorted(k for k in {**new, **old} if new.get(k) != old.get(k))
+                raise InputError(f"tables: run {spec.run} is declared twice with different parameters ({', '.join(differ)})")
             runs[key] = spec
     return runs
 
 
 def as_param(obj: Any) -> str:
     """Canonical JSON: what Snakemake compares to decide whether parameters changed."""
-    return json.dumps(obj, sort_keys=True)
+    return obj.to_json() if hasattr(obj, "to_json") else canonical_json(obj.to_dict() if hasattr(obj, "to_dict") else obj)
 
 
 def check_files(paths: list[str | Path], default: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .formats import write_text
 from .visualise import colourise, palette, save_panel
 
 FIGURES = ("per_class_iou.png", "confusion.png", "samples.png")
@@ -106,7 +107,5 @@ def write_report(eval_dir: Path, metrics: dict[str, Any], compare_dir: Path | No
     if rows:
         lines += ["## Samples", "", "![samples](samples.png)", "", "Per-image panels with overlays: [overlays/](overlays/).", ""]
     out = eval_dir / "report.md"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out)
+    write_text(out, "\n".join(lines))
     return out

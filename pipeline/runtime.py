@@ -1,15 +1,14 @@
-"""Process-level plumbing shared by every stage: device, seeding, logging, atomic writes."""
+"""Process-level plumbing shared by every stage: device, seeding, threads, logging, progress, cost
+measurement and FAISS GPU resources."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import resource
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
@@ -35,12 +34,10 @@ def seed_everything(seed: int) -> "torch.Generator":
     return torch.Generator().manual_seed(seed)
 
 
-def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+def setup_logging(level: int = logging.INFO) -> None:
+    """Timestamped records on stderr (which `nes --log` points at the job's log file)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=[logging.StreamHandler()], force=True)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports missing CPU variants at INFO
 
 
@@ -111,32 +108,21 @@ def _cuda_in_use() -> bool:
     return bool(torch is not None and torch.cuda.is_available())
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_plain))
-    tmp.replace(path)
+def faiss_gpus() -> int:
+    """GPUs FAISS can use: 0 with faiss-cpu."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def save_torch_atomic(obj: Any, path: Path) -> None:
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+_FAISS_GPU_RESOURCES = None
 
 
-def _plain(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+def faiss_gpu_resources() -> Any:
+    """One set of FAISS GPU resources (scratch memory, streams) per process, made on first use."""
+    global _FAISS_GPU_RESOURCES
+    if _FAISS_GPU_RESOURCES is None:
+        import faiss
+
+        _FAISS_GPU_RESOURCES = faiss.StandardGpuResources()
+    return _FAISS_GPU_RESOURCES

@@ -26,6 +26,7 @@ import torch
 
 from .errors import InputError
 from .evaluate import backbone_for, image_logits, resample_rows
+from .formats import write_json
 from .models import RunModel
 from .runtime import resolve_device
 from .views import View
@@ -35,7 +36,7 @@ UNMATCHED = 255  # label PNG value of pixels whose cluster has no class
 
 def default_view(model: RunModel) -> dict[str, Any]:
     """The run's training view; a centre crop becomes sliding windows (stride 2/3 of the crop)."""
-    view = dict(model.config["dataset_spec"]["train_view"])
+    view = dict(model.spec.train_view)
     if view["mode"] == "centre_crop":
         view.update(mode="sliding", stride=max(1, int(view["crop"]) * 2 // 3))
     return view
@@ -68,9 +69,7 @@ class ClassMapping:
         raise InputError(f"{path}: expected 'mapping' and 'class_names' (or an evaluation's metrics.json)")
 
     def save(self, path: Path) -> None:
-        from .runtime import write_json_atomic
-
-        write_json_atomic(Path(path), {"mapping": self.mapping.tolist(), "class_names": self.class_names,
+        write_json(Path(path), {"mapping": self.mapping.tolist(), "class_names": self.class_names,
                                        "source": self.source})
 
     def apply(self, clusters: np.ndarray) -> np.ndarray:
@@ -163,6 +162,6 @@ class Segmenter:
 
     def eigenfunction_maps(self, logits: torch.Tensor, n: int) -> np.ndarray:
         """The first n eigenfunctions from already computed logits (logits = psi / tau_min)."""
-        if self.model.method != "nes":
-            raise InputError(f"{self.model.config['run']}: a {self.model.method} run has no eigenfunction outputs; use a nes run")
-        return (logits[:n] * float(self.model.config["train"]["tau_min"])).numpy()
+        if not self.model.method.traits.learns_psi:
+            raise InputError(f"{self.model.spec.run}: a {self.model.method} run has no eigenfunction outputs; use a nes run")
+        return (logits[:n] * self.model.spec.psi.tau_min).numpy()

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .formats import write_text
+from .spec import Method
+
 SCORES = ["acc", "miou", "miou_hungarian"]
 ALIGNMENT = ["capture", "onehot_cos", "perplexity", "logit_cos", "logit_cos_random"]
 COSTS = ["graph_s", "graph_mb", "train_s", "train_mb"]
@@ -25,8 +28,7 @@ RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K"
                "crf", *SCORES, *ALIGNMENT, *COSTS, "run"]
 # `settings`: every other setting a run has off the defaults (`epochs=10 knn_k=64`; "" for default runs)
 SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "settings", "crf"]
-METHOD_NAMES = {"kmeans": "K-means", "kmeans_transductive": "K-means (transductive)", "nes": "Ours", "nes_star": "Ours*",
-                "spectral": "Spectral (exact, transductive)", "spectral_inductive": "Spectral (exact, Nystrom)"}
+METHOD_NAMES = {str(method): method.traits.label for method in Method}
 
 
 def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
@@ -123,10 +125,6 @@ def write_table(metric_files: list[Path], csv_path: Path, alignment_files: list[
     runs = build_runs(metric_files, alignment_files)
     table = aggregate(runs)
     for frame, path in ((runs, csv_path.with_name(csv_path.stem + "_runs.csv")), (table, csv_path)):
-        tmp = path.with_name(path.name + ".tmp")
-        frame.to_csv(tmp, index=False)
-        tmp.replace(path)
-    md = csv_path.with_suffix(".md")
-    md.with_name(md.name + ".tmp").write_text(to_markdown(table))
-    md.with_name(md.name + ".tmp").replace(md)
+        write_text(path, frame.to_csv(index=False))
+    write_text(csv_path.with_suffix(".md"), to_markdown(table))
     return table

@@ -20,19 +20,20 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .cache import FeatureCache
-from .eigenfunctions import centre_per_image, default_beta, neuralef_objective, training_output
+from .cache import FeatureCache, cache_for
+from .eigenfunctions import centre_per_image, neuralef_objective, training_output
 from .errors import InputError
+from .formats import save_torch
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .graph.spectral import perplexity
 from .models import RunModel, build_psi
 from .monitor import CaptureMonitor
-from .runtime import progress, save_torch_atomic, seed_everything
+from .runtime import progress, seed_everything
+from .spec import RunSpec
 
 log = logging.getLogger(__name__)
 # same_image: share of the batch's feature-graph weight inside single images (dataset-wide graph
@@ -45,11 +46,6 @@ CHECKPOINT_SECONDS = 300
 def cosine(step: int, total: int, start: float, end: float) -> float:
     """start at step 0, end at the last step."""
     return end + (start - end) * (1 + math.cos(math.pi * step / max(total, 1))) / 2
-
-
-def resolved_beta(train_cfg: dict[str, Any]) -> float:
-    beta = train_cfg.get("beta")
-    return float(beta) if beta is not None else default_beta(int(train_cfg["K"]))
 
 
 def epoch_schedule(image_index: np.ndarray, batch: int, epochs: int, generator: torch.Generator) -> list[tuple[int, np.ndarray]]:
@@ -68,40 +64,39 @@ def epoch_schedule(image_index: np.ndarray, batch: int, epochs: int, generator: 
     return schedule
 
 
-def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: torch.device) -> RunModel:
+def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.device) -> RunModel:
     """Train psi; writes the log and curves to `out_dir` (the caller saves the model)."""
-    cfg = spec["train"]
-    generator = seed_everything(int(spec["seed"]))
+    cfg = spec.psi
+    generator = seed_everything(spec.seed)
     psi = build_psi(cache.dim("input"), cfg).to(device)
-    optimiser = torch.optim.Adam(psi.parameters(), lr=float(cfg["lr"]))
-    beta = resolved_beta(cfg)
-    batch = int(cfg["batch_size"])
+    optimiser = torch.optim.Adam(psi.parameters(), lr=cfg.lr)
     dataset_graph = None
-    if cfg.get("graph", "batch") == "dataset":
+    if cfg.graph == "dataset":
         from .graph.dataset import DatasetGraph, neighbour_schedule
 
         h, w = cache.grid
-        dataset_graph = DatasetGraph(Path(spec["graph"]).with_suffix(".zarr"), h * w)
+        if spec.graph is None:
+            raise InputError(f"{spec.run}: train.graph is dataset but the spec names no dataset-wide graph")
+        dataset_graph = DatasetGraph(Path(spec.graph).with_suffix(".zarr"), h * w)
         if dataset_graph.n_items != len(cache):
-            raise InputError(f"{spec['graph']}: the graph covers {dataset_graph.n_items} items, the cache {len(cache)}; rebuild it")
-        schedule = neighbour_schedule(dataset_graph, batch, int(cfg["epochs"]), generator)
+            raise InputError(f"{spec.graph}: the graph covers {dataset_graph.n_items} items, the cache {len(cache)}; rebuild it")
+        schedule = neighbour_schedule(dataset_graph, cfg.batch_size, cfg.epochs, generator)
     else:
-        schedule = epoch_schedule(cache.image_index, batch, int(cfg["epochs"]), generator)
+        schedule = epoch_schedule(cache.image_index, cfg.batch_size, cfg.epochs, generator)
     total = len(schedule)
-    pixel_knn = [tuple(p) for p in cfg["pixel_knn"]]
     log.info("training psi: %d items of %d images, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
-             len(cache), len(np.unique(cache.image_index)), total, cfg["K"], beta, cfg["alpha"], cfg["knn_k"],
+             len(cache), len(np.unique(cache.image_index)), total, cfg.K, cfg.beta, cfg.alpha, cfg.knn_k,
              sum(p.numel() for p in psi.parameters()))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    monitor = CaptureMonitor(total, int(cfg.get("monitor", 0) or 0), int(cfg["K"]),
-                             heldout_kernel(spec, cfg, pixel_knn, device) if cfg.get("monitor") else None, int(spec["seed"]))
-    fingerprint = json.dumps({"spec": spec, "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str)
+    monitor = CaptureMonitor(total, cfg.monitor, cfg.K, heldout_kernel(spec, device) if cfg.monitor else None, spec.seed)
+    fingerprint = json.dumps({"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True,
+                             default=str)
     rows: list[dict] = []
     first = resume(out_dir / CHECKPOINT, fingerprint, psi, optimiser, rows, monitor, device)
     started = time.time() - (rows[-1]["seconds"] if rows else 0.0)
     saved_at = time.time()
-    bar = progress(total=total, initial=first, desc=f"train {spec['run']}", unit="step")
+    bar = progress(total=total, initial=first, desc=f"train {spec.run}", unit="step")
     # the next batch is read and decompressed in a thread while this one trains
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(cache.read, schedule[first][1]) if first < total else None
@@ -115,19 +110,19 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
             bsz, h, w, _ = data["high"].shape
             if dataset_graph is None:
                 kernel = build_kernel(data["high"].reshape(bsz, h * w, -1), data["pixels"].reshape(bsz, h * w, 5),
-                                      k=int(cfg["knn_k"]), alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
+                                      k=cfg.knn_k, alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
             else:
-                pixel = block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), pixel_knn)) if cfg["alpha"] else None
-                kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, float(cfg["alpha"]))
-            tau = cosine(step, total, float(cfg["tau_max"]), float(cfg["tau_min"]))
-            lr = cosine(step, total, float(cfg["lr"]), float(cfg["lr_min"]))
+                pixel = block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
+                kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha)
+            tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
+            lr = cosine(step, total, cfg.lr, cfg.lr_min)
             for group in optimiser.param_groups:
                 group["lr"] = lr
             logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
             outputs = training_output(logits, tau)
-            if cfg.get("image_centred"):
+            if cfg.image_centred:
                 outputs = centre_per_image(outputs, h * w)
-            objective = neuralef_objective(outputs, kernel, beta, float(cfg["t"]))
+            objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t)
             optimiser.zero_grad(set_to_none=True)
             objective.loss.backward()
             optimiser.step()
@@ -146,7 +141,7 @@ def train_psi(cache: FeatureCache, spec: dict[str, Any], out_dir: Path, device: 
     bar.close()
     if not np.isfinite(rows[-1]["loss"]):
         raise FloatingPointError(f"training diverged: final loss {rows[-1]['loss']}")
-    model = RunModel("nes", spec, psi.eval().cpu(), input_dim=cache.dim("input"))
+    model = RunModel(spec, psi.eval().cpu(), input_dim=cache.dim("input"))
     write_log(rows, out_dir / "train_log.csv")
     plot_curves(rows, out_dir / "loss.png")
     monitor.write(out_dir)
@@ -161,7 +156,7 @@ def cluster_usage(logits: torch.Tensor) -> float:
 
 def save_checkpoint(path: Path, fingerprint: str, step: int, psi: torch.nn.Module, optimiser: torch.optim.Optimizer,
                     rows: list[dict], monitor: CaptureMonitor) -> None:
-    save_torch_atomic({"fingerprint": fingerprint, "step": step, "psi": psi.state_dict(), "optimiser": optimiser.state_dict(),
+    save_torch({"fingerprint": fingerprint, "step": step, "psi": psi.state_dict(), "optimiser": optimiser.state_dict(),
                        "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                        "rows": rows, "monitor": monitor.rows}, path)
 
@@ -191,17 +186,18 @@ def resume(path: Path, fingerprint: str, psi: torch.nn.Module, optimiser: torch.
     return int(ckpt["step"]) + 1
 
 
-def heldout_kernel(spec: dict[str, Any], cfg: dict[str, Any], pixel_knn, device: torch.device):
-    """psi's input and the kernel of B images spread over the evaluation split (`spec["heldout"]`,
+def heldout_kernel(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, BatchKernel] | None:
+    """psi's input and the kernel of B images spread over the evaluation split (`spec.heldout`,
     a plain cache), for the capture monitor; None without such a cache."""
-    if not spec.get("heldout"):
+    if not spec.heldout:
         return None
-    cache = FeatureCache(Path(spec["heldout"]).with_suffix(".zarr"))
-    items = np.unique(np.linspace(0, len(cache) - 1, min(int(cfg["batch_size"]), len(cache))).round().astype(int))
+    cfg = spec.psi
+    cache = cache_for(spec.heldout)
+    items = np.unique(np.linspace(0, len(cache) - 1, min(cfg.batch_size, len(cache))).round().astype(int))
     data = {k: torch.from_numpy(v).to(device) for k, v in cache.read(items).items()}
     b, h, w, _ = data["high"].shape
-    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=int(cfg["knn_k"]),
-                          alpha=float(cfg["alpha"]), pixel_knn=pixel_knn)
+    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=cfg.knn_k,
+                          alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
     return data["input"].reshape(b, h * w, -1), kernel
 
 

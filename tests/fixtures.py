@@ -9,10 +9,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import timm
 import torch
 from PIL import Image
+
+from pipeline.spec import Method, RunSpec, TrainSettings
+
+TINY_TRAIN = {"K": 6, "epochs": 2, "batch_size": 3, "lr": 1e-3, "lr_min": 1e-5, "tau_max": 1.0, "tau_min": 0.3,
+              "beta": None, "t": 0.01, "alpha": 0.3, "knn_k": 16, "pixel_knn": [[10, 2.0], [5, 0.1]], "depth": 2,
+              "heads": 2, "dim_head": 8, "mlp_ratio": 0.5}
+
+
+def train_settings(**overrides: Any) -> TrainSettings:
+    """psi's settings for tests: a tiny psi, two short epochs."""
+    return TrainSettings.from_dict({**TINY_TRAIN, **overrides})
+
+
+def run_spec(method: str = "nes", **fields: Any) -> RunSpec:
+    """A complete run spec for tests; `fields` replace any of its attributes (`train` may be a
+    dict of overrides of TINY_TRAIN)."""
+    method = Method(method)
+    train = fields.pop("train", {})
+    settings = (train if isinstance(train, TrainSettings) else train_settings(**train)) if method.traits.uses_psi else None
+    K = fields.pop("K", settings.K if settings else 6)
+    spec = RunSpec(run=f"{method}-test-K{K}-s0", method=method, seed=0, dataset="test", backbone="test",
+                   source={"name": "test"}, train_split="train", train_view={"mode": "resize", "size": [64, 64]},
+                   backbone_spec={}, features="features.json", device="cpu", K=K, train=settings,
+                   alpha=settings.alpha if settings else None)
+    return dataclasses.replace(spec, **fields)
+
 
 # (class id in the dataset's raw label PNG, RGB colour)
 PASCAL_CLASSES = [(0, (120, 120, 120)), (15, (200, 40, 40)), (37, (40, 200, 40)), (48, (40, 40, 200))]

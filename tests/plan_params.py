@@ -5,6 +5,8 @@ typed run spec; test_spec.py checks they stay byte-identical."""
 from __future__ import annotations
 
 import copy
+import gzip
+import json
 from pathlib import Path
 
 import yaml
@@ -55,17 +57,17 @@ def all_params(config: dict) -> dict[str, str]:
         evaluation = plan.table_evaluation(config, folder, table)
         for spec in plan.table_runs(config, folder, table):
             ev = plan.evaluation_spec(config, spec, evaluation)
-            out[f"evaluate {spec['dataset']}/{spec['run']}/{evaluation}"] = plan.as_param(ev)
-            features.add(spec["features"])
-            if ev["features"]:
-                features.add(ev["features"])
+            out[f"evaluate {spec.dataset}/{spec.run}/{evaluation}"] = plan.as_param(ev)
+            features.add(spec.features)
+            if ev.features:
+                features.add(ev.features)
         for path in plan.table_alignments(config, folder, table):
             run = Path(path).parents[1].name
-            spec = next(s for s in plan.table_runs(config, folder, table) if s["run"] == run)
+            spec = next(s for s in plan.table_runs(config, folder, table) if s.run == run)
             out[f"align {path}"] = plan.as_param(plan.alignment_spec(config, spec, evaluation))
     for path, spec in plan.all_eigen(config).items():
         out[f"eigen {path}"] = plan.as_param(spec)
-        features.add(spec["features"])
+        features.add(spec.features)
     for path, spec in plan.all_nystrom(config).items():
         out[f"nystrom {path}"] = plan.as_param(spec)
     for path in sorted(features):
@@ -77,10 +79,12 @@ def all_params(config: dict) -> dict[str, str]:
     return out
 
 
-if __name__ == "__main__":  # writes the golden file (run once, before the typed run spec)
-    import gzip
-    import json
+def golden() -> dict[str, dict[str, str]]:
+    with gzip.open(REPO / "tests" / "data" / "params_golden.json.gz", "rt") as fh:
+        return json.load(fh)
 
+
+if __name__ == "__main__":  # wrote the golden file, once, before the typed run spec
     golden = {name: all_params(cfg) for name, cfg in golden_configs().items()}
     with gzip.open(REPO / "tests" / "data" / "params_golden.json.gz", "wt") as fh:
         json.dump(golden, fh, sort_keys=True, indent=0)

@@ -13,7 +13,8 @@ from pipeline.evaluate import image_logits
 from pipeline.models import RunModel, build_psi
 from pipeline.views import View
 
-from fixtures import TINY_VIT_ARGS, write_ade20k, write_cityscapes, write_image_folder, write_pascal, write_tiny_vit
+from fixtures import (TINY_VIT_ARGS, run_spec, train_settings, write_ade20k, write_cityscapes, write_image_folder, write_pascal,
+                      write_tiny_vit)
 
 
 def spec(adapter, root):
@@ -103,8 +104,8 @@ def tiny_vit_model(tmp_path_factory):
     backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16,
                                      model_args=TINY_VIT_ARGS))
     torch.manual_seed(0)
-    train = {"K": 6, "depth": 1, "heads": 2, "dim_head": 8, "mlp_ratio": 0.5, "tau_min": 0.3}
-    model = RunModel("nes", {"train": train}, psi=build_psi(backbone.input_dim, train).eval(), input_dim=backbone.input_dim)
+    train = train_settings(K=6, depth=1)
+    model = RunModel(run_spec("nes", train=train), psi=build_psi(backbone.input_dim, train).eval(), input_dim=backbone.input_dim)
     return backbone, model
 
 

@@ -83,7 +83,7 @@ def test_neighbour_batches_fill_the_kernel_random_batches_do_not(graph):
 
 
 def test_training_on_the_dataset_graph(tmp_path):
-    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
+    from fixtures import run_spec, TINY_VIT_ARGS, write_pascal, write_tiny_vit
     from pipeline.backbones import Backbone, BackboneSpec
     from pipeline.cache import FeatureCache
     from pipeline.datasets import load_dataset
@@ -98,11 +98,9 @@ def test_training_on_the_dataset_graph(tmp_path):
     cache = FeatureCache(tmp_path / "train.zarr")
     high = cache.read(np.arange(len(cache)), ("high",))["high"]
     build_dataset_graph(high.reshape(-1, high.shape[-1]), tmp_path / "graph.zarr", k=16)
-    train = {"K": 6, "epochs": 2, "batch_size": 4, "lr": 1e-3, "lr_min": 1e-5, "tau_max": 1.0, "tau_min": 0.3, "beta": None,
-             "t": 0.01, "alpha": 0.3, "knn_k": 16, "pixel_knn": [[10, 2.0], [5, 0.1]], "depth": 1, "heads": 2, "dim_head": 8,
-             "mlp_ratio": 0.5, "graph": "dataset"}
-    model = train_psi(cache, {"run": "nes-graph", "seed": 0, "train": train, "graph": str(tmp_path / "graph.json")},
-                      tmp_path / "run", torch.device("cpu"))
+    spec = run_spec("nes", run="nes-graph", train={"batch_size": 4, "depth": 1, "graph": "dataset"},
+                    graph=str(tmp_path / "graph.json"))
+    model = train_psi(cache, spec, tmp_path / "run", torch.device("cpu"))
     log = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
     assert len(log) == 2 * (12 // 2) and np.isfinite(log["loss"]).all() and (log["trace"] > 0).all()  # 2 anchors a step
     assert model.psi is not None

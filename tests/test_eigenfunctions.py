@@ -9,7 +9,7 @@ from scipy.sparse.linalg import eigsh
 from scipy.spatial import cKDTree
 
 from pipeline.eigenfunctions import Psi, neuralef_loss, neuralef_objective, training_output
-from pipeline.eigenfunctions import test_logits as inference_logits
+from pipeline.eigenfunctions import inference_logits
 
 
 def knn_kernel(points, k=30, sigma=0.3):

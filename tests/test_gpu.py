@@ -72,7 +72,7 @@ def test_bf16_backbone_is_finite_and_close_to_fp32(tmp_path):
 
 
 def test_sliding_window_evaluation_on_cuda_equals_cpu(tmp_path):
-    from fixtures import TINY_VIT_ARGS, write_tiny_vit
+    from fixtures import TINY_VIT_ARGS, run_spec, train_settings, write_tiny_vit
 
     from pipeline.backbones import Backbone, BackboneSpec
     from pipeline.evaluate import sliding_logits
@@ -83,8 +83,9 @@ def test_sliding_window_evaluation_on_cuda_equals_cpu(tmp_path):
     backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16,
                                      model_args=TINY_VIT_ARGS))
     torch.manual_seed(0)
-    psi = build_psi(backbone.input_dim, {"K": 6, "depth": 1, "heads": 2, "dim_head": 8, "mlp_ratio": 0.5}).eval()
-    model = RunModel("nes", {"run": "nes-gpu", "train": {"K": 6, "tau_min": 0.3}}, psi, input_dim=backbone.input_dim)
+    train = train_settings(K=6, depth=1)
+    psi = build_psi(backbone.input_dim, train).eval()
+    model = RunModel(run_spec("nes", run="nes-gpu", train=train), psi, input_dim=backbone.input_dim)
     view = View.from_config({"mode": "sliding", "short_side": 96, "crop": 64, "stride": 32})
     image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     cpu = sliding_logits(model, backbone, image, view, torch.device("cpu"))

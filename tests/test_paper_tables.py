@@ -159,9 +159,9 @@ def test_dry_run_of_every_table_resolves(roots, tmp_path):
     from pipeline.plan import all_runs, all_tables, table_evaluation, table_runs
 
     runs = all_runs(cfg)
-    evaluations = {(s["dataset"], s["run"], table_evaluation(cfg, f, t)) for f, t in all_tables(cfg) for s in table_runs(cfg, f, t)}
-    assert jobs["train"] == sum(s["method"] == "nes" for s in runs.values())
-    assert jobs["fit_kmeans"] == sum(s["method"] != "nes" for s in runs.values())
+    evaluations = {(s.dataset, s.run, table_evaluation(cfg, f, t)) for f, t in all_tables(cfg) for s in table_runs(cfg, f, t)}
+    assert jobs["train"] == sum(s.method.traits.learns_psi for s in runs.values())
+    assert jobs["fit_kmeans"] == sum(not s.method.traits.learns_psi for s in runs.values())
     assert jobs["evaluate"] == len(evaluations) and jobs["table"] == len(all_tables(cfg))
 
 

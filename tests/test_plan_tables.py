@@ -22,7 +22,7 @@ def config():
 def test_run_ids_are_readable_and_carry_defining_parameters(config):
     config["train"].update(K=64, alpha=0.3, beta=None)
     config["tables"]["camvid"]["table1"]["seeds"] = [0, 1]
-    ids = sorted(spec["run"] for spec in table_runs(config, "camvid", "table1"))
+    ids = sorted(spec.run for spec in table_runs(config, "camvid", "table1"))
     assert ids == ["kmeans-lite0-K64-s0", "kmeans-lite0-K64-s1",
                    "nes-lite0-K64-a0.3-b0.32-s0", "nes-lite0-K64-a0.3-b0.32-s1",
                    "nes_star-lite0-K64-a0.3-b0.32-s0", "nes_star-lite0-K64-a0.3-b0.32-s1"]
@@ -33,11 +33,11 @@ def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
     specs = table_runs(config, "camvid", "table1")
     assert len(specs) == 2 + 4 + 4
     # K-means runs depend on K only: the alpha sweep does not duplicate them
-    kmeans = {s["run"] for s in specs if s["method"] == "kmeans"}
+    kmeans = {s.run for s in specs if s.method == "kmeans"}
     assert kmeans == {"kmeans-lite0-K64-s0", "kmeans-lite0-K128-s0"}
     assert len(all_runs(config)) == 2 + 4 + 4
-    star = next(s for s in specs if s["method"] == "nes_star")
-    assert star["nes_run"] == star["run"].replace("nes_star-", "nes-")
+    star = next(s for s in specs if s.method == "nes_star")
+    assert star.nes_run == star.run.replace("nes_star-", "nes-")
 
 
 # a value off the demo defaults for every sweepable training key (the schema lists them)
@@ -58,27 +58,27 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     sweepable = schema["$defs"]["sweep"]["propertyNames"]["enum"]
     assert set(sweepable) == set(OTHER_VALUES)
     methods = ["kmeans", "kmeans_transductive", "spectral", "spectral_inductive", "nes", "nes_star"]
-    default = {s["method"]: s["run"] for s in _sweep(config, "K", [config["train"]["K"]], methods)}
+    default = {s.method: s.run for s in _sweep(config, "K", [config["train"]["K"]], methods)}
     assert default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
     for key in sweepable:
         specs = _sweep(config, key, [config["train"].get(key, False), OTHER_VALUES[key]], methods)
         for method in methods:
-            runs = [s for s in specs if s["method"] == method]
+            runs = [s for s in specs if s.method == method]
             depends = key in DEPENDS_ON.get(method, {key})
-            assert len(runs) == (2 if depends else 1), (key, method, [s["run"] for s in runs])
-            assert default[method] in {s["run"] for s in runs}, (key, method)
+            assert len(runs) == (2 if depends else 1), (key, method, [s.run for s in runs])
+            assert default[method] in {s.run for s in runs}, (key, method)
             if depends and key not in ("K", "alpha", "beta", "graph"):
-                (other,) = [s for s in runs if s["run"] != default[method]]
-                assert key in other["run"] and other["settings"].startswith(f"{key}="), other["run"]
-        star = next(s for s in specs if s["method"] == "nes_star" and s["run"] != default["nes_star"])
-        assert star["nes_run"] == star["run"].replace("nes_star-", "nes-")
+                (other,) = [s for s in runs if s.run != default[method]]
+                assert key in other.run and other.settings.startswith(f"{key}="), other.run
+        star = next(s for s in specs if s.method == "nes_star" and s.run != default["nes_star"])
+        assert star.nes_run == star.run.replace("nes_star-", "nes-")
     # readable ids: pixel_knn's pairs, floats as written
-    runs = {s["run"] for s in _sweep(config, "pixel_knn", [[[20, 2.0], [10, 0.1]]], ["nes"])}
+    runs = {s.run for s in _sweep(config, "pixel_knn", [[[20, 2.0], [10, 0.1]]], ["nes"])}
     assert runs == {"nes-lite0-K128-a0.3-b0.16-pixel_knn20x2_10x0.1-s0"}
     specs = _sweep(config, "lr", [3.0e-3], ["nes", "spectral_inductive"])
-    assert {s["run"] for s in specs} == {"nes-lite0-K128-a0.3-b0.16-lr0.003-s0", "spectral_inductive-lite0-K128-a0.3-native-s0"}
+    assert {s.run for s in specs} == {"nes-lite0-K128-a0.3-b0.16-lr0.003-s0", "spectral_inductive-lite0-K128-a0.3-native-s0"}
     # the Nystrom extension depends on knn_k: each value its own file
-    paths = {s["nystrom"]["path"] for s in _sweep(config, "knn_k", [256, 64], ["spectral_inductive"])}
+    paths = {s.nystrom.path for s in _sweep(config, "knn_k", [256, 64], ["spectral_inductive"])}
     assert paths == {"results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz",
                      "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3-knn_k64.npz"}
 
@@ -88,8 +88,8 @@ def test_a_table_override_off_the_defaults_is_its_own_run(config):
     the first's id)."""
     config["tables"]["camvid"]["long"] = {"backbones": ["lite0"], "seeds": [0], "methods": ["nes"], "train": {"epochs": 10}}
     long = table_runs(config, "camvid", "long")
-    assert [s["run"] for s in long] == ["nes-lite0-K128-a0.3-b0.16-epochs10-s0"] and long[0]["settings"] == "epochs=10"
-    assert "settings" not in table_runs(config, "camvid", "table1")[0]  # default runs' params as before
+    assert [s.run for s in long] == ["nes-lite0-K128-a0.3-b0.16-epochs10-s0"] and long[0].settings == "epochs=10"
+    assert "settings" not in table_runs(config, "camvid", "table1")[0].to_dict()  # default runs' params as before
     all_runs(config)  # no clash with table1's default run
 
 
@@ -101,24 +101,24 @@ def _sweep(config, key, values, methods):
 def test_paper_tables_share_runs_across_tables_and_protocols(config):
     """Table 1 (protocol A) and Table 3 (protocol B) evaluate the same ViT-S runs; beta: null and
     beta 0.08 at K = 256 are one run; the zero-shot table trains on the image folder."""
-    t1 = {s["run"] for s in table_runs(config, "pascal", "table1")}
-    t3 = {s["run"] for s in table_runs(config, "pascal", "table3")}
+    t1 = {s.run for s in table_runs(config, "pascal", "table1")}
+    t3 = {s.run for s in table_runs(config, "pascal", "table3")}
     assert len(t1) == 3 * 3 * 3 and t3 < t1
     assert table_evaluation(config, "pascal", "table1") == "pascal-A" and table_evaluation(config, "pascal", "table3") == "pascal-B"
-    t7 = {s["run"] for s in table_runs(config, "pascal", "table7")}
+    t7 = {s.run for s in table_runs(config, "pascal", "table7")}
     assert "nes-vit_s16-K256-a0.3-b0.08-s0" in t7 & t1
     t8 = table_runs(config, "pascal", "table8")
-    assert {s["dataset"] for s in t8} == {"imagenet"} and all(s["features"].startswith("results/imagenet/") for s in t8)
+    assert {s.dataset for s in t8} == {"imagenet"} and all(s.features.startswith("results/imagenet/") for s in t8)
     assert all(m.endswith("/pascal-A/metrics.json") and m.startswith("results/imagenet/runs/")
                for m in table_metrics(config, "pascal", "table8"))
     k60 = table_runs(config, "pascal", "matching")
-    assert {s["train"]["K"] for s in k60} == {60}
+    assert {s.K for s in k60} == {60}
     ade = table_runs(config, "ade20k", "table4")
-    assert {s["run"] for s in ade} >= {"nes-vit_s16-K512-a0.3-b0.04-s2"}
+    assert {s.run for s in ade} >= {"nes-vit_s16-K512-a0.3-b0.04-s2"}
     # sliding-window protocols are evaluated live, single-pass ones from a cache of their view
     run = table_runs(config, "pascal", "table1")[0]
-    assert evaluation_spec(config, run, "pascal-B")["features"] is None
-    assert evaluation_spec(config, run, "pascal-A")["features"] == f"results/pascal/features/{run['backbone']}/A/val.json"
+    assert evaluation_spec(config, run, "pascal-B").features is None
+    assert evaluation_spec(config, run, "pascal-A").features == f"results/pascal/features/{run.backbone}/A/val.json"
     assert len(all_runs(config)) > 100
 
 
@@ -126,30 +126,30 @@ def test_spectral_runs_fit_the_evaluated_split_and_share_eigenvectors_across_see
     """The camvid graph table: spectral runs live under the evaluated dataset, are named by the
     protocol whose cache they cluster, and share one eigenvector reference with psi's alignments;
     a zero-shot table's spectral run is fit on the evaluation dataset, not the training folder."""
-    specs = {s["run"]: s for s in table_runs(config, "camvid", "graph")}
+    specs = {s.run: s for s in table_runs(config, "camvid", "graph")}
     assert set(specs) == {"kmeans-lite0-K128-s0", "kmeans-lite0-K128-s1", "nes-lite0-K128-a0.3-b0.16-s0",
                           "nes-lite0-K128-a0.3-b0.16-s1", "nes-lite0-K128-a0.3-b0.16-gdataset-s0",
                           "nes-lite0-K128-a0.3-b0.16-gdataset-s1", "spectral-lite0-K128-a0.3-native-s0",
                           "spectral-lite0-K128-a0.3-native-s1"}
     spectral = specs["spectral-lite0-K128-a0.3-native-s0"]
     eigen = "results/camvid/graphs/lite0/native/val-eigen-K128-a0.3.npz"
-    assert spectral["features"] == "results/camvid/features/lite0/native/val.json" and spectral["eigen"]["path"] == eigen
-    assert specs["nes-lite0-K128-a0.3-b0.16-gdataset-s0"]["graph"] == "results/camvid/graphs/lite0/train/train.json"
+    assert spectral.features == "results/camvid/features/lite0/native/val.json" and spectral.eigen.path == eigen
+    assert specs["nes-lite0-K128-a0.3-b0.16-gdataset-s0"].graph == "results/camvid/graphs/lite0/train/train.json"
     assert sorted(table_alignments(config, "camvid", "graph")) == sorted(
         f"results/camvid/runs/{r}/camvid-native/alignment.json" for r in specs)
     assert table_alignments(config, "camvid", "table1") == []  # no spectral reference, no alignment
     assert eigen in all_eigen(config)
     # the verdict's controls: K-means on val itself, and train's eigenvectors extended to val
-    verdict = {s["run"]: s for s in table_runs(config, "camvid", "verdict")}
+    verdict = {s.run: s for s in table_runs(config, "camvid", "verdict")}
     transductive = verdict["kmeans_transductive-dinov2_s14-K128-native-s2"]
-    assert transductive["features"] == "results/camvid/features/dinov2_s14/native/val.json"
+    assert transductive.features == "results/camvid/features/dinov2_s14/native/val.json"
     inductive = verdict["spectral_inductive-lite0-K128-a0.3-native-s1"]
-    assert inductive["eigen"]["path"] == "results/camvid/graphs/lite0/train/train-eigen-K128-a0.3.npz"
-    assert inductive["nystrom"]["path"] == "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz"
-    assert inductive["nystrom"]["features"] == spectral["features"] and inductive["eigen"]["path"] in all_eigen(config)
+    assert inductive.eigen.path == "results/camvid/graphs/lite0/train/train-eigen-K128-a0.3.npz"
+    assert inductive.nystrom.path == "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz"
+    assert inductive.nystrom.features == spectral.features and inductive.eigen.path in all_eigen(config)
     config["tables"]["pascal"]["table8"]["methods"] = ["spectral"]
     (zero_shot,) = table_runs(config, "pascal", "table8")[:1]
-    assert zero_shot["dataset"] == "pascal" and zero_shot["features"] == "results/pascal/features/vit_s16/A/val.json"
+    assert zero_shot.dataset == "pascal" and zero_shot.features == "results/pascal/features/vit_s16/A/val.json"
     config["tables"]["pascal"]["table3"]["methods"] = ["spectral"]
     with pytest.raises(InputError, match="sliding windows are evaluated live"):
         table_runs(config, "pascal", "table3")
@@ -262,11 +262,11 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
 def test_msrc_tables_train_on_their_batch_and_score_both_protocols(config):
     """MSRC-21's table1 and verdict: protocol A, its own training defaults (32 images x 20 epochs)
     under the short ids, and K = 21 runs beside K = 128 for the STEGO family's protocol."""
-    t1 = {s["run"]: s for s in table_runs(config, "msrc", "table1")}
+    t1 = {s.run: s for s in table_runs(config, "msrc", "table1")}
     nes = t1["nes-lite0-K128-a0.3-b0.16-s0"]
-    assert (nes["train"]["batch_size"], nes["train"]["epochs"]) == (32, 20) and "settings" not in nes
-    assert nes["features"] == "results/msrc/features/lite0/train/train.json"
+    assert (nes.psi.batch_size, nes.psi.epochs) == (32, 20) and nes.settings == ""
+    assert nes.features == "results/msrc/features/lite0/train/train.json"
     assert table_evaluation(config, "msrc", "table1") == "msrc-A"
-    verdict = {s["run"] for s in table_runs(config, "msrc", "verdict")}
+    verdict = {s.run for s in table_runs(config, "msrc", "verdict")}
     assert {"kmeans-dinov2_s14-K21-s2", "nes-lite0-K21-a0.3-b0.975238-s0", "spectral_inductive-lite0-K21-a0.3-A-s1"} <= verdict
     assert len(verdict) == 2 * 6 * 3 * 2

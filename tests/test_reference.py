@@ -2,20 +2,24 @@
 eigenvectors -> spectral run (K-means on the embedding) -> per-item logits that recover the
 segments; the transductive run refuses new features; psi's alignment is measured on the same tokens."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from fixtures import run_spec, train_settings
 
 from pipeline import metrics as M
 from pipeline.cache import CacheLayout, CacheWriter, FeatureCache, shard_path
 from pipeline.errors import InputError
-from pipeline.models import RunModel, build_psi
-from pipeline.graph.reference import eigen_reference, fit_spectral, nystrom_reference, run_alignment
+from pipeline.formats import read_eigen_reference, write_eigen_reference, write_nystrom
 from pipeline.graph.dataset import build_dataset_graph
-from pipeline.graph.spectral import read_eigen_reference, write_eigen_reference
+from pipeline.models import RunModel, build_psi
+from pipeline.reference import eigen_reference, fit_spectral, nystrom_reference, run_alignment
+from pipeline.spec import EigenRef, KMeansSettings, Method, NystromRef
 
 H = W = 8
-PIXEL_KNN = [(10, 2.0), (5, 0.1)]
+PIXEL_KNN = ((10, 2.0), (5, 0.1))
 
 
 def planted_split(path, centres, rng, n=6):
@@ -54,10 +58,14 @@ def planted(tmp_path_factory):
     return {**out, **out["val"]}
 
 
+def eigen_ref(split):
+    return EigenRef(path=str(split["eigen"]), graph=str(split["graph"].with_suffix(".json")), features=split["manifest"], K=3,
+                    alpha=0.3, pixel_knn=PIXEL_KNN)
+
+
 def spectral_spec(planted, seed=0):
-    return {"run": f"spectral-test-K3-s{seed}", "method": "spectral", "seed": seed, "features": planted["manifest"],
-            "eigen": {"path": str(planted["eigen"])}, "train": {"K": 3, "alpha": 0.3},
-            "kmeans": {"niter": 30, "max_points": 100000}}
+    return run_spec("spectral", run=f"spectral-test-K3-s{seed}", seed=seed, features=planted["manifest"], K=3, alpha=0.3,
+                    eigen=eigen_ref(planted), kmeans=KMeansSettings(niter=30, max_points=100000))
 
 
 def test_eigen_reference_is_written_and_read_back(planted):
@@ -93,8 +101,8 @@ def test_alignment_of_any_run_measures_its_partition_on_the_split(planted):
     assert exact["partition"]["capture"] > 0.95 and exact["partition"]["onehot_cos"] > 0.95
     assert exact["partition"]["clusters"] == 3 and 2.5 < exact["partition"]["perplexity"] <= 3
     torch.manual_seed(0)
-    psi = build_psi(32, {"K": 3, "depth": 1, "heads": 2, "dim_head": 8, "mlp_ratio": 0.5})
-    model = RunModel("nes", {"run": "nes-test", "train": {"K": 3, "tau_min": 0.3}}, psi.eval(), input_dim=32)
+    train = train_settings(K=3, depth=1)
+    model = RunModel(run_spec("nes", train=train), build_psi(32, train).eval(), input_dim=32)
     result = run_alignment(model, planted["cache"], planted["graph"], planted["eigen"])
     assert 0 < result["partition"]["capture"] < exact["partition"]["capture"]
     for kind in ("logits", "softmax", "random_input"):
@@ -108,13 +116,12 @@ def test_spectral_inductive_labels_a_new_split_through_the_nystrom_extension(pla
     tokens (and val's own pixel graph), clustered by centres fitted on train: the planted
     segments of val come back although no val token was in the eigenproblem."""
     train = planted["train"]
-    spec = {"eigen": {"path": str(train["eigen"]), "features": train["manifest"], "graph": str(train["graph"].with_suffix(".json"))},
-            "features": planted["manifest"], "k": 20, "graph": {}}
+    spec = NystromRef(path=str(tmp_path / "nystrom.npz"), eigen=eigen_ref(train), features=planted["manifest"], k=20, graph={})
     extension, attrs = nystrom_reference(spec)
     assert extension.shape == (6 * H * W, 3) and attrs["train_tokens"] == 6 * H * W and attrs["cost"]["wall_s"] >= 0
-    np.savez(tmp_path / "nystrom.npz", embedding=extension)
-    run = {**spectral_spec(planted), "run": "spectral_inductive-test", "method": "spectral_inductive",
-           "eigen": spec["eigen"], "nystrom": {"path": str(tmp_path / "nystrom.npz"), "features": planted["manifest"]}}
+    write_nystrom(spec.path, extension, attrs)
+    run = dataclasses.replace(spectral_spec(planted), run="spectral_inductive-test", method=Method.SPECTRAL_INDUCTIVE,
+                              eigen=spec.eigen, nystrom=spec)
     model = fit_spectral(run)
     assert model.item_lookup and not model.transductive
     clusters = model.item_logits(torch.arange(6), (H, W)).argmax(1).numpy()

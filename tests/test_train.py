@@ -1,8 +1,11 @@
 """The training loop: seeded runs repeat exactly; schedules hit their end points."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from fixtures import run_spec
 
 from pipeline.cache import FeatureCache
 from pipeline.features import extract_split
@@ -17,11 +20,8 @@ def tiny_cache(tmp_path_factory, camvid_val, lite0):
     return FeatureCache(path)
 
 
-def spec(seed):
-    train = {"K": 6, "epochs": 2, "batch_size": 3, "lr": 1e-3, "lr_min": 1e-5, "tau_max": 1.0, "tau_min": 0.3,
-             "beta": None, "t": 0.01, "alpha": 0.3, "knn_k": 16, "pixel_knn": [[10, 2.0], [5, 0.1]],
-             "depth": 2, "heads": 2, "dim_head": 8, "mlp_ratio": 0.5}
-    return {"run": f"nes-test-s{seed}", "seed": seed, "train": train}
+def spec(seed, **train):
+    return run_spec("nes", run=f"nes-test-s{seed}", seed=seed, train=train)
 
 
 def test_same_seed_same_model_other_seed_other_model(tiny_cache, tmp_path):
@@ -65,9 +65,7 @@ def test_capture_monitor_logs_psi_against_spectral_clustering(tiny_cache, tmp_pa
     does not change what is trained (same weights as without it)."""
     import csv
 
-    cfg = spec(0)
-    cfg["train"]["monitor"] = 2
-    cfg["heldout"] = str(tiny_cache.path.with_suffix(".json"))
+    cfg = dataclasses.replace(spec(0, monitor=2), heldout=str(tiny_cache.path.with_suffix(".json")))
     monitored = train_psi(tiny_cache, cfg, tmp_path / "m", torch.device("cpu"))
     rows = list(csv.DictReader(open(tmp_path / "m" / "capture_log.csv")))
     assert [int(r["step"]) for r in rows] == [0, 3] and (tmp_path / "m" / "capture.png").stat().st_size > 5000
@@ -114,8 +112,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tiny_cache, t
     log = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
     np.testing.assert_array_equal(log["loss"], ref_log["loss"])
     # other settings: the checkpoint is not used
-    other = spec(0)
-    other["train"]["lr"] = 2e-3
+    other = spec(0, lr=2e-3)
     counted.clear()
     train_psi(tiny_cache, other, tmp_path / "run", torch.device("cpu"))
     assert len(counted) == 4

@@ -93,9 +93,16 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     cfg["train"]["beta"] = 0.5
     changed = workflow["base"] / "beta.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    out = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
+    out = snakemake("-n", "-p", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
     assert jobs == {"train": "1", "fit_kmeans": "1", "evaluate": "2", "table": "1", "total": "5"}, out[-2000:]
+    # the plan reads like commands: settings travel in a file holding exactly the rule's params
+    commands = re.findall(r"^(?:Shell command: )?(nes --threads .*)$", out, flags=re.M)
+    lengths = [len(c.replace(str(workflow["results"]), "results")) for c in commands]  # as with the default results/
+    assert len(commands) == 5 and max(lengths) < 400, commands
+    fit = next(c for c in commands if " fit --spec " in c)
+    spec_file = Path(re.search(r"--spec (\S+\.json)", fit).group(1).strip("'"))
+    assert json.loads(spec_file.read_text())["train"]["beta"] == 0.5
     # a protocol change re-evaluates and re-extracts the evaluation view only
     cfg = yaml.safe_load(workflow["config"].read_text())
     cfg["datasets"]["camvid"]["protocols"]["native"]["size"] = [240, 320]

@@ -5,7 +5,7 @@
 - `dataset`: the dataset-wide k-NN graph of a cached split (FAISS, Zarr store), the split's
   normalised G built from it, and training batches of it (`DatasetGraph`);
 - `spectral`: exact eigenvectors of G, their Nystrom extension to new tokens, and the measures
-  that compare psi with them;
-- `reference`: those as workflow stages (rules `eigenvectors`, `nystrom`, `align` and the
-  spectral methods' fits).
+  that compare psi with them.
+Arrays and Zarr stores only: the workflow stages built on them (rules `eigenvectors`, `nystrom`,
+`align` and the spectral methods' fits) are in pipeline/reference.py.
 """

@@ -13,12 +13,14 @@ batched (B, hw, hw) tensor, never as a dense N x N `block_diag`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from ..runtime import faiss_gpu_resources, faiss_gpus
 
 # CSR matmul is all we use of it, and it is tested against a dense reference
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -92,7 +94,7 @@ def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
         index = faiss.IndexFlatIP(x.shape[1])
         if x.is_cuda:
-            index = faiss.index_cpu_to_gpu(_gpu_resources(), x.device.index or 0, index)
+            index = faiss.index_cpu_to_gpu(faiss_gpu_resources(), x.device.index or 0, index)
         xn = np.ascontiguousarray(x.float().cpu().numpy(), dtype=np.float32)
         index.add(xn)
         v, i = index.search(xn, k + 1)
@@ -102,25 +104,6 @@ def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     vals = vals.masked_fill(idx == rows, float("-inf"))
     vals, order = vals.topk(k, dim=1)
     return vals, idx.gather(1, order)
-
-
-def faiss_gpus() -> int:
-    """GPUs FAISS can use: 0 with faiss-cpu."""
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
-_GPU_RESOURCES = None
-
-
-def _gpu_resources():
-    global _GPU_RESOURCES
-    if _GPU_RESOURCES is None:
-        import faiss
-
-        _GPU_RESOURCES = faiss.StandardGpuResources()
-    return _GPU_RESOURCES
 
 
 def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

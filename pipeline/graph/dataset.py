@@ -33,11 +33,11 @@ import torch
 import zarr
 
 from ..errors import InputError
-from ..runtime import progress
+from ..runtime import faiss_gpu_resources, faiss_gpus, progress
 from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
 log = logging.getLogger(__name__)
-GRAPH_KIND = "neural-eigenseg dataset graph"  # marks a Zarr group this module made (and may replace)
+GRAPH_MARKER = "neural-eigenseg dataset graph"  # marks a Zarr group this module made (and may replace)
 
 
 def normalised_rows(x: np.ndarray) -> np.ndarray:
@@ -158,9 +158,9 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
     group = None
     out = Path(out)
     if out.exists():
-        ours = (out / "zarr.json").exists() and zarr.open_group(str(out), mode="r").attrs.get("kind") == GRAPH_KIND
+        ours = (out / "zarr.json").exists() and zarr.open_group(str(out), mode="r").attrs.get("kind") == GRAPH_MARKER
         if not ours:  # never delete what this command did not make (a feature cache, a user's folder)
-            raise InputError(f"{out}: exists and is not a dataset graph (no {GRAPH_KIND!r} marker in zarr.json); "
+            raise InputError(f"{out}: exists and is not a dataset graph (no {GRAPH_MARKER!r} marker in zarr.json); "
                              "choose another output or remove it yourself")
         group = zarr.open_group(str(out), mode="r+")
         if group.attrs.get("fingerprint") != fingerprint:
@@ -168,7 +168,7 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
     if group is None:
         shutil.rmtree(out, ignore_errors=True)
         group = zarr.open_group(str(out), mode="w", zarr_format=3)
-        group.attrs["kind"] = GRAPH_KIND
+        group.attrs["kind"] = GRAPH_MARKER
         group.create_array("indices", shape=(n, k), chunks=(block, k), dtype="int32")
         group.create_array("similarities", shape=(n, k), chunks=(block, k), dtype="float16")
         group.attrs.update({**meta, "fingerprint": fingerprint, "n_done": 0, "complete": False})
@@ -228,9 +228,7 @@ def build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, npro
     if kind == "exact":
         index = faiss.IndexFlatIP(d)
         if gpu_search():  # brute force is what GPUs do best; the approximate indexes stay on the CPU
-            from .batch import _gpu_resources
-
-            index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+            index = faiss.index_cpu_to_gpu(faiss_gpu_resources(), 0, index)
     elif kind == "ivf":
         nlist = nlist or max(1, int(4 * np.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -247,8 +245,6 @@ def build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, npro
 
 def gpu_search() -> bool:
     """Exact dataset-wide search runs on the GPU when faiss-gpu sees one."""
-    from .batch import faiss_gpus
-
     return faiss_gpus() > 0
 
 

@@ -1,9 +1,8 @@
 """Exact spectral clustering of a graph and the yardsticks psi is measured with.
 
 - `top_eigenvectors`: the top-K eigenpairs of a symmetric sparse G by `scipy.sparse.linalg.eigsh`;
-  `spectral_embedding`: their rows L2-normalised (Ng, Jordan and Weiss), ready for K-means;
-  `write_eigen_reference` / `read_eigen_reference`: the eigenpairs of a cached split's G in one
-  .npz (rule `eigenvectors`), shared by every seed and every measurement;
+  `spectral_embedding`: their rows L2-normalised (Ng, Jordan and Weiss), ready for K-means
+  (the eigenpairs of a split are stored by formats.write_eigen_reference, rule `eigenvectors`);
 - `query_rows` / `nystrom_extension`: eigenvectors of a graph extended to new tokens (Nystrom),
   the exact counterpart of what psi learns (method `spectral_inductive`);
 - `partition_measures`: how well a hard partition serves G (capture of the top-K spectrum,
@@ -13,16 +12,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 
-from ..errors import InputError
 from .dataset import normalised_rows
 
 log = logging.getLogger(__name__)
@@ -130,19 +126,3 @@ def nystrom_extension(rows: sp.spmatrix, vectors: np.ndarray, values: np.ndarray
     gain = np.where(np.abs(gain) < 1e-8, 1e-8, gain)
     coeff = np.matmul(q.transpose(0, 2, 1), base.reshape(b, hw, -1)) / gain
     return np.matmul(q, coeff).reshape(b * hw, -1).astype(np.float32)
-
-
-def write_eigen_reference(out: Path, values: np.ndarray, vectors: np.ndarray, attrs: dict) -> None:
-    """values (K,), vectors (N, K) float32 and JSON attributes in one .npz, written atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, values=values, vectors=vectors.astype(np.float32), attrs=np.array(json.dumps(attrs, default=str)))
-    tmp.replace(out)
-
-
-def read_eigen_reference(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    if not Path(path).is_file():
-        raise InputError(f"{path}: no eigenvector reference; run the eigenvectors rule first")
-    with np.load(path) as f:
-        return f["values"], f["vectors"], json.loads(str(f["attrs"]))

@@ -1,9 +1,11 @@
 # Shared by the rule files. The plan of runs and tables, and the functions rules call to look up
 # their inputs and parameters (the work itself is in the `pipeline` package).
+import hashlib
 import os
 import sys
 from pathlib import Path
 
+from pipeline.formats import write_text
 from pipeline.plan import (
     alignment_spec,
     all_eigen,
@@ -14,6 +16,7 @@ from pipeline.plan import (
     evaluation_spec,
     extraction_spec,
     run_dir,
+    run_id,
     segmentation_config,
     segmentation_outputs,
     shard_count,
@@ -21,6 +24,7 @@ from pipeline.plan import (
     table_alignments,
     table_metrics,
 )
+from pipeline.spec import Method
 
 # `nes` (the package's entry point) beside the interpreter that runs Snakemake is found without
 # activating its environment; with --sdm conda the rule's environment comes first.
@@ -40,15 +44,28 @@ ENV = "../envs/neural-eigenseg.yaml"
 SLURM = {"cpu_partition": "cpu", "gpu_partition": "gpu", **(config.get("slurm") or {})}
 
 
-def logged(command):
-    """`command` with its stderr in the rule's log; when it fails, the log's last error line (which
-    names the file or key at fault; else its last line) is repeated on the console above
-    Snakemake's report of the job."""
-    errors = r"'^(error: |[A-Za-z_.]+(Error|Exception|Interrupt): )'"
-    return (
-        f"{command} 2> {{log:q}} || (status=$?; (grep -E {errors} {{log:q}} || tail -n 1 {{log:q}}) "
-        "| tail -n 1 >&2; exit $status)"
+# every command logs to the rule's log; when it fails, its one-line reason (naming the file or
+# key at fault) is also printed on the console above Snakemake's report of the job
+NES = "nes --threads {threads} --log {log:q}"
+# the run ids each fitting job takes: psi is trained (train), every other method clustered (fit_kmeans)
+TRAINED = "|".join(m for m in Method if m.traits.learns_psi)
+CLUSTERED = "|".join(m for m in Method if not m.traits.learns_psi)
+
+
+def spec_file(obj):
+    """`obj`'s canonical JSON (the rule's `spec` parameter, which decides reruns) in a file named
+    by its hash under {results}/.specs: what the command reads, so that a plan prints a short path
+    instead of a kilobyte of JSON. Written once, atomically; safe to delete (the next plan
+    rewrites it)."""
+    text = as_param(obj)
+    path = (
+        Path(RESULTS)
+        / ".specs"
+        / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
     )
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+    return str(path)
 
 
 def partition(gpu):
@@ -88,17 +105,14 @@ def kmeans_inputs(w):
     """nes_star clusters psi's hidden features, so it also needs the nes run it builds on;
     spectral methods cluster exact eigenvectors (and their Nystrom extension)."""
     spec = run_spec(w)
-    if spec["method"] == "spectral":
-        return {"eigen": spec["eigen"]["path"], "graph": spec["eigen"]["graph"]}
-    if spec["method"] == "spectral_inductive":
-        return {
-            "eigen": spec["eigen"]["path"],
-            "graph": spec["eigen"]["graph"],
-            "nystrom": spec["nystrom"]["path"],
-        }
-    inputs = {"features": spec["features"], "cache": cache_markers(spec["features"])}
-    if spec["method"] == "nes_star":
-        inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec['nes_run']}/model.pt"
+    if spec.eigen is not None:
+        inputs = {"eigen": spec.eigen.path, "graph": spec.eigen.graph}
+        if spec.nystrom is not None:
+            inputs["nystrom"] = spec.nystrom.path
+        return inputs
+    inputs = {"features": spec.features, "cache": cache_markers(spec.features)}
+    if spec.nes_run is not None:
+        inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec.nes_run}/model.pt"
     return inputs
 
 
@@ -108,15 +122,15 @@ def evaluation(w):
 
 def evaluation_needs_gpu(w):
     """Sliding-window protocols run the backbone live; cached ones do not."""
-    return 0 if evaluation(w)["features"] else 1
+    return 0 if evaluation(w).features else 1
 
 
 def kmeans_twin(w):
     """The K-means run of the same backbone, K and seed, when a table has it: its sample
     predictions join this run's report."""
     spec = RUNS[(w.dataset, w.run)]
-    twin = f"kmeans-{spec['backbone']}-K{spec['train']['K']}-s{spec['seed']}"
-    if spec["method"] == "kmeans" or (w.dataset, twin) not in RUNS:
+    twin = run_id(Method.KMEANS, spec.backbone, {"K": spec.K}, spec.seed)
+    if spec.method is Method.KMEANS or (w.dataset, twin) not in RUNS:
         return None
     return f"{RESULTS}/{w.dataset}/runs/{twin}/{w.evaluation}"
 

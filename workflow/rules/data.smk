@@ -9,4 +9,4 @@ rule download_camvid:
     conda:
         ENV
     shell:
-        logged("nes download camvid --dest {output:q}")
+        f"{NES} download camvid --dest {{output:q}}"

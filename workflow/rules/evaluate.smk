@@ -4,13 +4,9 @@ rule evaluate:
     """
     input:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
-        features=lambda w: (
-            [evaluation(w)["features"]] if evaluation(w)["features"] else []
-        ),
+        features=lambda w: [evaluation(w).features] if evaluation(w).features else [],
         cache=lambda w: (
-            cache_markers(evaluation(w)["features"])
-            if evaluation(w)["features"]
-            else []
+            cache_markers(evaluation(w).features) if evaluation(w).features else []
         ),
         twin=lambda w: [f"{kmeans_twin(w)}/metrics.json"] if kmeans_twin(w) else [],
     output:
@@ -59,11 +55,9 @@ rule evaluate:
         runtime=240,
     params:
         spec=lambda w: as_param(evaluation(w)),
+        spec_file=lambda w, output: spec_file(evaluation(w)),
         run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
         compare=lambda w: ["--compare", kmeans_twin(w)] if kmeans_twin(w) else [],
     shell:
-        logged(
-            "nes --threads {threads} evaluate --run {params.run_dir:q} --spec {params.spec:q} "
-            "--overlays-dir {output.overlays:q} --out {output.metrics:q} --report {params.compare:q} "
-            "> /dev/null"
-        )
+        f"{NES} evaluate --run {{params.run_dir:q}} --spec {{params.spec_file:q}} "
+        "--overlays-dir {output.overlays:q} --out {output.metrics:q} --report {params.compare:q} > /dev/null"

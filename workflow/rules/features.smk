@@ -26,12 +26,13 @@ rule extract_features:
         spec=lambda w: as_param(
             extraction_spec(config, w.dataset, w.backbone, w.view, w.split)
         ),
+        spec_file=lambda w, output: spec_file(
+            extraction_spec(config, w.dataset, w.backbone, w.view, w.split)
+        ),
         cache=lambda w: f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr",
     shell:
-        logged(
-            "nes --threads {threads} extract --spec {params.spec:q} --cache {params.cache:q} "
-            "--shard {wildcards.shard} {wildcards.shards} --overwrite"
-        )
+        f"{NES} extract --spec {{params.spec_file:q}} --cache {{params.cache:q}} "
+        "--shard {wildcards.shard} {wildcards.shards} --overwrite"
 
 
 rule gather_features:
@@ -46,4 +47,4 @@ rule gather_features:
     conda:
         ENV
     shell:
-        logged("nes gather --out {output:q} {input:q}")
+        f"{NES} gather --out {{output:q}} {{input:q}}"

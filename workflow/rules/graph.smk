@@ -24,9 +24,7 @@ rule build_graph:
     params:
         spec=lambda w: as_param(config.get("graph") or {}),
     shell:
-        logged(
-            "nes --threads {threads} graph --features {input.features:q} --spec {params.spec:q} --out {output:q}"
-        )
+        f"{NES} graph --features {{input.features:q}} --spec {{params.spec:q}} --out {{output:q}}"
 
 
 rule eigenvectors:
@@ -57,8 +55,9 @@ rule eigenvectors:
         runtime=240,
     params:
         spec=lambda w: as_param(eigen_params(w)),
+        spec_file=lambda w, output: spec_file(eigen_params(w)),
     shell:
-        logged("nes --threads {threads} eigen --spec {params.spec:q} --out {output:q}")
+        f"{NES} eigen --spec {{params.spec_file:q}} --out {{output:q}}"
 
 
 rule nystrom:
@@ -66,10 +65,10 @@ rule nystrom:
     token of an evaluated split by the Nystrom formula over its k nearest training tokens (once
     per backbone, K and alpha; every seed of spectral_inductive clusters it)."""
     input:
-        eigen=lambda w: nystrom_params(w)["eigen"]["path"],
-        train_features=lambda w: nystrom_params(w)["eigen"]["features"],
-        train_cache=lambda w: cache_markers(nystrom_params(w)["eigen"]["features"]),
-        train_graph=lambda w: nystrom_params(w)["eigen"]["graph"],
+        eigen=lambda w: nystrom_params(w).eigen.path,
+        train_features=lambda w: nystrom_params(w).eigen.features,
+        train_cache=lambda w: cache_markers(nystrom_params(w).eigen.features),
+        train_graph=lambda w: nystrom_params(w).eigen.graph,
         features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
         cache=lambda w: cache_markers(
             f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
@@ -93,10 +92,9 @@ rule nystrom:
         runtime=240,
     params:
         spec=lambda w: as_param(nystrom_params(w)),
+        spec_file=lambda w, output: spec_file(nystrom_params(w)),
     shell:
-        logged(
-            "nes --threads {threads} nystrom --spec {params.spec:q} --out {output:q}"
-        )
+        f"{NES} nystrom --spec {{params.spec_file:q}} --out {{output:q}}"
 
 
 rule align:
@@ -105,10 +103,10 @@ rule align:
     exact top-K eigenvectors (a diagnostic)."""
     input:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
-        eigen=lambda w: alignment(w)["path"],
-        features=lambda w: alignment(w)["features"],
-        cache=lambda w: cache_markers(alignment(w)["features"]),
-        graph=lambda w: alignment(w)["graph"],
+        eigen=lambda w: alignment(w).path,
+        features=lambda w: alignment(w).features,
+        cache=lambda w: cache_markers(alignment(w).features),
+        graph=lambda w: alignment(w).graph,
     output:
         f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/alignment.json",
     log:
@@ -122,9 +120,7 @@ rule align:
         runtime=60,
     params:
         spec=lambda w: as_param(alignment(w)),
+        spec_file=lambda w, output: spec_file(alignment(w)),
         run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
     shell:
-        logged(
-            "nes --threads {threads} align --run {params.run_dir:q} --spec {params.spec:q} --out {output:q} "
-            "> /dev/null"
-        )
+        f"{NES} align --run {{params.run_dir:q}} --spec {{params.spec_file:q}} --out {{output:q}} > /dev/null"

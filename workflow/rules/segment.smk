@@ -21,13 +21,10 @@ rule segment_images:
         split=lambda w: segmentation_for(w)["split"],
         eigenfunctions=lambda w: (
             segmentation_for(w).get("eigenfunctions", 0)
-            if w.run.startswith("nes-")
+            if RUNS[(w.dataset, w.run)].method.traits.learns_psi
             else 0
         ),
         run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
     shell:
-        logged(
-            "nes --threads {threads} segment --run {params.run_dir:q} --out {output:q} "
-            "--dataset {params.dataset:q} --split {params.split:q} --eigenfunctions {params.eigenfunctions} "
-            "> /dev/null"
-        )
+        f"{NES} segment --run {{params.run_dir:q}} --out {{output:q}} --dataset {{params.dataset:q}} "
+        "--split {params.split:q} --eigenfunctions {params.eigenfunctions} > /dev/null"

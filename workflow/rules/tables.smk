@@ -19,8 +19,10 @@ rule table:
     localrule: True
     conda:
         ENV
+    params:
+        # the inputs listed in a file (a table can have hundreds); the inputs decide reruns
+        inputs=lambda w, input: spec_file(
+            {"metrics": list(input.metrics), "alignments": list(input.alignments)}
+        ),
     shell:
-        logged(
-            "nes table --out {output.csv:q} --alignments {input.alignments:q} -- {input.metrics:q} "
-            "> /dev/null"
-        )
+        f"{NES} table --out {{output.csv:q}} --inputs {{params.inputs:q}} > /dev/null"

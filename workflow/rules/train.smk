@@ -2,13 +2,13 @@ rule train:
     """psi by the NeuralEF objective on per-batch kernels (or batches of the dataset-wide graph);
     a rerun resumes from the run's last checkpoint."""
     input:
-        features=lambda w: run_spec(w)["features"],
-        cache=lambda w: cache_markers(run_spec(w)["features"]),
-        graph=lambda w: [run_spec(w)["graph"]] if "graph" in run_spec(w) else [],
+        features=lambda w: run_spec(w).features,
+        cache=lambda w: cache_markers(run_spec(w).features),
+        graph=lambda w: [run_spec(w).graph] if run_spec(w).graph else [],
         # the capture monitor's held-out kernel: read, but a changed protocol cache does not retrain
         heldout=lambda w: (
             [ancient(p) for p in [heldout, *cache_markers(heldout)]]
-            if (heldout := run_spec(w).get("heldout"))
+            if (heldout := run_spec(w).heldout)
             else []
         ),
     output:
@@ -26,7 +26,7 @@ rule train:
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/fit_{{run}}.tsv"
     wildcard_constraints:
-        run="nes-.+",
+        run=f"({TRAINED})-.+",
     conda:
         ENV
     threads: 2
@@ -37,11 +37,10 @@ rule train:
         runtime=480,
     params:
         spec=lambda w: as_param(run_spec(w)),
+        spec_file=lambda w, output: spec_file(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        logged(
-            "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q}"
-        )
+        f"{NES} fit --spec {{params.spec_file:q}} --run-dir {{params.run_dir:q}}"
 
 
 rule fit_kmeans:
@@ -60,7 +59,7 @@ rule fit_kmeans:
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/fit_{{run}}.tsv"
     wildcard_constraints:
-        run="(kmeans|kmeans_transductive|nes_star|spectral|spectral_inductive)-.+",
+        run=f"({CLUSTERED})-.+",
     conda:
         ENV
     threads: 2
@@ -70,8 +69,7 @@ rule fit_kmeans:
         runtime=60,
     params:
         spec=lambda w: as_param(run_spec(w)),
+        spec_file=lambda w, output: spec_file(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        logged(
-            "nes --threads {threads} fit --spec {params.spec:q} --run-dir {params.run_dir:q}"
-        )
+        f"{NES} fit --spec {{params.spec_file:q}} --run-dir {{params.run_dir:q}}"
