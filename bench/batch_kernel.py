@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from cluster_spread import purity, token_labels
 
+from common import append_rows
 from pipeline.cache import FeatureCache
 from pipeline.clustering import centre_logits, fit_kmeans
 from pipeline.datasets import load_dataset
@@ -30,10 +32,18 @@ from pipeline.monitor import kernel_to_scipy
 from pipeline.plan import check_files
 from pipeline.views import View
 
-from cluster_spread import purity, token_labels
-from common import append_rows
-
-FIELDS = ["dataset", "setting", "batch_size", "knn_k", "alpha", "K", "batches", "same_image", "purity_spectral", "purity_kmeans"]
+FIELDS = [
+    "dataset",
+    "setting",
+    "batch_size",
+    "knn_k",
+    "alpha",
+    "K",
+    "batches",
+    "same_image",
+    "purity_spectral",
+    "purity_kmeans",
+]
 
 
 def nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -45,7 +55,9 @@ def main() -> None:
     parser.add_argument("--features", required=True, help="an evaluation cache's manifest (plain views, with labels)")
     parser.add_argument("--dataset", default="msrc", help="its dataset in the config")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--set", action="append", default=[], dest="settings", help="train overrides, e.g. knn_k=64,batch_size=16")
+    parser.add_argument(
+        "--set", action="append", default=[], dest="settings", help="train overrides, e.g. knn_k=64,batch_size=16"
+    )
     parser.add_argument("--batches", type=int, default=4, help="batches per setting (disjoint, spread over the split)")
     parser.add_argument("--out", help="CSV the rows are appended to")
     args = parser.parse_args()
@@ -66,12 +78,17 @@ def main() -> None:
         order = rng.permutation(len(items))
         shares, spec_p, km_p = [], [], []
         for n in range(min(args.batches, len(items) // b)):
-            chosen = np.sort(items[order[n * b:(n + 1) * b]])
+            chosen = np.sort(items[order[n * b : (n + 1) * b]])
             data = {key: torch.from_numpy(v) for key, v in cache.read(chosen).items()}
             _, h, w, _ = data["high"].shape
             high = data["high"].reshape(b, h * w, -1)
-            kernel = build_kernel(high, data["pixels"].reshape(b, h * w, 5), k=int(cfg["knn_k"]), alpha=float(cfg["alpha"]),
-                                  pixel_knn=[tuple(p) for p in cfg["pixel_knn"]])
+            kernel = build_kernel(
+                high,
+                data["pixels"].reshape(b, h * w, 5),
+                k=int(cfg["knn_k"]),
+                alpha=float(cfg["alpha"]),
+                pixel_knn=[tuple(p) for p in cfg["pixel_knn"]],
+            )
             shares.append(kernel.same_image_share(h * w))
             tok = labels[cache.image_index[chosen]].reshape(-1)
             _, vectors = top_eigenvectors(kernel_to_scipy(kernel), k, 0)
@@ -79,9 +96,20 @@ def main() -> None:
             spec_p.append(purity(nearest(embedding, fit_kmeans(embedding, k, 0)), tok, k, dataset.num_classes))
             feats = F.normalize(high.reshape(b * h * w, -1).float(), dim=1).numpy()
             km_p.append(purity(nearest(feats, fit_kmeans(feats, k, 0)), tok, k, dataset.num_classes))
-        rows.append({"dataset": args.dataset, "setting": text or "default", "batch_size": b, "knn_k": cfg["knn_k"],
-                     "alpha": cfg["alpha"], "K": k, "batches": len(shares), "same_image": round(float(np.mean(shares)), 3),
-                     "purity_spectral": round(float(np.mean(spec_p)), 3), "purity_kmeans": round(float(np.mean(km_p)), 3)})
+        rows.append(
+            {
+                "dataset": args.dataset,
+                "setting": text or "default",
+                "batch_size": b,
+                "knn_k": cfg["knn_k"],
+                "alpha": cfg["alpha"],
+                "K": k,
+                "batches": len(shares),
+                "same_image": round(float(np.mean(shares)), 3),
+                "purity_spectral": round(float(np.mean(spec_p)), 3),
+                "purity_kmeans": round(float(np.mean(km_p)), 3),
+            }
+        )
         print(rows[-1], flush=True)
     if args.out:
         append_rows(args.out, FIELDS, rows)

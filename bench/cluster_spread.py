@@ -23,15 +23,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import append_rows
 from pipeline.cache import FeatureCache
 from pipeline.datasets import load_dataset
 from pipeline.graph.spectral import perplexity
 from pipeline.models import RunModel
 from pipeline.views import View
 
-from common import append_rows
-
-FIELDS = ["run", "method", "K", "clusters_used", "purity", "images_per_cluster", "groups_per_cluster", "clusters_per_image"]
+FIELDS = [
+    "run",
+    "method",
+    "K",
+    "clusters_used",
+    "purity",
+    "images_per_cluster",
+    "groups_per_cluster",
+    "clusters_per_image",
+]
 
 
 def token_clusters(model: RunModel, cache: FeatureCache, items: np.ndarray) -> np.ndarray:
@@ -39,7 +47,7 @@ def token_clusters(model: RunModel, cache: FeatureCache, items: np.ndarray) -> n
     out = []
     with torch.no_grad():
         for start in range(0, len(items), 16):
-            data = cache.read(items[start:start + 16], ("high", "input"))
+            data = cache.read(items[start : start + 16], ("high", "input"))
             logits = model.token_logits(torch.from_numpy(data["high"]), torch.from_numpy(data["input"]))
             out.append(logits.argmax(1).numpy())
     return np.concatenate(out)
@@ -106,10 +114,18 @@ def main() -> None:
         np.add.at(by_image, (clusters, images), 1)
         by_group = np.zeros((k, groups.max() + 1))
         np.add.at(by_group, (clusters, groups), 1)
-        rows.append({"run": model.spec.run, "method": model.method, "K": k, "clusters_used": int((by_image.sum(1) > 0).sum()),
-                     "purity": round(purity(clusters, labels, k, dataset.num_classes), 3),
-                     "images_per_cluster": round(spread(by_image), 1), "groups_per_cluster": round(spread(by_group), 2),
-                     "clusters_per_image": round(spread(by_image.T), 1)})
+        rows.append(
+            {
+                "run": model.spec.run,
+                "method": model.method,
+                "K": k,
+                "clusters_used": int((by_image.sum(1) > 0).sum()),
+                "purity": round(purity(clusters, labels, k, dataset.num_classes), 3),
+                "images_per_cluster": round(spread(by_image), 1),
+                "groups_per_cluster": round(spread(by_group), 2),
+                "clusters_per_image": round(spread(by_image.T), 1),
+            }
+        )
         print(rows[-1], flush=True)
     if args.out:
         append_rows(args.out, FIELDS, rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import gc
@@ -17,10 +18,8 @@ import psutil
 def measure(results: dict, name: str, interval: float = 0.002):
     """Wall time and peak RSS growth above the starting RSS, sampled by a thread."""
     gc.collect()
-    try:  # hand freed heap back to the OS so that the RSS growth we see is this block's own
+    with contextlib.suppress(OSError):  # hand freed heap back to the OS: the RSS growth we see is this block's own
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
     proc = psutil.Process()
     start_rss = proc.memory_info().rss
     peak = [start_rss]

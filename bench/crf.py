@@ -15,11 +15,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.crf import active_labels, dense_crf  # noqa: E402
-from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.evaluate import backbone_for, image_logits  # noqa: E402
-from pipeline.models import RunModel  # noqa: E402
-from pipeline.views import View  # noqa: E402
+from pipeline.crf import active_labels, dense_crf
+from pipeline.datasets import load_dataset
+from pipeline.evaluate import backbone_for, image_logits
+from pipeline.models import RunModel
+from pipeline.views import View
 
 
 def main() -> None:

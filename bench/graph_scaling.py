@@ -25,11 +25,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import measure  # noqa: E402
-
-from pipeline.graph.dataset import (build_index, dataset_knn, degree_normalise, feature_adjacency,  # noqa: E402
-                                    normalised_rows, recall_at_k, search_rows)
-from pipeline.graph.spectral import top_eigenvectors  # noqa: E402
+from common import measure
+from pipeline.graph.dataset import (
+    build_index,
+    dataset_knn,
+    degree_normalise,
+    feature_adjacency,
+    normalised_rows,
+    recall_at_k,
+    search_rows,
+)
+from pipeline.graph.spectral import top_eigenvectors
 
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -42,7 +48,7 @@ def torch_knn(x: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
     t = torch.from_numpy(normalised_rows(x))
     out = []
     for start in range(0, len(t), block):
-        s = t[start:start + block] @ t.T
+        s = t[start : start + block] @ t.T
         s[torch.arange(len(s)), torch.arange(start, start + len(s))] = -2
         out.append(s.topk(k, dim=1).indices.numpy())
     return np.concatenate(out)
@@ -58,7 +64,9 @@ def main() -> None:
     p.add_argument("--hnsw-max", type=int, default=300_000)
     p.add_argument("--eigsh-max", type=int, default=100_000)
     p.add_argument("--eigsh-k", type=int, default=64)
-    p.add_argument("--methods", nargs="+", default=["torch", "exact", "ivf", "hnsw"], help="which of torch exact ivf hnsw")
+    p.add_argument(
+        "--methods", nargs="+", default=["torch", "exact", "ivf", "hnsw"], help="which of torch exact ivf hnsw"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/graph_scaling.png")
     p.add_argument("--append", action="store_true", help="merge with the CSV beside --out instead of replacing it")
@@ -75,8 +83,12 @@ def main() -> None:
         flat = build_index(xn, "exact", args.k)
         truth = search_rows(flat, xn, queries, args.k)[1]
         del flat
-        plans = [("torch matmul+topk", args.torch_max, None), ("faiss exact", args.exact_max, "exact"),
-                 ("faiss ivf", None, "ivf"), ("faiss hnsw", args.hnsw_max, "hnsw")]
+        plans = [
+            ("torch matmul+topk", args.torch_max, None),
+            ("faiss exact", args.exact_max, "exact"),
+            ("faiss ivf", None, "ivf"),
+            ("faiss hnsw", args.hnsw_max, "hnsw"),
+        ]
         for name, limit, kind in plans:
             if (limit is not None and n > limit) or (kind or "torch") not in args.methods:
                 continue
@@ -84,15 +96,34 @@ def main() -> None:
             with measure(res, name):
                 idx = torch_knn(x, args.k) if kind is None else dataset_knn(x, args.k, kind)[1]
             recall = recall_at_k(idx[queries], truth)
-            rows.append({"n": n, "method": name, "seconds": res[name]["seconds"], "peak_mb": res[name]["peak_mb"], "recall": recall})
-            print(f"N={n:>8} {name:<18} {res[name]['seconds']:8.2f} s {res[name]['peak_mb']:7.0f} MB recall@{args.k}={recall:.3f}", flush=True)
+            rows.append(
+                {
+                    "n": n,
+                    "method": name,
+                    "seconds": res[name]["seconds"],
+                    "peak_mb": res[name]["peak_mb"],
+                    "recall": recall,
+                }
+            )
+            print(
+                f"N={n:>8} {name:<18} {res[name]['seconds']:8.2f} s {res[name]['peak_mb']:7.0f} MB "
+                f"recall@{args.k}={recall:.3f}",
+                flush=True,
+            )
             if kind == "exact" and n <= args.eigsh_max:
                 sims, knn = dataset_knn(x, 16)  # a sparser graph for the eigensolver
                 g = degree_normalise(feature_adjacency(sims, knn))
                 started = time.perf_counter()
                 top_eigenvectors(g, args.eigsh_k)
-                rows.append({"n": n, "method": f"eigsh top-{args.eigsh_k}", "seconds": time.perf_counter() - started,
-                             "peak_mb": float("nan"), "recall": float("nan")})
+                rows.append(
+                    {
+                        "n": n,
+                        "method": f"eigsh top-{args.eigsh_k}",
+                        "seconds": time.perf_counter() - started,
+                        "peak_mb": float("nan"),
+                        "recall": float("nan"),
+                    }
+                )
                 print(f"N={n:>8} eigsh top-{args.eigsh_k:<8} {rows[-1]['seconds']:8.2f} s", flush=True)
     table = Path(args.out).with_suffix(".csv")
     table.parent.mkdir(parents=True, exist_ok=True)

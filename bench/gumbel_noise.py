@@ -42,9 +42,14 @@ def main() -> None:
             noise = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
             agree.append((logits + noise).argmax(1).eq(clean).float().numpy())
     gaps = np.concatenate(gaps)
-    out = {"run": model.spec.run, "tokens": int(len(gaps)), "gumbel_sd": round(math.pi / math.sqrt(6), 3),
-           "gap_median": round(float(np.median(gaps)), 3), "gap_p90": round(float(np.quantile(gaps, 0.9)), 3),
-           "noisy_argmax_agrees": round(float(np.concatenate(agree).mean()), 3)}
+    out = {
+        "run": model.spec.run,
+        "tokens": len(gaps),
+        "gumbel_sd": round(math.pi / math.sqrt(6), 3),
+        "gap_median": round(float(np.median(gaps)), 3),
+        "gap_p90": round(float(np.quantile(gaps, 0.9)), 3),
+        "noisy_argmax_agrees": round(float(np.concatenate(agree).mean()), 3),
+    }
     print(json.dumps(out))
 
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import measure  # noqa: E402
-
-from pipeline.eigenfunctions import Psi, neuralef_objective, training_output  # noqa: E402
-from pipeline.graph.batch import build_kernel  # noqa: E402
+from common import measure
+from pipeline.eigenfunctions import Psi, neuralef_objective, training_output
+from pipeline.graph.batch import build_kernel
 
 
 def dense_kernel(high: torch.Tensor, pixels: torch.Tensor, k: int, alpha: float) -> torch.Tensor:
@@ -75,13 +74,17 @@ def main() -> None:
     b, hw = args.images, args.grid * args.grid
     high = torch.randn(b, hw, 384, generator=gen)
     ys, xs = torch.meshgrid(torch.linspace(0, 1, args.grid), torch.linspace(0, 1, args.grid), indexing="ij")
-    pixels = torch.cat([torch.rand(b, hw, 3, generator=gen), torch.stack([xs, ys], -1).reshape(1, hw, 2).expand(b, -1, -1)], -1)
+    pixels = torch.cat(
+        [torch.rand(b, hw, 3, generator=gen), torch.stack([xs, ys], -1).reshape(1, hw, 2).expand(b, -1, -1)], -1
+    )
     x = torch.randn(b, hw, 1152, generator=gen)
     psi = Psi(1152, args.K)
     opt = torch.optim.Adam(psi.parameters(), 1e-3)
 
     variants = {
-        "this (sparse CSR feature + block-sparse pixel graph)": lambda: build_kernel(high, pixels, k=args.knn, alpha=0.3),
+        "this (sparse CSR feature + block-sparse pixel graph)": lambda: build_kernel(
+            high, pixels, k=args.knn, alpha=0.3
+        ),
         "authors' dense N x N": lambda: dense_kernel(high, pixels, k=args.knn, alpha=0.3),
     }
     results: dict[str, dict] = {}
@@ -104,19 +107,29 @@ def main() -> None:
             step(psi, opt, x, fn)
         results[name] = r
 
-    ours, ref = results[list(variants)[0]], results[list(variants)[1]]
+    ours, ref = results[next(iter(variants))], results[list(variants)[1]]
     n = b * hw
-    print(f"N = {b} x {hw} = {n} tokens, K = {args.K}, k = {args.knn}, psi input 1152, "
-          f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n")
+    print(
+        f"N = {b} x {hw} = {n} tokens, K = {args.K}, k = {args.knn}, psi input 1152, "
+        f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n"
+    )
     parts = ("kernel", "loss", "step")
     print("| variant | " + " | ".join(f"{p} s | {p} peak MB" for p in parts) + " |")
     print("|---|" + "---|---|" * len(parts))
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{r[p]['seconds']:.2f} | {r[p]['peak_mb']:.0f}" for p in parts) + " |")
-    print("| ratio dense / this | " + " | ".join(
-        f"{ref[p]['seconds'] / ours[p]['seconds']:.1f}x | {ref[p]['peak_mb'] / max(ours[p]['peak_mb'], 1):.1f}x" for p in parts) + " |")
-    print("\nkernel: building G; loss: NeuralEF objective forward + backward on fixed psi outputs (the kernel "
-          "products); step: kernel + psi forward/backward + Adam (psi is the same in both).")
+    print(
+        "| ratio dense / this | "
+        + " | ".join(
+            f"{ref[p]['seconds'] / ours[p]['seconds']:.1f}x | {ref[p]['peak_mb'] / max(ours[p]['peak_mb'], 1):.1f}x"
+            for p in parts
+        )
+        + " |"
+    )
+    print(
+        "\nkernel: building G; loss: NeuralEF objective forward + backward on fixed psi outputs (the kernel "
+        "products); step: kernel + psi forward/backward + Adam (psi is the same in both)."
+    )
 
 
 if __name__ == "__main__":

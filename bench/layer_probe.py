@@ -23,7 +23,9 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cluster_spread import token_labels
 
+from common import append_rows
 from pipeline import metrics as M
 from pipeline.cache import FeatureCache
 from pipeline.clustering import fit_kmeans
@@ -31,9 +33,6 @@ from pipeline.datasets import load_dataset
 from pipeline.evaluate import summarise
 from pipeline.plan import TRAIN_VIEW, check_files, features_path
 from pipeline.views import View
-
-from cluster_spread import token_labels
-from common import append_rows
 
 FIELDS = ["dataset", "backbone", "layer", "dims", "K", "kmeans_acc", "kmeans_miou", "nn_acc", "nn_miou"]
 
@@ -43,14 +42,15 @@ def tokens(cache: FeatureCache, array: str, start: int | None, end: int | None) 
     out = []
     items = cache.plain_items()
     for s in range(0, len(items), 32):
-        x = torch.from_numpy(cache.read(items[s:s + 32], (array,))[array]).float()
+        x = torch.from_numpy(cache.read(items[s : s + 32], (array,))[array]).float()
         x = x.reshape(-1, x.shape[-1])[:, start:end]
         out.append(F.normalize(x, dim=1).numpy())
     return np.ascontiguousarray(np.concatenate(out))
 
 
-def scores(predicted: np.ndarray, labels: np.ndarray, k: int, class_names: list[str], mapping: np.ndarray | None = None
-           ) -> tuple[float, float]:
+def scores(
+    predicted: np.ndarray, labels: np.ndarray, k: int, class_names: list[str], mapping: np.ndarray | None = None
+) -> tuple[float, float]:
     """Acc and mIoU with majority voting (clusters), or with `mapping` (a probe's classes: identity)."""
     keep = labels >= 0
     conf = M.confusion_matrix(predicted[keep], labels[keep], k, len(class_names), 255)
@@ -63,8 +63,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="msrc")
     parser.add_argument("--backbone", default="lite0")
     parser.add_argument("--protocol", help="cached evaluation protocol (default: the dataset's first)")
-    parser.add_argument("--slice", action="append", default=[], dest="slices",
-                        help="NAME=ARRAY[:START:END], e.g. stage3=input:40:152 or kernel=high")
+    parser.add_argument(
+        "--slice",
+        action="append",
+        default=[],
+        dest="slices",
+        help="NAME=ARRAY[:START:END], e.g. stage3=input:40:152 or kernel=high",
+    )
     parser.add_argument("--K", type=int, default=128)
     parser.add_argument("--max-points", type=int, default=150000, help="training tokens sampled for K-means")
     parser.add_argument("--out", help="CSV the rows are appended to")
@@ -73,8 +78,12 @@ def main() -> None:
     config = check_files([])
     ds = {"name": args.dataset, **config["datasets"][args.dataset]}
     protocol = args.protocol or next(iter(ds["protocols"]))
-    train = FeatureCache(Path(features_path(config, args.dataset, args.backbone, TRAIN_VIEW, ds["train_split"])).with_suffix(".zarr"))
-    val = FeatureCache(Path(features_path(config, args.dataset, args.backbone, protocol, ds["eval_split"])).with_suffix(".zarr"))
+    train = FeatureCache(
+        Path(features_path(config, args.dataset, args.backbone, TRAIN_VIEW, ds["train_split"])).with_suffix(".zarr")
+    )
+    val = FeatureCache(
+        Path(features_path(config, args.dataset, args.backbone, protocol, ds["eval_split"])).with_suffix(".zarr")
+    )
     train_set, val_set = load_dataset(ds, ds["train_split"]), load_dataset(ds, ds["eval_split"])
     train_labels = token_labels(train_set, View.from_config(train.attrs["view_spec"]), train.grid).reshape(-1)
     val_labels = token_labels(val_set, View.from_config(val.attrs["view_spec"]), val.grid).reshape(-1)
@@ -95,9 +104,22 @@ def main() -> None:
         nn_index.add(xt[labelled])
         nn = train_labels[labelled][nn_index.search(xv, 1)[1][:, 0]]
         km_acc, km_miou = scores(km, val_labels, args.K, val_set.class_names)
-        nn_acc, nn_miou = scores(nn, val_labels, val_set.num_classes, val_set.class_names, np.arange(val_set.num_classes))
-        rows.append({"dataset": args.dataset, "backbone": args.backbone, "layer": name, "dims": xt.shape[1], "K": args.K,
-                     "kmeans_acc": km_acc, "kmeans_miou": km_miou, "nn_acc": nn_acc, "nn_miou": nn_miou})
+        nn_acc, nn_miou = scores(
+            nn, val_labels, val_set.num_classes, val_set.class_names, np.arange(val_set.num_classes)
+        )
+        rows.append(
+            {
+                "dataset": args.dataset,
+                "backbone": args.backbone,
+                "layer": name,
+                "dims": xt.shape[1],
+                "K": args.K,
+                "kmeans_acc": km_acc,
+                "kmeans_miou": km_miou,
+                "nn_acc": nn_acc,
+                "nn_miou": nn_miou,
+            }
+        )
         print(rows[-1], flush=True)
     if args.out:
         append_rows(args.out, FIELDS, rows)

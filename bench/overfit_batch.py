@@ -23,12 +23,12 @@ import yaml
 
 from pipeline.cache import FeatureCache
 from pipeline.eigenfunctions import neuralef_objective, training_output
-from pipeline.spec import TrainSettings
 from pipeline.graph.batch import build_kernel
 from pipeline.models import build_psi
 from pipeline.monitor import KernelReference
 from pipeline.plan import check_files
 from pipeline.runtime import seed_everything
+from pipeline.spec import TrainSettings
 from pipeline.train import cosine
 
 
@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--features", required=True, help="a training cache's manifest")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--checkpoints", type=int, default=6)
-    parser.add_argument("--set", action="append", default=[], help="train overrides KEY=VALUE over config/config.yaml's train:")
+    parser.add_argument(
+        "--set", action="append", default=[], help="train overrides KEY=VALUE over config/config.yaml's train:"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -54,13 +56,20 @@ def main() -> None:
     items = np.sort(torch.randperm(len(cache), generator=generator)[:b].numpy())
     data = {k: torch.from_numpy(v) for k, v in cache.read(items).items()}
     _, h, w, _ = data["high"].shape
-    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=cfg.knn_k,
-                          alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
+    kernel = build_kernel(
+        data["high"].reshape(b, h * w, -1),
+        data["pixels"].reshape(b, h * w, 5),
+        k=cfg.knn_k,
+        alpha=cfg.alpha,
+        pixel_knn=cfg.pixel_knn,
+    )
     k = cfg.K
     reference = KernelReference.of(kernel, k, args.seed)
-    print(f"batch of {b} images, {b * h * w} tokens; same-image share {kernel.same_image_share(h * w):.3f}; "
-          f"spectral clustering captures {reference.spectral_capture:.3f}; "
-          f"trace optimum (top-K eigenvalues) {reference.values.sum() * cfg.t / k:.4f}")
+    print(
+        f"batch of {b} images, {b * h * w} tokens; same-image share {kernel.same_image_share(h * w):.3f}; "
+        f"spectral clustering captures {reference.spectral_capture:.3f}; "
+        f"trace optimum (top-K eigenvalues) {reference.values.sum() * cfg.t / k:.4f}"
+    )
     x = data["input"].reshape(b, h * w, -1)
     psi = build_psi(x.shape[-1], cfg)
     optimiser = torch.optim.Adam(psi.parameters(), lr=cfg.lr)
@@ -78,9 +87,13 @@ def main() -> None:
         if step in checkpoints:
             counts = np.bincount(logits.argmax(1).numpy(), minlength=k)
             used = counts[counts > 0] / counts.sum()
-            print(f"step {step:5d}  tau {tau:.2f}  trace {objective.trace.item():.4f}  penalty {objective.penalty.item():.3g}  "
-                  f"capture {reference.capture(logits.detach()):.3f} (spectral {reference.spectral_capture:.3f})  "
-                  f"clusters in use {math.exp(-(used * np.log(used)).sum()):.1f}  {time.time() - started:.0f} s", flush=True)
+            print(
+                f"step {step:5d}  tau {tau:.2f}  trace {objective.trace.item():.4f}  "
+                f"penalty {objective.penalty.item():.3g}  "
+                f"capture {reference.capture(logits.detach()):.3f} (spectral {reference.spectral_capture:.3f})  "
+                f"clusters in use {math.exp(-(used * np.log(used)).sum()):.1f}  {time.time() - started:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,25 @@ from pipeline.plan import TRAIN_VIEW, check_files, default_train, extraction_spe
 from pipeline.runtime import resolve_device
 from pipeline.views import View
 
-FIELDS = ["backbone", "setting", "method", "seed", "device", "steps", "s_per_step", "fit_s", "heldout_psi", "heldout_spectral",
-          "capture_ratio", "batch_psi_last", "same_image", "usage", "acc", "miou", "miou_hungarian"]
+FIELDS = [
+    "backbone",
+    "setting",
+    "method",
+    "seed",
+    "device",
+    "steps",
+    "s_per_step",
+    "fit_s",
+    "heldout_psi",
+    "heldout_spectral",
+    "capture_ratio",
+    "batch_psi_last",
+    "same_image",
+    "usage",
+    "acc",
+    "miou",
+    "miou_hungarian",
+]
 METHODS = ("nes", "nes_star", "kmeans")
 
 
@@ -69,26 +86,44 @@ def extract_missing(config: dict, dataset: str, backbone: str, caches: list[tupl
         zarr = manifest.with_suffix(".zarr")
         spec = extraction_spec(config, dataset, backbone, view, split)
         nes = [sys.executable, "-m", "pipeline", "--threads", str(threads)]
-        subprocess.run([*nes, "extract", "--spec", json.dumps(spec), "--cache", str(zarr), "--shard", "0", "1", "--overwrite"], check=True)
+        subprocess.run(
+            [*nes, "extract", "--spec", json.dumps(spec), "--cache", str(zarr), "--shard", "0", "1", "--overwrite"],
+            check=True,
+        )
         subprocess.run([*nes, "gather", "--out", str(manifest), str(zarr / "shard-0-of-1" / MARKER)], check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configfile", nargs="*", default=[], help="overrides merged over config/config.yaml, as for snakemake")
+    parser.add_argument(
+        "--configfile", nargs="*", default=[], help="overrides merged over config/config.yaml, as for snakemake"
+    )
     parser.add_argument("--dataset", default="camvid")
     parser.add_argument("--backbone", default="dinov2_s14")
     parser.add_argument("--protocol", default=None, help="cached evaluation protocol (default: the dataset's first)")
-    parser.add_argument("--set", action="append", default=[], dest="settings", help="train overrides, e.g. lr=3e-3,epochs=6")
+    parser.add_argument(
+        "--set", action="append", default=[], dest="settings", help="train overrides, e.g. lr=3e-3,epochs=6"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=["nes"], choices=METHODS,
-                        help="nes (psi), nes_star (K-means on psi's features), kmeans (the baseline, fitted once per seed and K)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["nes"],
+        choices=METHODS,
+        help="nes (psi), nes_star (K-means on psi's features), kmeans (the baseline, fitted once per seed and K)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto: where psi trains (scoring runs on the CPU)")
-    parser.add_argument("--extract", action="store_true", help="extract the training and evaluation caches first where missing")
+    parser.add_argument(
+        "--extract", action="store_true", help="extract the training and evaluation caches first where missing"
+    )
     parser.add_argument("--out", default="docs/psi_tuning.csv", help="CSV the rows are appended to")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tag", default="", help="what differs in the caches (e.g. views=4 with a config whose "
-                                                  "datasets.camvid.extract.views is 4): prefixed to each setting")
+    parser.add_argument(
+        "--tag",
+        default="",
+        help="what differs in the caches (e.g. views=4 with a config whose "
+        "datasets.camvid.extract.views is 4): prefixed to each setting",
+    )
     args = parser.parse_args()
     if "nes_star" in args.methods and "nes" not in args.methods:
         parser.error("--methods nes_star clusters psi's features: list nes too")
@@ -101,14 +136,20 @@ def main() -> None:
     ds = config["datasets"][args.dataset]
     protocol = args.protocol or next(iter(ds["protocols"]))
     if args.extract:
-        extract_missing(config, args.dataset, args.backbone, [(TRAIN_VIEW, ds["train_split"]), (protocol, ds["eval_split"])], args.threads)
+        extract_missing(
+            config,
+            args.dataset,
+            args.backbone,
+            [(TRAIN_VIEW, ds["train_split"]), (protocol, ds["eval_split"])],
+            args.threads,
+        )
     val_manifest = features_path(config, args.dataset, args.backbone, protocol, ds["eval_split"])
     val_cache = FeatureCache(Path(val_manifest).with_suffix(".zarr"))
     view = View.from_config(ds["protocols"][protocol])
     dataset = load_dataset(source_spec(config, args.dataset), ds["eval_split"], view.labels)
     stride = int(config["backbones"][args.backbone]["stride"])
     out = Path(args.out)
-    if out.exists() and next(csv.reader(open(out))) != FIELDS:
+    if out.exists() and out.read_text().splitlines()[0].split(",") != FIELDS:
         sys.exit(f"{out}: its columns are not {','.join(FIELDS)}; write to a new --out")
     new_file = not out.exists()
     done_kmeans: set[tuple[int, int]] = set()
@@ -118,7 +159,11 @@ def main() -> None:
             writer.writeheader()
         for given in args.settings or [""]:
             text = ",".join(filter(None, [args.tag, given]))
-            folder = Path(config["results"]) / "tuning" / f"{args.backbone}-{text or 'default'}".replace("=", "").replace(",", "_")
+            folder = (
+                Path(config["results"])
+                / "tuning"
+                / f"{args.backbone}-{text or 'default'}".replace("=", "").replace(",", "_")
+            )
             for seed in args.seeds:
                 train = {**default_train(config, args.dataset), **parse_setting(given)}
                 train["monitor"] = train.get("monitor") or 4
@@ -130,11 +175,22 @@ def main() -> None:
                     started = time.time()
                     model = fit_run(spec, run_dir).to(torch.device("cpu"))
                     seconds = time.time() - started
-                    metrics = evaluate(model, dataset, cached_predictions(model, val_cache, dataset, view, stride, 8, torch.device("cpu")),
-                                       view, n_overlays=0)
-                    row = {"backbone": args.backbone, "setting": text or "default", "method": method, "seed": seed,
-                           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "fit_s": round(seconds, 1),
-                           **{k: round(100 * metrics[k], 2) for k in ("acc", "miou", "miou_hungarian")}}
+                    metrics = evaluate(
+                        model,
+                        dataset,
+                        cached_predictions(model, val_cache, dataset, view, stride, 8, torch.device("cpu")),
+                        view,
+                        n_overlays=0,
+                    )
+                    row = {
+                        "backbone": args.backbone,
+                        "setting": text or "default",
+                        "method": method,
+                        "seed": seed,
+                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                        "fit_s": round(seconds, 1),
+                        **{k: round(100 * metrics[k], 2) for k in ("acc", "miou", "miou_hungarian")},
+                    }
                     if method == "nes":
                         row.update(training_summary(run_dir))
                     if method == "kmeans":
@@ -147,15 +203,19 @@ def main() -> None:
 def training_summary(run_dir: Path) -> dict:
     """Steps, time per step, the last capture checkpoint (held-out val kernel, training batch), the
     mean same-image share of the batches' feature graphs and the clusters in use at the end."""
-    log = list(csv.DictReader(open(run_dir / "train_log.csv")))
-    tail = log[-max(1, len(log) // 10):]
-    last = list(csv.DictReader(open(run_dir / "capture_log.csv")))[-1]
-    return {"steps": len(log), "s_per_step": round(float(log[-1]["seconds"]) / len(log), 3),
-            "heldout_psi": round(float(last["heldout_psi"]), 4), "heldout_spectral": round(float(last["heldout_spectral"]), 4),
-            "capture_ratio": round(float(last["heldout_psi"]) / float(last["heldout_spectral"]), 3),
-            "batch_psi_last": round(float(last["batch_psi"]), 4),
-            "same_image": round(sum(float(r["same_image"]) for r in log) / len(log), 3),
-            "usage": round(sum(float(r["usage"]) for r in tail) / len(tail), 1)}
+    log = list(csv.DictReader((run_dir / "train_log.csv").read_text().splitlines()))
+    tail = log[-max(1, len(log) // 10) :]
+    last = list(csv.DictReader((run_dir / "capture_log.csv").read_text().splitlines()))[-1]
+    return {
+        "steps": len(log),
+        "s_per_step": round(float(log[-1]["seconds"]) / len(log), 3),
+        "heldout_psi": round(float(last["heldout_psi"]), 4),
+        "heldout_spectral": round(float(last["heldout_spectral"]), 4),
+        "capture_ratio": round(float(last["heldout_psi"]) / float(last["heldout_spectral"]), 3),
+        "batch_psi_last": round(float(last["batch_psi"]), 4),
+        "same_image": round(sum(float(r["same_image"]) for r in log) / len(log), 3),
+        "usage": round(sum(float(r["usage"]) for r in tail) / len(tail), 1),
+    }
 
 
 if __name__ == "__main__":

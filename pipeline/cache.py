@@ -34,12 +34,20 @@ from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec
 
 from .errors import InputError
-from .formats import store_of, write_json
+from .formats import read_array, store_of, write_json, zarr_array
 
 ARRAYS = ("high", "input", "pixels")
 SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 MARKER = "extracted.json"
 log = logging.getLogger(__name__)
+
+
+def shard_number(path: Path) -> tuple[int, int]:
+    """(index, count) of a shard folder `shard-{index}-of-{count}`."""
+    match = SHARD_NAME.match(Path(path).name)
+    if match is None:
+        raise InputError(f"{path}: not a shard folder (expected shard-<i>-of-<n>)")
+    return int(match.group(1)), int(match.group(2))
 
 
 def shard_path(root: Path, index: int, count: int) -> Path:
@@ -55,8 +63,10 @@ def shard_lock(path: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise InputError(f"{path}: another extraction is writing this shard (lock {lock.lock_file}); "
-                         "wait for it to finish or stop it") from None
+        raise InputError(
+            f"{path}: another extraction is writing this shard (lock {lock.lock_file}); "
+            "wait for it to finish or stop it"
+        ) from None
     try:
         yield
     finally:
@@ -66,10 +76,16 @@ def shard_lock(path: Path) -> Iterator[None]:
 def remove_stale_shards(root: Path, count: int, overwrite: bool = False) -> None:
     """Shards written under another shard count would be read as part of this cache: drop them
     (only with `overwrite`: otherwise refuse, naming them)."""
-    stale = [p for p in sorted(Path(root).glob("shard-*-of-*")) if (m := SHARD_NAME.match(p.name)) and int(m.group(2)) != count]
+    stale = [
+        p
+        for p in sorted(Path(root).glob("shard-*-of-*"))
+        if (m := SHARD_NAME.match(p.name)) and int(m.group(2)) != count
+    ]
     if stale and not overwrite:
-        raise InputError(f"{root}: holds {', '.join(p.name for p in stale)}, written with another shard count; "
-                         "pass --overwrite to replace them (the workflow does) or choose another --cache")
+        raise InputError(
+            f"{root}: holds {', '.join(p.name for p in stale)}, written with another shard count; "
+            "pass --overwrite to replace them (the workflow does) or choose another --cache"
+        )
     for path in stale:
         log.info("%s: removing a shard of another shard count", path)
         shutil.rmtree(path, ignore_errors=True)
@@ -77,7 +93,10 @@ def remove_stale_shards(root: Path, count: int, overwrite: bool = False) -> None
 
 def _differences(old: dict, new: dict) -> str:
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: {json.dumps(old.get(k), default=str)[:60]} -> {json.dumps(new.get(k), default=str)[:60]}" for k in keys[:5])
+    return "; ".join(
+        f"{k}: {json.dumps(old.get(k), default=str)[:60]} -> {json.dumps(new.get(k), default=str)[:60]}"
+        for k in keys[:5]
+    )
 
 
 def _compressor() -> BloscCodec:
@@ -105,8 +124,10 @@ class CacheWriter:
         if existing is not None and existing.attrs.get("fingerprint") != fingerprint:
             differences = _differences(json.loads(existing.attrs.get("fingerprint") or "{}"), json.loads(fingerprint))
             if not overwrite:
-                raise InputError(f"{self.path}: holds features extracted with other settings ({differences}); "
-                                 "pass --overwrite to replace them (the workflow does) or choose another --cache")
+                raise InputError(
+                    f"{self.path}: holds features extracted with other settings ({differences}); "
+                    "pass --overwrite to replace them (the workflow does) or choose another --cache"
+                )
             log.info("%s: replacing features of other settings (%s)", self.path, differences)
             existing = None
         if existing is not None:
@@ -115,18 +136,30 @@ class CacheWriter:
             if self.path.exists():
                 foreign = not (self.path / "zarr.json").exists() and any(p.name != MARKER for p in self.path.iterdir())
                 if foreign and not overwrite:
-                    raise InputError(f"{self.path}: exists and is not a feature cache; not removing it "
-                                     "(pass --overwrite or choose another --cache)")
+                    raise InputError(
+                        f"{self.path}: exists and is not a feature cache; not removing it "
+                        "(pass --overwrite or choose another --cache)"
+                    )
                 shutil.rmtree(self.path)
             self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
             h, w = layout.grid
             n = layout.n_items
             for name, dim in (("high", layout.high_dim), ("input", layout.input_dim), ("pixels", 5)):
-                zarr.create_array(store=self.group.store, name=name, shape=(n, h, w, dim),
-                                  chunks=(1, h, w, dim), dtype="float16", compressors=_compressor())
-            zarr.create_array(store=self.group.store, name="image_index", shape=(n,), chunks=(max(n, 1),), dtype="int32")
+                zarr.create_array(
+                    store=self.group.store,
+                    name=name,
+                    shape=(n, h, w, dim),
+                    chunks=(1, h, w, dim),
+                    dtype="float16",
+                    compressors=_compressor(),
+                )
+            zarr.create_array(
+                store=self.group.store, name="image_index", shape=(n,), chunks=(max(n, 1),), dtype="int32"
+            )
             zarr.create_array(store=self.group.store, name="view", shape=(n,), chunks=(max(n, 1),), dtype="int16")
-            zarr.create_array(store=self.group.store, name="image_size", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32")
+            zarr.create_array(
+                store=self.group.store, name="image_size", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32"
+            )
             self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_done": 0, "complete": False})
         self.n_done = int(self.group.attrs["n_done"])
 
@@ -136,8 +169,10 @@ class CacheWriter:
         try:
             return zarr.open_group(str(self.path), mode="r+")
         except (ValueError, KeyError, OSError) as exc:
-            raise InputError(f"{self.path}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} "
-                             "and rerun extraction") from None
+            raise InputError(
+                f"{self.path}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} "
+                "and rerun extraction"
+            ) from None
 
     @property
     def complete(self) -> bool:
@@ -147,14 +182,14 @@ class CacheWriter:
         """Write items [start, start + len) and only then advance `n_done`."""
         count = len(arrays["high"])
         for name in ARRAYS:
-            self.group[name][start:start + count] = arrays[name].astype(np.float16)
-        self.group["image_size"][start:start + count] = image_sizes.astype(np.int32)
+            zarr_array(self.group, name)[start : start + count] = arrays[name].astype(np.float16)
+        zarr_array(self.group, "image_size")[start : start + count] = image_sizes.astype(np.int32)
         self.n_done = start + count
         self.group.attrs["n_done"] = self.n_done
 
     def finish(self, image_index: np.ndarray, views: np.ndarray) -> None:
-        self.group["image_index"][:] = image_index.astype(np.int32)
-        self.group["view"][:] = views.astype(np.int16)
+        zarr_array(self.group, "image_index")[:] = image_index.astype(np.int32)
+        zarr_array(self.group, "view")[:] = views.astype(np.int16)
         self.group.attrs["complete"] = True
 
     def mark(self, manifest: dict[str, Any]) -> None:
@@ -167,13 +202,15 @@ class FeatureCache:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        found = sorted((p for p in self.path.glob("shard-*-of-*") if SHARD_NAME.match(p.name)),
-                       key=lambda p: int(SHARD_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+        numbered = sorted((shard_number(p), p) for p in self.path.glob("shard-*-of-*") if SHARD_NAME.match(p.name))
+        found = [p for _, p in numbered]
         if not found:
             raise InputError(f"{self.path}: no feature cache here; run the extract_features rule first")
-        counts = {int(SHARD_NAME.match(p.name).group(2)) for p in found}  # type: ignore[union-attr]
+        counts = {count for (_, count), _ in numbered}
         if len(counts) != 1 or len(found) != counts.pop():
-            raise InputError(f"{self.path}: shards {', '.join(p.name for p in found)} do not form one complete set; rerun extraction")
+            raise InputError(
+                f"{self.path}: shards {', '.join(p.name for p in found)} do not form one complete set; rerun extraction"
+            )
         self.shards = []
         for p in found:
             if not (p / "zarr.json").exists():
@@ -181,33 +218,41 @@ class FeatureCache:
             try:
                 group = zarr.open_group(str(p), mode="r")
             except (ValueError, KeyError, OSError) as exc:  # json.JSONDecodeError is a ValueError
-                raise InputError(f"{p}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} and its .json "
-                                 "manifest, then rerun extraction") from None
+                raise InputError(
+                    f"{p}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} and its .json "
+                    "manifest, then rerun extraction"
+                ) from None
             if not group.attrs.get("complete"):
-                raise InputError(f"{p}: feature cache is incomplete (extraction was interrupted); rerun extraction to resume it")
+                raise InputError(
+                    f"{p}: feature cache is incomplete (extraction was interrupted); rerun extraction to resume it"
+                )
             missing = [a for a in (*ARRAYS, "image_index", "view", "image_size") if a not in group]
             if missing:
-                raise InputError(f"{p}: cache lacks {', '.join(missing)} (written by an older version?); delete {self.path} and its .json manifest, then rerun extraction")
+                raise InputError(
+                    f"{p}: cache lacks {', '.join(missing)} (written by an older version?); delete "
+                    f"{self.path} and its .json manifest, then rerun extraction"
+                )
             self.shards.append(group)
-        self.attrs = dict(self.shards[0].attrs)
-        self.image_index = np.concatenate([g["image_index"][:] for g in self.shards])
-        self.view = np.concatenate([g["view"][:] for g in self.shards])
-        self.image_size = np.concatenate([g["image_size"][:] for g in self.shards])
-        self.offsets = np.cumsum([0] + [g["view"].shape[0] for g in self.shards])
+        self.attrs: dict[str, Any] = dict(self.shards[0].attrs)
+        self.image_index = np.concatenate([read_array(g, "image_index") for g in self.shards])
+        self.view = np.concatenate([read_array(g, "view") for g in self.shards])
+        self.image_size = np.concatenate([read_array(g, "image_size") for g in self.shards])
+        self.offsets = np.cumsum([0, *(zarr_array(g, "view").shape[0] for g in self.shards)])
 
     def __len__(self) -> int:
         return len(self.image_index)
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.attrs["grid"])  # type: ignore[return-value]
+        h, w = self.attrs["grid"]
+        return int(h), int(w)
 
     @property
     def ids(self) -> list[str]:
-        return list(self.attrs["ids"])
+        return [str(i) for i in self.attrs["ids"]]
 
     def dim(self, name: str) -> int:
-        return int(self.shards[0][name].shape[-1])
+        return int(zarr_array(self.shards[0], name).shape[-1])
 
     def read(self, items: np.ndarray | list[int], names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
         """float32 arrays (len(items), h, w, C) for the given item indices (any order)."""
@@ -215,19 +260,18 @@ class FeatureCache:
         shard_of = np.searchsorted(self.offsets, items, side="right") - 1
         out = {}
         for name in names:
-            restored = None
+            restored = np.empty((len(items), *zarr_array(self.shards[0], name).shape[1:]), dtype=np.float32)
             for s in np.unique(shard_of):
                 where = np.flatnonzero(shard_of == s)
                 local = items[where] - self.offsets[s]
                 order = np.argsort(local)
-                data = self.shards[s][name].get_orthogonal_selection((local[order],))
-                if restored is None:
-                    restored = np.empty((len(items), *data.shape[1:]), dtype=np.float32)
-                restored[where[order]] = data
+                restored[where[order]] = zarr_array(self.shards[s], name).get_orthogonal_selection((local[order],))
             if not np.isfinite(restored).all():
                 bad = items[~np.isfinite(restored).reshape(len(items), -1).all(1)]
-                raise InputError(f"{self.path}: non-finite {name} values in item(s) {', '.join(map(str, bad[:10]))}; "
-                                 "the cache is corrupt: delete it and its .json manifest and rerun extraction")
+                raise InputError(
+                    f"{self.path}: non-finite {name} values in item(s) {', '.join(map(str, bad[:10]))}; "
+                    "the cache is corrupt: delete it and its .json manifest and rerun extraction"
+                )
             out[name] = restored
         return out
 

@@ -42,11 +42,28 @@ def cmd_extract(args: argparse.Namespace) -> None:
     spec = json_option(args.spec, "--spec")
     dataset = load_dataset(spec["dataset_spec"], spec["split"])
     backbone = Backbone(BackboneSpec.from_config(spec["backbone_spec"]))
-    manifest = extract_split(dataset, backbone, Path(args.cache), View.from_config(spec["view"], "view"), views=spec["views"],
-                             scale=tuple(spec["scale"]), flip=spec["flip"], batch_size=spec["batch_size"],
-                             seed=spec["seed"], device=resolve_device(spec["device"]),
-                             extra_attrs={"backbone": spec["backbone_spec"]}, shard=tuple(args.shard), overwrite=args.overwrite)
-    log.info("%s: shard %d of %d complete (%d items)", args.cache, manifest["shard"][0] + 1, manifest["shard"][1], manifest["items"])
+    manifest = extract_split(
+        dataset,
+        backbone,
+        Path(args.cache),
+        View.from_config(spec["view"], "view"),
+        views=spec["views"],
+        scale=tuple(spec["scale"]),
+        flip=spec["flip"],
+        batch_size=spec["batch_size"],
+        seed=spec["seed"],
+        device=resolve_device(spec["device"]),
+        extra_attrs={"backbone": spec["backbone_spec"]},
+        shard=tuple(args.shard),
+        overwrite=args.overwrite,
+    )
+    log.info(
+        "%s: shard %d of %d complete (%d items)",
+        args.cache,
+        manifest["shard"][0] + 1,
+        manifest["shard"][1],
+        manifest["items"],
+    )
 
 
 def cmd_gather(args: argparse.Namespace) -> None:
@@ -58,9 +75,21 @@ def cmd_gather(args: argparse.Namespace) -> None:
     cache = cache_for(out)
     shards = [json.loads(Path(p).read_text()) for p in args.shards]
     if sorted(tuple(s["shard"]) for s in shards) != [(i, len(cache.shards)) for i in range(len(cache.shards))]:
-        raise InputError(f"{out}: shard manifests {', '.join(args.shards)} do not match the cache's {len(cache.shards)} shards")
-    write_json(out, {"path": str(cache.path), "items": len(cache), "images": len(cache.ids), "shards": len(cache.shards),
-                            "grid": list(cache.grid), "high_dim": cache.dim("high"), "input_dim": cache.dim("input")})
+        raise InputError(
+            f"{out}: shard manifests {', '.join(args.shards)} do not match the cache's {len(cache.shards)} shards"
+        )
+    write_json(
+        out,
+        {
+            "path": str(cache.path),
+            "items": len(cache),
+            "images": len(cache.ids),
+            "shards": len(cache.shards),
+            "grid": list(cache.grid),
+            "high_dim": cache.dim("high"),
+            "input_dim": cache.dim("input"),
+        },
+    )
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
@@ -75,8 +104,9 @@ def cmd_graph(args: argparse.Namespace) -> None:
     out = Path(args.out)
     with measured() as cost:
         high = cache.read(np.arange(len(cache)), ("high",))["high"]
-        attrs = build_dataset_graph(high.reshape(-1, high.shape[-1]), store_of(out),
-                                    attrs={"features": args.features}, **spec)
+        attrs = build_dataset_graph(
+            high.reshape(-1, high.shape[-1]), store_of(out), attrs={"features": args.features}, **spec
+        )
     log.info("graph of %d tokens in %.1f s, peak memory %.0f MB", attrs["tokens"], cost["wall_s"], cost["peak_rss_mb"])
     write_json(out, {**{k: v for k, v in attrs.items() if k != "fingerprint"}, "cost": cost})
 
@@ -89,7 +119,9 @@ def cmd_eigen(args: argparse.Namespace) -> None:
     from .spec import EigenRef
 
     spec = EigenRef.from_dict(json_option(args.spec, "--spec"), "--spec")
-    values, vectors, attrs = eigen_reference(cache_for(spec.features), store_of(spec.graph), spec.K, spec.alpha, spec.pixel_knn)
+    values, vectors, attrs = eigen_reference(
+        cache_for(spec.features), store_of(spec.graph), spec.K, spec.alpha, spec.pixel_knn
+    )
     write_eigen_reference(Path(args.out), values, vectors, {**attrs, "features": spec.features, "graph": spec.graph})
 
 
@@ -158,8 +190,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         view["crf"] = bool(args.crf or view.get("crf"))
         if args.labels:
             view["labels"] = args.labels
-        spec = EvaluationSpec(source=source, split=args.split, protocol=args.protocol, view=view, features=args.features,
-                              overlays=args.overlays, batch_size=args.batch_size, device=args.device)
+        spec = EvaluationSpec(
+            source=source,
+            split=args.split,
+            protocol=args.protocol,
+            view=view,
+            features=args.features,
+            overlays=args.overlays,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
     view = View.from_config(spec.view, "view")
     dataset = load_dataset(spec.source, spec.split, view.labels)
     if not dataset.has_labels:
@@ -172,11 +212,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = model.to(device)
     stride = BackboneSpec.from_config(model.spec.backbone_spec).stride
     if spec.features:
-        predictions = cached_predictions(model, cache_for(spec.features), dataset, view, stride, spec.batch_size, device)
+        predictions = cached_predictions(
+            model, cache_for(spec.features), dataset, view, stride, spec.batch_size, device
+        )
     else:
         predictions = live_predictions(model, backbone_for(model).to(device), dataset, view, spec.batch_size, device)
     overlay_dir = Path(args.overlays_dir) if args.overlays_dir else None
-    result = evaluate(model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays)
+    result = evaluate(
+        model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays
+    )
     full = metrics_record(model, dataset, spec, result)
     if args.out:
         write_json(Path(args.out), full)
@@ -187,7 +231,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise InputError("--report needs --out (the report is written beside metrics.json)")
         write_report(Path(args.out).parent, full, Path(args.compare) if args.compare else None)
     if args.mapping_out:
-        ClassMapping.from_metrics(full, f"{model.spec.run} on {dataset.name}/{spec.split} ({spec.protocol})").save(Path(args.mapping_out))
+        ClassMapping.from_metrics(full, f"{model.spec.run} on {dataset.name}/{spec.split} ({spec.protocol})").save(
+            Path(args.mapping_out)
+        )
     brief = {k: full[k] for k in ("method", "acc", "miou", "miou_hungarian", "per_class_iou")}
     print(json.dumps(brief))
 
@@ -243,8 +289,13 @@ def cmd_segment(args: argparse.Namespace) -> None:
     )
 
     mapping = {"auto": "auto", "none": None}.get(args.mapping, args.mapping)
-    seg = Segmenter.from_run(args.run, device=args.device, view=json_option(args.view, "--view") if args.view else None,
-                             mapping=mapping, batch_size=1)
+    seg = Segmenter.from_run(
+        args.run,
+        device=args.device,
+        view=json_option(args.view, "--view") if args.view else None,
+        mapping=mapping,
+        batch_size=1,
+    )
     if args.eigenfunctions and not seg.model.method.traits.learns_psi:
         raise InputError(f"--eigenfunctions: {args.run} is a {seg.model.method} run; eigenfunction maps need a nes run")
     if seg.mapping is not None:
@@ -255,7 +306,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if args.dataset:
         from .datasets import load_dataset
 
-        images = [sample.image_path for sample in load_dataset(json_option(args.dataset, "--dataset"), args.split).samples]
+        images = [
+            sample.image_path for sample in load_dataset(json_option(args.dataset, "--dataset"), args.split).samples
+        ]
     else:
         images = expand_inputs(args.images)
     if not images:
@@ -272,12 +325,21 @@ def cmd_segment(args: argparse.Namespace) -> None:
         labels, maps = seg.labels(image, args.eigenfunctions)
         save_labels(labels, out / f"{path.stem}_labels.png")
         present = [i for i in np.unique(labels) if i != UNMATCHED]
-        overlay = with_legend(blend(image, colourise(np.where(labels == UNMATCHED, -1, labels), colours)), present, names, colours)
+        overlay = with_legend(
+            blend(image, colourise(np.where(labels == UNMATCHED, -1, labels), colours)), present, names, colours
+        )
         Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
         if maps is not None:
-            save_heatmaps(maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], out / f"{path.stem}_eigenfunctions.png")
-    summary = {"segmented": len(images) - len(failed), "skipped": len(failed), "failed": failed, "out": str(out),
-               "labels": "classes" if seg.mapping is not None else "clusters"}
+            save_heatmaps(
+                maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], out / f"{path.stem}_eigenfunctions.png"
+            )
+    summary = {
+        "segmented": len(images) - len(failed),
+        "skipped": len(failed),
+        "failed": failed,
+        "out": str(out),
+        "labels": "classes" if seg.mapping is not None else "clusters",
+    }
     log.info("segmented %d image(s), skipped %d", summary["segmented"], summary["skipped"])
     print(json.dumps(summary))
     if failed:
@@ -306,42 +368,64 @@ def _version() -> str:
         return "unknown"
 
 
-EXAMPLES = {name: "example:\n  " + text for name, text in {
-    "extract": 'nes extract --spec "$(cat spec.json)" --cache results/camvid/features/lite0/train/train.zarr',
-    "gather": 'nes gather --out results/camvid/features/lite0/train/train.json results/camvid/features/lite0/train/train.zarr/shard-*/extracted.json',
-    "graph": 'nes graph --features results/camvid/features/lite0/native/val.json --spec \'{"k": 256}\' --out results/camvid/graphs/lite0/native/val.json',
-    "eigen": 'nes eigen --spec "$(cat eigen.json)" --out val-eigen-K128-a0.3.npz   (the workflow\'s rule eigenvectors)',
-    "nystrom": 'nes nystrom --spec "$(cat nystrom.json)" --out val-nystrom.npz   (the workflow\'s rule nystrom)',
-    "align": 'nes align --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --spec "$(cat eigen.json)" --out alignment.json',
-    "fit": 'nes fit --spec "$(cat run.json)" --run-dir results/camvid/runs/my-run   (the workflow\'s rules train and fit_kmeans)',
-    "evaluate": 'nes evaluate --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --split val --out metrics.json',
-    "table": 'nes table --out results/camvid/mine.csv results/camvid/runs/*/camvid-native/metrics.json',
-    "download": 'nes download camvid --dest data/camvid',
-    "check-config": 'nes check-config my_overrides.yaml   # then: snakemake --configfile my_overrides.yaml ...',
-    "segment": 'nes segment --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --out seg --eigenfunctions 8 photos/',
-}.items()}
+EXAMPLES = {
+    name: "example:\n  " + text
+    for name, text in {
+        "extract": "nes extract --spec extract.json --cache results/camvid/features/lite0/train/train.zarr",
+        "gather": "nes gather --out results/camvid/features/lite0/train/train.json "
+        "results/camvid/features/lite0/train/train.zarr/shard-*/extracted.json",
+        "graph": "nes graph --features results/camvid/features/lite0/native/val.json --spec '{\"k\": 256}' "
+        "--out results/camvid/graphs/lite0/native/val.json",
+        "eigen": "nes eigen --spec eigen.json --out val-eigen-K128-a0.3.npz   (the workflow's rule eigenvectors)",
+        "nystrom": "nes nystrom --spec nystrom.json --out val-nystrom.npz   (the workflow's rule nystrom)",
+        "align": "nes align --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --spec eigen.json "
+        "--out alignment.json",
+        "fit": "nes fit --spec run.json --run-dir results/camvid/runs/my-run   (run.json: a run's config.yaml as JSON, "
+        "or the file a plan names)",
+        "evaluate": "nes evaluate --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --split val --out "
+        "metrics.json",
+        "table": "nes table --out results/camvid/mine.csv results/camvid/runs/*/camvid-native/metrics.json",
+        "download": "nes download camvid --dest data/camvid",
+        "check-config": "nes check-config my_overrides.yaml   # then: snakemake --configfile my_overrides.yaml ...",
+        "segment": "nes segment --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --out seg "
+        "--eigenfunctions 8 photos/",
+    }.items()
+}
 
 
 def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose --help shows its summary and an example."""
-    return sub.add_parser(name, help=summary, description=summary, epilog=EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nes", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    p.add_argument("--log", help="write the log (progress, and any traceback) to this file; the console then shows "
-                                 "only a failure's one-line reason")
+    p.add_argument(
+        "--log",
+        help="write the log (progress, and any traceback) to this file; the console then shows "
+        "only a failure's one-line reason",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = command(sub, "extract", "backbone features of a split (or one shard of it) into the Zarr cache")
     s.add_argument("--spec", required=True, help="extraction spec as JSON (the workflow passes it)")
     s.add_argument("--cache", required=True, help="the cache directory {split}.zarr")
-    s.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("INDEX", "COUNT"), help="extract shard INDEX of COUNT")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace a shard written with other settings (default: refuse, naming what differs)")
+    s.add_argument(
+        "--shard", type=int, nargs=2, default=(0, 1), metavar=("INDEX", "COUNT"), help="extract shard INDEX of COUNT"
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a shard written with other settings (default: refuse, naming what differs)",
+    )
     s.set_defaults(func=cmd_extract)
 
     s = command(sub, "gather", "check that a cache's shards are complete and write its manifest")
@@ -351,7 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command(sub, "graph", "dataset-wide k-NN graph over every token of a cached split (FAISS)")
     s.add_argument("--features", required=True, help="the cache's manifest")
-    s.add_argument("--spec", default="{}", help="graph options as JSON: k, exact_max_tokens, approximate, target_recall, block, nlist, nprobe, hnsw_m, ef_search")
+    s.add_argument(
+        "--spec",
+        default="{}",
+        help="graph options as JSON: k, exact_max_tokens, approximate, target_recall, block, nlist, nprobe, "
+        "hnsw_m, ef_search",
+    )
     s.add_argument("--out", required=True, help="manifest path {split}.json; the graph goes to {split}.zarr")
     s.set_defaults(func=cmd_graph)
 
@@ -366,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_nystrom)
     s = command(sub, "align", "a run's partition on a split's exact graph (capture), psi's eigen-alignment")
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
-    s.add_argument("--spec", required=True, help="JSON: features and graph manifests, path of the eigenvector reference")
+    s.add_argument(
+        "--spec", required=True, help="JSON: features and graph manifests, path of the eigenvector reference"
+    )
     s.add_argument("--out", required=True, help="alignment JSON")
     s.set_defaults(func=cmd_align)
 
@@ -381,8 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", help="dataset adapter name (default: the run's dataset)")
     s.add_argument("--data-root", help="dataset root (default: the run's data_root)")
     s.add_argument("--split", default="val", help="split (default: val)")
-    s.add_argument("--view", help='view as JSON, e.g. \'{"mode": "centre_crop", "short_side": 320, "crop": 320}\' '
-                                  "(default: the run's training view, centre crops as sliding windows)")
+    s.add_argument(
+        "--view",
+        help='view as JSON, e.g. \'{"mode": "centre_crop", "short_side": 320, "crop": 320}\' '
+        "(default: the run's training view, centre crops as sliding windows)",
+    )
     s.add_argument("--labels", help="label set where the dataset has several (context59/context60, 27/19)")
     s.add_argument("--protocol", default="custom", help="name recorded in the metrics")
     s.add_argument("--features", help="use this cache manifest instead of running the backbone")
@@ -392,20 +486,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlays", type=int, default=4, help="how many panels")
     s.add_argument("--report", action="store_true", help="also write report.md and its figures beside --out")
     s.add_argument("--compare", help="an evaluation folder of a K-means run: its sample predictions join the report")
-    s.add_argument("--mapping-out", help="write the cluster -> class mapping (majority vote) as JSON for `nes segment --mapping`")
+    s.add_argument(
+        "--mapping-out", help="write the cluster -> class mapping (majority vote) as JSON for `nes segment --mapping`"
+    )
     s.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_evaluate)
 
     s = command(sub, "table", "metrics.json files -> table CSV + Markdown")
     s.add_argument("--out", required=True, help="the table CSV; {name}_runs.csv and {name}.md are written beside it")
-    s.add_argument("--alignments", nargs="*", default=[], help="alignment.json files beside the runs' metrics (partition measures)")
+    s.add_argument(
+        "--alignments", nargs="*", default=[], help="alignment.json files beside the runs' metrics (partition measures)"
+    )
     s.add_argument("--inputs", help='a JSON file {"metrics": [...], "alignments": [...]} (what the workflow passes)')
     s.add_argument("metrics", nargs="*", help="metrics.json files of the runs (one per run and evaluation)")
     s.set_defaults(func=cmd_table)
 
-    s = command(sub, "check-config", "check configuration files before a run: YAML syntax (file, line), keys, ranges, every run")
-    s.add_argument("files", nargs="*", help="override files, merged over --default in order (as snakemake --configfile)")
+    s = command(
+        sub, "check-config", "check configuration files before a run: YAML syntax (file, line), keys, ranges, every run"
+    )
+    s.add_argument(
+        "files", nargs="*", help="override files, merged over --default in order (as snakemake --configfile)"
+    )
     s.add_argument("--default", default="config/config.yaml", help="the workflow's default configuration")
     s.set_defaults(func=cmd_check_config)
 
@@ -414,16 +516,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dest", default="data/camvid", help="folder to create (default data/camvid)")
     s.set_defaults(func=cmd_download)
 
-    s = command(sub, "segment", "segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image")
+    s = command(
+        sub, "segment", "segment images with a trained run: label PNG + overlay (+ eigenfunction maps) per image"
+    )
     s.add_argument("--run", required=True, help="run directory (holds model.pt)")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--mapping", default="auto",
-                   help="auto: class ids from the run's evaluation when it has one; none: cluster ids; "
-                        "or a JSON file from `nes evaluate --mapping-out` (or a metrics.json)")
-    s.add_argument("--eigenfunctions", type=int, default=0, metavar="N", help="also write the first N eigenfunctions as heat maps (nes runs)")
+    s.add_argument(
+        "--mapping",
+        default="auto",
+        help="auto: class ids from the run's evaluation when it has one; none: cluster ids; "
+        "or a JSON file from `nes evaluate --mapping-out` (or a metrics.json)",
+    )
+    s.add_argument(
+        "--eigenfunctions",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write the first N eigenfunctions as heat maps (nes runs)",
+    )
     s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.add_argument("--view", help="view as JSON (default: the run's training view, centre crops as sliding windows)")
-    s.add_argument("--dataset", help="segment a dataset split instead: its config entry as JSON (the workflow passes it)")
+    s.add_argument(
+        "--dataset", help="segment a dataset split instead: its config entry as JSON (the workflow passes it)"
+    )
     s.add_argument("--split", default="val", help="the split of --dataset")
     s.add_argument("images", nargs="*", help="image files, folders of images, or glob patterns (quoted)")
     s.set_defaults(func=cmd_segment)

@@ -22,11 +22,21 @@ def fit_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np
         raise ValueError(f"k-means needs at least K={k} points, got {len(points)}")
     started = time.time()
     log.info("k-means: K=%d on %d points of dim %d, %d iterations ...", k, len(points), points.shape[1], niter)
-    km = faiss.Kmeans(points.shape[1], k, niter=niter, seed=seed, verbose=False, gpu=faiss_gpus() > 0,
-                      max_points_per_centroid=max(256, -(-len(points) // k)))
+    km = faiss.Kmeans(
+        points.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        verbose=False,
+        gpu=faiss_gpus() > 0,
+        max_points_per_centroid=max(256, -(-len(points) // k)),
+    )
     km.train(points)
-    log.info("k-means: done in %.1f s, final objective %.4g", time.time() - started, km.obj[-1])
-    return km.centroids.copy()
+    centres, objective = km.centroids, km.obj
+    if centres is None or objective is None:
+        raise RuntimeError(f"FAISS k-means returned no centres (K={k}, {len(points)} points)")
+    log.info("k-means: done in %.1f s, final objective %.4g", time.time() - started, objective[-1])
+    return np.array(centres)
 
 
 def centre_logits(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -43,8 +43,10 @@ def _message(error, prefix: str) -> str:
 
 def check_config(config: dict[str, Any]) -> None:
     """Raise InputError naming the first offending key path (the deepest error first)."""
-    errors = sorted(_validator({k: v for k, v in schema().items() if k != "$defs"}).iter_errors(config),
-                    key=lambda e: -len(e.absolute_path))
+    errors = sorted(
+        _validator({k: v for k, v in schema().items() if k != "$defs"}).iter_errors(config),
+        key=lambda e: -len(e.absolute_path),
+    )
     if errors:
         raise InputError(_message(errors[0], ""))
 

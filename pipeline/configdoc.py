@@ -33,8 +33,11 @@ def _kind(node: dict) -> str:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
     if "pattern" in node:
         parts.append(f"matching `{node['pattern']}`")
-    bounds = [f"{sym} {node[key]}" for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
-                                                      ("exclusiveMaximum", "<")) if key in node]
+    bounds = [
+        f"{sym} {node[key]}"
+        for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+        if key in node
+    ]
     if bounds:
         parts.append(", ".join(bounds))
     items = node.get("items")

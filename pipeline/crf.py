@@ -22,7 +22,9 @@ def dense_crf(probs: np.ndarray, image: np.ndarray, iterations: int = 10, min_pr
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError:
-        raise InputError("evaluate.crf: the dense CRF needs the optional extra: pip install 'neural-eigenseg[crf]'") from None
+        raise InputError(
+            "evaluate.crf: the dense CRF needs the optional extra: pip install 'neural-eigenseg[crf]'"
+        ) from None
     c, h, w = probs.shape
     if image.shape[:2] != (h, w) or image.dtype != np.uint8:
         raise ValueError(f"dense_crf: image must be uint8 {h}x{w}x3, got {image.dtype} {image.shape}")

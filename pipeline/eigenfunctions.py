@@ -25,7 +25,7 @@ class LinearAttention(nn.Module):
     def __init__(self, dim: int, heads: int = 18, dim_head: int = 64):
         super().__init__()
         inner = heads * dim_head
-        self.heads, self.scale = heads, dim_head ** -0.5
+        self.heads, self.scale = heads, dim_head**-0.5
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
@@ -57,8 +57,15 @@ class Block(nn.Module):
 class Psi(nn.Module):
     """Maps each image's token sequence (B, T, D) to `hidden` (B, T, D) and K eigenfunction logits."""
 
-    def __init__(self, input_dim: int, num_eigenfunctions: int, depth: int = 2, heads: int = 18,
-                 dim_head: int = 64, mlp_ratio: float = 0.5):
+    def __init__(
+        self,
+        input_dim: int,
+        num_eigenfunctions: int,
+        depth: int = 2,
+        heads: int = 18,
+        dim_head: int = 64,
+        mlp_ratio: float = 0.5,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(Block(input_dim, heads, dim_head, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(input_dim)
@@ -123,4 +130,3 @@ def neuralef_objective(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) 
 def neuralef_loss(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) -> torch.Tensor:
     """-trace(R)/K + beta * sum_{i<j} R^_ij^2 / K; see `neuralef_objective`."""
     return neuralef_objective(psi, kernel, beta, t).loss
-

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +38,12 @@ log = logging.getLogger(__name__)
 Prediction = tuple[int, torch.Tensor]  # image index, (K, H, W) logits at the view's scoring geometry
 
 
-def logits_to_image(logits: torch.Tensor, stride: int, input_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:
+def logits_to_image(
+    logits: torch.Tensor, stride: int, input_size: tuple[int, int], out_size: tuple[int, int]
+) -> torch.Tensor:
     """(K, h, w) token logits -> (K, H, W): upsampled to the padded input, cropped to `input_size`,
     resized to `out_size`."""
-    k, h, w = logits.shape
+    _k, h, w = logits.shape
     # a genuinely channels-last (1, K, h, w) tensor takes torch's vectorised CPU path and makes
     # the argmax over K contiguous: about 6x faster than a view of a permuted batch (whose odd
     # batch stride falls back to a slow generic kernel)
@@ -56,8 +59,15 @@ def scored_size(view: View, image_hw: tuple[int, int]) -> tuple[int, int]:
     return view.input_size if view.mode == "centre_crop" else (int(image_hw[0]), int(image_hw[1]))
 
 
-def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, view: View, stride: int,
-                       batch_size: int, device: torch.device) -> Iterator[Prediction]:
+def cached_predictions(
+    model: RunModel,
+    cache: FeatureCache,
+    dataset: Dataset,
+    view: View,
+    stride: int,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[Prediction]:
     """Plain (un-augmented) items of a cache, checked against the dataset's image ids."""
     items = cache.plain_items()
     if len(items) != len(dataset) or cache.ids != [s.id for s in dataset.samples]:
@@ -66,26 +76,39 @@ def cached_predictions(model: RunModel, cache: FeatureCache, dataset: Dataset, v
     cached = {k: cache.attrs.get("view_spec", {}).get(k) for k in geometry}
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ((k, getattr(view, k)) for k in geometry)}
     if cached != wanted:
-        raise InputError(f"{cache.path}: cached for view {cached}, but evaluation asks for {wanted}; "
-                         "use a cache of the same view or run the backbone live (no --features)")
+        raise InputError(
+            f"{cache.path}: cached for view {cached}, but evaluation asks for {wanted}; "
+            "use a cache of the same view or run the backbone live (no --features)"
+        )
     if model.item_lookup and store_of(model.lookup_features).resolve() != Path(cache.path).resolve():
-        raise InputError(f"{model.spec.run} labels the tokens of {model.lookup_features} by item: it can only be scored "
-                         f"on that cache, not {cache.path}")
+        raise InputError(
+            f"{model.spec.run} labels the tokens of {model.lookup_features} by item: it can only be scored "
+            f"on that cache, not {cache.path}"
+        )
     input_size = tuple(cache.attrs["input_size"])
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         if model.item_lookup:
             logits = model.item_logits(torch.as_tensor(chunk), cache.grid).float()
         else:
             data = cache.read(chunk, ("high", "input"))
-            logits = model.token_logits(torch.from_numpy(data["high"]).to(device), torch.from_numpy(data["input"]).to(device)).float()
+            logits = model.token_logits(
+                torch.from_numpy(data["high"]).to(device), torch.from_numpy(data["input"]).to(device)
+            ).float()
         for j, item in enumerate(chunk):
             out = scored_size(view, cache.image_size[item])
             yield int(cache.image_index[item]), logits_to_image(logits[j], stride, input_size, out)
 
 
-def image_logits(model: RunModel, backbone: Backbone, images: list[np.ndarray], view: View,
-                 device: torch.device, window_batch: int = 8, at_view: bool = False) -> list[torch.Tensor]:
+def image_logits(
+    model: RunModel,
+    backbone: Backbone,
+    images: list[np.ndarray],
+    view: View,
+    device: torch.device,
+    window_batch: int = 8,
+    at_view: bool = False,
+) -> list[torch.Tensor]:
     """Logits at the scoring geometry for images of any size, from a live backbone: one forward
     pass for `resize` / `centre_crop` views; sliding windows (protocol B) otherwise. `at_view`:
     stop at the view's own resolution (its input size, or the resized canvas of the windows),
@@ -94,12 +117,16 @@ def image_logits(model: RunModel, backbone: Backbone, images: list[np.ndarray], 
     if view.mode != "sliding":
         feats = encode_crops(backbone, [view.prepare(im) for im in images], device, view.input_size)
         logits = model.token_logits(feats["high"], feats["input"]).float()
-        return [logits_to_image(logits[j], stride, view.input_size, view.input_size if at_view else scored_size(view, im.shape[:2]))
-                for j, im in enumerate(images)]
+        return [
+            logits_to_image(
+                logits[j], stride, view.input_size, view.input_size if at_view else scored_size(view, im.shape[:2])
+            )
+            for j, im in enumerate(images)
+        ]
     return [sliding_logits(model, backbone, im, view, device, window_batch, resize=not at_view) for im in images]
 
 
-def resample_rows(logits: torch.Tensor, out_hw: tuple[int, int], reduce, max_elements: int = 2 ** 27) -> torch.Tensor:
+def resample_rows(logits: torch.Tensor, out_hw: tuple[int, int], reduce, max_elements: int = 2**27) -> torch.Tensor:
     """Bilinear resize (align_corners=False, as F.interpolate) of (K, h, w) logits to `out_hw`, in
     bands of output rows so that at most `max_elements` resized values exist at once; `reduce`
     maps each (K, rows, W) band to what is kept (e.g. its argmax over K)."""
@@ -117,21 +144,26 @@ def resample_rows(logits: torch.Tensor, out_hw: tuple[int, int], reduce, max_ele
     return torch.cat(bands, dim=-2)
 
 
-def sliding_logits(model: RunModel, backbone: Backbone, image: np.ndarray, view: View, device: torch.device,
-                   window_batch: int = 8, resize: bool = True) -> torch.Tensor:
+def sliding_logits(
+    model: RunModel,
+    backbone: Backbone,
+    image: np.ndarray,
+    view: View,
+    device: torch.device,
+    window_batch: int = 8,
+    resize: bool = True,
+) -> torch.Tensor:
     """Protocol B: short side resized, windows of the crop size at the view's stride, logits of
     overlapping windows averaged, then (with `resize`) resized to the original image size."""
     resized = view.resize(image)
     height, width = resized.shape[1:]
     windows = view.windows(height, width)
-    canvas = count = None
+    canvas = torch.zeros(model.num_clusters, height, width, device=device)
+    count = torch.zeros(1, height, width, device=device)
     for start in range(0, len(windows), window_batch):
-        group = windows[start:start + window_batch]
+        group = windows[start : start + window_batch]
         feats = encode_crops(backbone, [resized[:, t:b, l:r] for t, b, l, r in group], device)
         logits = model.token_logits(feats["high"], feats["input"]).float()
-        if canvas is None:
-            canvas = torch.zeros(logits.shape[1], height, width, device=logits.device)
-            count = torch.zeros(1, height, width, device=logits.device)
         for j, (t, b, l, r) in enumerate(group):
             canvas[:, t:b, l:r] += logits_to_image(logits[j], backbone.spec.stride, (b - t, r - l), (b - t, r - l))
             count[:, t:b, l:r] += 1
@@ -141,17 +173,24 @@ def sliding_logits(model: RunModel, backbone: Backbone, image: np.ndarray, view:
     return canvas
 
 
-def live_predictions(model: RunModel, backbone: Backbone, dataset: Dataset, view: View, batch_size: int,
-                     device: torch.device) -> Iterator[Prediction]:
+def live_predictions(
+    model: RunModel, backbone: Backbone, dataset: Dataset, view: View, batch_size: int, device: torch.device
+) -> Iterator[Prediction]:
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
-        for i, logits in zip(idx, image_logits(model, backbone, [dataset.load_image(i) for i in idx], view, device)):
-            yield i, logits
+        yield from zip(idx, image_logits(model, backbone, [dataset.load_image(i) for i in idx], view, device))
 
 
-def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction], view: View,
-             crf: bool = False, overlay_dir: Path | None = None, n_overlays: int = 4,
-             crf_workers: int | None = None) -> dict[str, Any]:
+def evaluate(
+    model: RunModel,
+    dataset: Dataset,
+    predictions: Iterator[Prediction],
+    view: View,
+    crf: bool = False,
+    overlay_dir: Path | None = None,
+    n_overlays: int = 4,
+    crf_workers: int | None = None,
+) -> dict[str, Any]:
     """One pass over the split; the dense CRF (when on) runs in `crf_workers` processes (default:
     torch's thread count) while the next images are predicted."""
     k, c = model.num_clusters, dataset.num_classes
@@ -170,9 +209,15 @@ def evaluate(model: RunModel, dataset: Dataset, predictions: Iterator[Prediction
     bar = progress(total=len(dataset), desc=f"evaluate {model.method}", unit="img")
     for image_idx, logits in predictions:
         image = dataset.load_image(image_idx)
-        image, label = view.scored(image, dataset.load_label(image_idx, expected_hw=image.shape[:2]))
+        image, scored_label = view.scored(image, dataset.load_label(image_idx, expected_hw=image.shape[:2]))
+        if scored_label is None:
+            raise InputError(f"{dataset.samples[image_idx].id}: no label to score against")
+        label = scored_label
         if tuple(logits.shape[-2:]) != label.shape:
-            raise ValueError(f"prediction {tuple(logits.shape[-2:])} and label {label.shape} differ for {dataset.samples[image_idx].id}")
+            raise ValueError(
+                f"prediction {tuple(logits.shape[-2:])} and label {label.shape} differ for "
+                f"{dataset.samples[image_idx].id}"
+            )
         clusters = logits.argmax(0).cpu().numpy()
         conf += M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
         if crf_pool is not None:
@@ -198,11 +243,14 @@ def summarise(conf: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     majority, hung = M.majority_vote(conf), M.hungarian(conf)
     s_major, s_hung = M.scores(conf, majority), M.scores(conf, hung)
     return {
-        "acc": s_major["acc"], "miou": s_major["miou"],
-        "acc_hungarian": s_hung["acc"], "miou_hungarian": s_hung["miou"],
+        "acc": s_major["acc"],
+        "miou": s_major["miou"],
+        "acc_hungarian": s_hung["acc"],
+        "miou_hungarian": s_hung["miou"],
         "per_class_iou": dict(zip(class_names, _nan_to_none(s_major["iou"]))),
         "per_class_iou_hungarian": dict(zip(class_names, _nan_to_none(s_hung["iou"]))),
-        "mapping": majority.tolist(), "mapping_hungarian": hung.tolist(),
+        "mapping": majority.tolist(),
+        "mapping_hungarian": hung.tolist(),
     }
 
 
@@ -222,22 +270,44 @@ def write_overlays(kept, mapping: np.ndarray, dataset: Dataset, out_dir: Path) -
         mapped = M.remap(clusters, mapping)
         pred = colourise(mapped, colours)
         gt = colourise(np.where(label == dataset.ignore_index, -1, label), colours)
-        save_panel([image, gt, pred, blend(image, pred)], ["image", "ground truth", "prediction (majority vote)", "overlay"],
-                   out_dir / f"{sample_id}.png")
+        save_panel(
+            [image, gt, pred, blend(image, pred)],
+            ["image", "ground truth", "prediction (majority vote)", "overlay"],
+            out_dir / f"{sample_id}.png",
+        )
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(out_dir / "samples" / f"{sample_id}_image.png")
-        Image.fromarray(np.where(label == dataset.ignore_index, 255, label).astype(np.uint8)).save(out_dir / "samples" / f"{sample_id}_truth.png")
-        Image.fromarray(np.where(mapped < 0, 255, mapped).astype(np.uint8)).save(out_dir / "samples" / f"{sample_id}_prediction.png")
+        Image.fromarray(np.where(label == dataset.ignore_index, 255, label).astype(np.uint8)).save(
+            out_dir / "samples" / f"{sample_id}_truth.png"
+        )
+        Image.fromarray(np.where(mapped < 0, 255, mapped).astype(np.uint8)).save(
+            out_dir / "samples" / f"{sample_id}_prediction.png"
+        )
 
 
 def backbone_for(model: RunModel) -> Backbone:
     return Backbone(BackboneSpec.from_config(model.spec.backbone_spec))
 
 
-def metrics_record(model: RunModel, dataset: Dataset, evaluation: EvaluationSpec, result: dict[str, Any]) -> dict[str, Any]:
+def metrics_record(
+    model: RunModel, dataset: Dataset, evaluation: EvaluationSpec, result: dict[str, Any]
+) -> dict[str, Any]:
     """metrics.json: the run's identity and settings (what tables group by) with its scores."""
     spec = model.spec
-    return {"run": spec.run, "method": str(model.method), "dataset": dataset.name, "train_dataset": spec.dataset,
-            "protocol": evaluation.protocol, "backbone": spec.backbone, "K": model.num_clusters, "alpha": spec.alpha,
-            "beta": spec.beta, "graph": spec.graph_kind, "settings": spec.settings, "seed": spec.seed,
-            "split": evaluation.split, "fit": model.fit, **result}
+    return {
+        "run": spec.run,
+        "method": str(model.method),
+        "dataset": dataset.name,
+        "train_dataset": spec.dataset,
+        "protocol": evaluation.protocol,
+        "backbone": spec.backbone,
+        "K": model.num_clusters,
+        "alpha": spec.alpha,
+        "beta": spec.beta,
+        "graph": spec.graph_kind,
+        "settings": spec.settings,
+        "seed": spec.seed,
+        "split": evaluation.split,
+        "fit": model.fit,
+        **result,
+    }

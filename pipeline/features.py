@@ -28,8 +28,9 @@ from .views import View
 log = logging.getLogger(__name__)
 
 
-def augmented_view(image: np.ndarray, view: View, rng: np.random.Generator,
-                   scale: tuple[float, float], flip: bool) -> torch.Tensor:
+def augmented_view(
+    image: np.ndarray, view: View, rng: np.random.Generator, scale: tuple[float, float], flip: bool
+) -> torch.Tensor:
     """The view's geometry rescaled by a random factor in `scale`, a random crop of the view's
     input size (smaller where the rescaled image is smaller; padding comes after normalisation,
     so it is zero in the backbone's input space), and a random horizontal flip."""
@@ -39,7 +40,7 @@ def augmented_view(image: np.ndarray, view: View, rng: np.random.Generator,
     size = view.input_size
     top = rng.integers(0, max(t.shape[1] - size[0], 0) + 1)
     left = rng.integers(0, max(t.shape[2] - size[1], 0) + 1)
-    t = t[:, top:top + size[0], left:left + size[1]]
+    t = t[:, top : top + size[0], left : left + size[1]]
     if flip and rng.random() < 0.5:
         t = t.flip(-1)
     return t
@@ -68,12 +69,16 @@ def normalise_batch(backbone: Backbone, crops: list[torch.Tensor], size: tuple[i
 
 
 @torch.no_grad()
-def encode(backbone: Backbone, x: torch.Tensor, device: torch.device, grid: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+def encode(
+    backbone: Backbone, x: torch.Tensor, device: torch.device, grid: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """Normalised padded images -> channels-last high, input and pixel arrays on the grid.
     `grid`: the tokens to keep (those holding real pixels; default all). On a GPU the backbone
     runs under bf16 autocast."""
     x = x.to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     with autocast:
         high, inp = backbone(x)
     gh, gw = grid or tuple(high.shape[-2:])
@@ -83,8 +88,9 @@ def encode(backbone: Backbone, x: torch.Tensor, device: torch.device, grid: tupl
     return {name: t.float().permute(0, 2, 3, 1) for name, t in (("high", high), ("input", inp), ("pixels", pix))}
 
 
-def encode_crops(backbone: Backbone, crops: list[torch.Tensor], device: torch.device,
-                 size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+def encode_crops(
+    backbone: Backbone, crops: list[torch.Tensor], device: torch.device, size: tuple[int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """(3, h, w) uint8 crops -> features on the grid of `size` (default: the largest crop), without
     a cache (evaluation, segmentation). Tokens of padding alone are dropped."""
     size = size or (max(c.shape[1] for c in crops), max(c.shape[2] for c in crops))
@@ -96,8 +102,10 @@ def check_finite(arrays: dict[str, np.ndarray], sources: list) -> None:
     for name, values in arrays.items():
         bad = ~np.isfinite(values.astype(np.float16)).reshape(len(values), -1).all(1)
         if bad.any():
-            raise InputError(f"{sources[int(np.flatnonzero(bad)[0])]}: the backbone gave non-finite {name} features "
-                             "(NaN, Inf or beyond float16's range); check the image and the weights")
+            raise InputError(
+                f"{sources[int(np.flatnonzero(bad)[0])]}: the backbone gave non-finite {name} features "
+                "(NaN, Inf or beyond float16's range); check the image and the weights"
+            )
 
 
 def shard_range(n_images: int, index: int, count: int) -> tuple[int, int]:
@@ -107,10 +115,21 @@ def shard_range(n_images: int, index: int, count: int) -> tuple[int, int]:
     return index * n_images // count, (index + 1) * n_images // count
 
 
-def extract_split(dataset: Dataset, backbone: Backbone, out: Path, view: View, views: int = 1,
-                  scale: tuple[float, float] = (0.5, 2.0), flip: bool = True, batch_size: int = 8,
-                  seed: int = 0, device: torch.device | None = None, extra_attrs: dict[str, Any] | None = None,
-                  shard: tuple[int, int] = (0, 1), overwrite: bool = False) -> dict[str, Any]:
+def extract_split(
+    dataset: Dataset,
+    backbone: Backbone,
+    out: Path,
+    view: View,
+    views: int = 1,
+    scale: tuple[float, float] = (0.5, 2.0),
+    flip: bool = True,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: torch.device | None = None,
+    extra_attrs: dict[str, Any] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write (or resume) shard `shard = (index, count)` of the cache at `out`; returns its manifest.
 
     Items are numbered image * views + view over the whole split and augmentations are seeded by
@@ -126,26 +145,70 @@ def extract_split(dataset: Dataset, backbone: Backbone, out: Path, view: View, v
     lo, hi = shard_range(len(dataset), *shard)
     items = [(i, v) for i in range(lo, hi) for v in range(views)]
     attrs = {
-        "dataset": dataset.name, "split": dataset.split, "ids": [s.id for s in dataset.samples],
-        "view_spec": view.__dict__, "input_size": list(input_size), "grid": list(grid), "stride": backbone.spec.stride,
-        "mean": backbone.mean.flatten().tolist(), "std": backbone.std.flatten().tolist(),
-        "views": views, "scale": list(scale), "flip": flip, "seed": seed, "images": [lo, hi],
-        "threads": torch.get_num_threads(), "device": device.type, **(extra_attrs or {}),
+        "dataset": dataset.name,
+        "split": dataset.split,
+        "ids": [s.id for s in dataset.samples],
+        "view_spec": view.__dict__,
+        "input_size": list(input_size),
+        "grid": list(grid),
+        "stride": backbone.spec.stride,
+        "mean": backbone.mean.flatten().tolist(),
+        "std": backbone.std.flatten().tolist(),
+        "views": views,
+        "scale": list(scale),
+        "flip": flip,
+        "seed": seed,
+        "images": [lo, hi],
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        **(extra_attrs or {}),
     }
     path = shard_path(out, *shard)
     with shard_lock(path):
         remove_stale_shards(out, shard[1], overwrite)
-        writer = CacheWriter(path, CacheLayout(len(items), grid, backbone.high_dim, backbone.input_dim), attrs, overwrite)
-        _fill(writer, dataset, backbone, view, items, scale, flip, batch_size, seed, device,
-              f"extract {dataset.name}/{dataset.split}" + (f" shard {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else ""))
-        manifest = {"path": str(out), "shard": list(shard), "items": len(items), "images": [lo, hi], "grid": list(grid),
-                    "high_dim": backbone.high_dim, "input_dim": backbone.input_dim, "views": views}
+        writer = CacheWriter(
+            path, CacheLayout(len(items), grid, backbone.high_dim, backbone.input_dim), attrs, overwrite
+        )
+        _fill(
+            writer,
+            dataset,
+            backbone,
+            view,
+            items,
+            scale,
+            flip,
+            batch_size,
+            seed,
+            device,
+            f"extract {dataset.name}/{dataset.split}" + (f" shard {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else ""),
+        )
+        manifest = {
+            "path": str(out),
+            "shard": list(shard),
+            "items": len(items),
+            "images": [lo, hi],
+            "grid": list(grid),
+            "high_dim": backbone.high_dim,
+            "input_dim": backbone.input_dim,
+            "views": views,
+        }
         writer.mark(manifest)
     return manifest
 
 
-def _fill(writer: CacheWriter, dataset: Dataset, backbone: Backbone, view: View, items: list[tuple[int, int]],
-          scale: tuple[float, float], flip: bool, batch_size: int, seed: int, device: torch.device, desc: str) -> None:
+def _fill(
+    writer: CacheWriter,
+    dataset: Dataset,
+    backbone: Backbone,
+    view: View,
+    items: list[tuple[int, int]],
+    scale: tuple[float, float],
+    flip: bool,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    desc: str,
+) -> None:
     """Encode the items the writer does not hold yet, batch by batch, then finish the shard."""
     if writer.complete:
         return
@@ -154,7 +217,7 @@ def _fill(writer: CacheWriter, dataset: Dataset, backbone: Backbone, view: View,
     bar = progress(total=len(items), initial=writer.n_done, desc=desc, unit="img")
     for start in range(writer.n_done, len(items), batch_size):
         crops, sizes = [], []
-        for image_idx, v in items[start:start + batch_size]:
+        for image_idx, v in items[start : start + batch_size]:
             image = dataset.load_image(image_idx)
             sizes.append(image.shape[:2])
             if v == 0:
@@ -162,7 +225,7 @@ def _fill(writer: CacheWriter, dataset: Dataset, backbone: Backbone, view: View,
             else:
                 crops.append(augmented_view(image, view, np.random.default_rng([seed, image_idx, v]), scale, flip))
         arrays = {k: t.cpu().numpy() for k, t in encode_crops(backbone, crops, device, view.input_size).items()}
-        check_finite(arrays, [dataset.samples[i].image_path for i, _ in items[start:start + batch_size]])
+        check_finite(arrays, [dataset.samples[i].image_path for i, _ in items[start : start + batch_size]])
         writer.write(start, arrays, np.array(sizes))
         bar.update(len(crops))
     bar.close()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +27,14 @@ from .train import CHECKPOINT, train_psi
 log = logging.getLogger(__name__)
 
 
-def sample_tokens(cache: FeatureCache, embed: Callable[[dict[str, np.ndarray]], np.ndarray], names: tuple[str, ...],
-                  max_points: int, seed: int, batch_items: int = 16) -> np.ndarray:
+def sample_tokens(
+    cache: FeatureCache,
+    embed: Callable[[dict[str, np.ndarray]], np.ndarray],
+    names: tuple[str, ...],
+    max_points: int,
+    seed: int,
+    batch_items: int = 16,
+) -> np.ndarray:
     """Up to `max_points` tokens drawn uniformly from random items of the cache, embedded by `embed`."""
     rng = np.random.default_rng(seed)
     h, w = cache.grid
@@ -35,7 +42,7 @@ def sample_tokens(cache: FeatureCache, embed: Callable[[dict[str, np.ndarray]], 
     n_items = min(len(cache), max(1, -(-max_points // (h * w)) * 2))  # twice what is needed, then subsample
     chunks = []
     for start in range(0, n_items, batch_items):
-        items = np.sort(order[start:start + batch_items])
+        items = np.sort(order[start : start + batch_items])
         chunks.append(embed(cache.read(items, names)))
     points = np.concatenate(chunks)
     if len(points) > max_points:
@@ -53,9 +60,12 @@ def fit_run(spec: RunSpec, run_dir: Path) -> RunModel:
     if "eigsh" in model.fit:  # a spectral run's training: eigendecomposition (+ Nystrom extension), then K-means
         eig = model.fit.pop("eigsh")
         ext = model.fit.pop("nystrom", {"wall_s": 0.0, "peak_rss_mb": 0.0})
-        model.fit["train"] = {"wall_s": round(eig["wall_s"] + ext["wall_s"] + stats["wall_s"], 2),
-                              "peak_rss_mb": max(eig["peak_rss_mb"], ext["peak_rss_mb"], stats["peak_rss_mb"]),
-                              "eigsh_s": eig["wall_s"], "nystrom_s": ext["wall_s"]}
+        model.fit["train"] = {
+            "wall_s": round(eig["wall_s"] + ext["wall_s"] + stats["wall_s"], 2),
+            "peak_rss_mb": max(eig["peak_rss_mb"], ext["peak_rss_mb"], stats["peak_rss_mb"]),
+            "eigsh_s": eig["wall_s"],
+            "nystrom_s": ext["wall_s"],
+        }
     save_torch(model.checkpoint(), run_dir / "model.pt")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # training's resume point, obsolete now
     log.info("fitted %s in %.1f s (peak memory %.0f MB)", spec.run, stats["wall_s"], stats["peak_rss_mb"])
@@ -90,6 +100,7 @@ def _fit(spec: RunSpec, run_dir: Path) -> RunModel:
         raise InputError(f"{spec.run}: a {method} run needs kmeans settings")
     km, k = spec.kmeans, spec.K
     if method in (Method.KMEANS, Method.KMEANS_TRANSDUCTIVE):  # on the training split / the evaluated split
+
         def embed(d):
             return F.normalize(torch.from_numpy(d["high"]).flatten(0, 2), dim=1).numpy()
 
@@ -97,14 +108,17 @@ def _fit(spec: RunSpec, run_dir: Path) -> RunModel:
         return RunModel(spec, centres=torch.from_numpy(fit_kmeans(points, k, spec.seed, km.niter)))
     if method is Method.NES_STAR and spec.nes_run is not None:
         nes = RunModel.load(run_dir.parent / spec.nes_run)
+        if nes.psi is None:
+            raise InputError(f"{run_dir.parent / spec.nes_run}: not a nes run (no psi) for {spec.run} to cluster")
+        psi = nes.psi
 
         @torch.no_grad()
         def embed(d):
             x = torch.from_numpy(d["input"])
-            hidden = nes.psi.hidden(x.flatten(1, 2))
+            hidden = psi.hidden(x.flatten(1, 2))
             return F.normalize(hidden.flatten(0, 1), dim=1).numpy()
 
         points = sample_tokens(cache, embed, ("input",), km.max_points, spec.seed)
         centres = torch.from_numpy(fit_kmeans(points, k, spec.seed, km.niter))
-        return RunModel(spec, psi=nes.psi, centres=centres, input_dim=nes.input_dim)
+        return RunModel(spec, psi=psi, centres=centres, input_dim=nes.input_dim)
     raise InputError(f"{spec.run}: cannot fit a {method} run from this spec")

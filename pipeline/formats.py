@@ -76,7 +76,9 @@ def save_torch(obj: Any, path: str | Path) -> None:
 
 def write_eigen_reference(path: str | Path, values: np.ndarray, vectors: np.ndarray, attrs: dict[str, Any]) -> None:
     with atomic_path(path, ".npz") as tmp:
-        np.savez(tmp, values=values, vectors=vectors.astype(np.float32), attrs=np.array(json.dumps(attrs, default=_plain)))
+        np.savez(
+            tmp, values=values, vectors=vectors.astype(np.float32), attrs=np.array(json.dumps(attrs, default=_plain))
+        )
 
 
 def read_eigen_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -98,6 +100,22 @@ def read_nystrom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise InputError(f"{path}: no Nystrom extension; run the nystrom rule first")
     with np.load(path) as f:
         return f["embedding"], json.loads(str(f["attrs"]))
+
+
+def zarr_array(group: Any, name: str) -> Any:
+    """`group[name]` as a Zarr array, or an InputError naming the store and the missing array."""
+    import zarr
+
+    node = group.get(name)
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{group.store_path}: no array {name!r} (an incomplete or foreign store); rebuild it")
+    return node
+
+
+def read_array(group: Any, name: str, dtype: Any = None) -> np.ndarray:
+    """All of `group[name]` as a NumPy array (of `dtype` when given)."""
+    data = np.asarray(zarr_array(group, name)[:])
+    return data if dtype is None else data.astype(dtype)
 
 
 def _plain(o: Any) -> Any:

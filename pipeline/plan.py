@@ -89,12 +89,20 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
     train = view == TRAIN_VIEW
     spec = view_config(config, dataset, view)
     if spec["mode"] == "sliding":
-        raise InputError(f"datasets.{dataset}.protocols.{view}: sliding-window protocols are evaluated live, not cached")
+        raise InputError(
+            f"datasets.{dataset}.protocols.{view}: sliding-window protocols are evaluated live, not cached"
+        )
     return {
-        "dataset_spec": source_spec(config, dataset), "backbone_spec": backbone_spec(config, backbone), "split": split,
+        "dataset_spec": source_spec(config, dataset),
+        "backbone_spec": backbone_spec(config, backbone),
+        "split": split,
         "view": {k: v for k, v in spec.items() if k not in SCORING_KEYS},  # scoring options do not change features
-        "views": int(ext["views"]) if train else 1, "scale": ext["scale"], "flip": ext["flip"], "seed": ext["seed"],
-        "batch_size": ext["batch_size"], "device": config["device"],
+        "views": int(ext["views"]) if train else 1,
+        "scale": ext["scale"],
+        "flip": ext["flip"],
+        "seed": ext["seed"],
+        "batch_size": ext["batch_size"],
+        "device": config["device"],
     }
 
 
@@ -131,15 +139,28 @@ def settings_label(settings: dict[str, Any]) -> str:
     return " ".join(f"{key}={_slug(value)}" for key, value in settings.items())
 
 
-def run_id(method: Method, backbone: str, train: dict, seed: int, protocol: str | None = None,
-           settings: dict[str, Any] | None = None) -> str:
+def run_id(
+    method: Method,
+    backbone: str,
+    train: dict,
+    seed: int,
+    protocol: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> str:
     """The method's id format (Method.traits.run_id) filled in; default runs keep short ids and
     `settings` (nondefault_settings) are appended before the seed."""
     graph = "-gdataset" if train.get("graph", "batch") == "dataset" else ""  # batch graphs keep the short ids
     return method.traits.run_id.format(
-        method=method, backbone=backbone, K=train["K"], alpha=fmt(float(train["alpha"])) if "alpha" in train else "",
-        beta=fmt(resolved_beta(train.get("beta"), int(train["K"]))), graph=graph, protocol=protocol,
-        extra=settings_suffix(settings or {}), seed=seed)
+        method=method,
+        backbone=backbone,
+        K=train["K"],
+        alpha=fmt(float(train["alpha"])) if "alpha" in train else "",
+        beta=fmt(resolved_beta(train.get("beta"), int(train["K"]))),
+        graph=graph,
+        protocol=protocol,
+        extra=settings_suffix(settings or {}),
+        seed=seed,
+    )
 
 
 def table_config(config: dict, folder: str, table: str) -> dict:
@@ -147,7 +168,12 @@ def table_config(config: dict, folder: str, table: str) -> dict:
     if table not in (tables.get(folder) or {}):
         have = [f"{f}/{t}" for f, ts in tables.items() for t in (ts or {})]
         raise InputError(f"tables: no table {folder}/{table} in the config (have: {', '.join(have)})")
-    merged = {**(config.get("table_defaults") or {}), **tables[folder][table], "folder": folder, "where": f"tables.{folder}.{table}"}
+    merged = {
+        **(config.get("table_defaults") or {}),
+        **tables[folder][table],
+        "folder": folder,
+        "where": f"tables.{folder}.{table}",
+    }
     merged.setdefault("dataset", folder)
     missing = [k for k in ("backbones", "methods", "seeds") if not merged.get(k)]
     if missing:
@@ -235,33 +261,50 @@ def alignment_path(config: dict, spec: RunSpec, evaluation: str) -> str:
     return f"{run_dir(config, spec)}/{evaluation}/alignment.json"
 
 
-def eigen_spec(config: dict, dataset: str, backbone: str, protocol: str, train: dict, split: str | None = None) -> EigenRef:
+def eigen_spec(
+    config: dict, dataset: str, backbone: str, protocol: str, train: dict, split: str | None = None
+) -> EigenRef:
     """The exact top-K eigenvectors of G over a split of `dataset` (default: its evaluation split)
     under the view `protocol` (or the training view) (rule `eigenvectors`), from its dataset-wide
     graph (rule `build_graph`)."""
     split = split or dataset_spec(config, dataset)["eval_split"]
     if view_config(config, dataset, protocol)["mode"] == "sliding":
-        raise InputError(f"datasets.{dataset}.protocols.{protocol}: the spectral reference needs a cached (single-pass) "
-                         "protocol; sliding windows are evaluated live")
+        raise InputError(
+            f"datasets.{dataset}.protocols.{protocol}: the spectral reference needs a cached (single-pass) "
+            "protocol; sliding windows are evaluated live"
+        )
     k, alpha = int(train["K"]), float(train["alpha"])
     graph = graph_path(config, dataset, backbone, protocol, split)
     extra = settings_suffix(nondefault_settings(Method.SPECTRAL, train, default_train(config, dataset)))
-    return EigenRef(path=graph.removesuffix(".json") + f"-eigen-K{k}-a{fmt(alpha)}{extra}.npz", graph=graph,
-                    features=features_path(config, dataset, backbone, protocol, split), K=k, alpha=alpha,
-                    pixel_knn=tuple((n, w) for n, w in train["pixel_knn"]))
+    return EigenRef(
+        path=graph.removesuffix(".json") + f"-eigen-K{k}-a{fmt(alpha)}{extra}.npz",
+        graph=graph,
+        features=features_path(config, dataset, backbone, protocol, split),
+        K=k,
+        alpha=alpha,
+        pixel_knn=tuple((n, w) for n, w in train["pixel_knn"]),
+    )
 
 
-def nystrom_spec(config: dict, train_dataset: str, backbone: str, evaluation: tuple[str, str], train: dict) -> NystromRef:
+def nystrom_spec(
+    config: dict, train_dataset: str, backbone: str, evaluation: tuple[str, str], train: dict
+) -> NystromRef:
     """The training split's exact eigenvectors (of `train_dataset` under its training view) extended
     to every token of the evaluated split by the Nystrom formula (rule `nystrom`)."""
     dataset, protocol = evaluation
-    eigen = eigen_spec(config, train_dataset, backbone, TRAIN_VIEW, train, dataset_spec(config, train_dataset)["train_split"])
+    eigen = eigen_spec(
+        config, train_dataset, backbone, TRAIN_VIEW, train, dataset_spec(config, train_dataset)["train_split"]
+    )
     split = dataset_spec(config, dataset)["eval_split"]
     out = graph_path(config, dataset, backbone, protocol, split).removesuffix(".json")
     extra = settings_suffix(nondefault_settings(Method.SPECTRAL_INDUCTIVE, train, default_train(config, train_dataset)))
-    return NystromRef(path=f"{out}-nystrom-{train_dataset}-K{eigen.K}-a{fmt(eigen.alpha)}{extra}.npz", eigen=eigen,
-                      features=features_path(config, dataset, backbone, protocol, split), k=int(train["knn_k"]),
-                      graph=dict(config.get("graph") or {}))
+    return NystromRef(
+        path=f"{out}-nystrom-{train_dataset}-K{eigen.K}-a{fmt(eigen.alpha)}{extra}.npz",
+        eigen=eigen,
+        features=features_path(config, dataset, backbone, protocol, split),
+        k=int(train["knn_k"]),
+        graph=dict(config.get("graph") or {}),
+    )
 
 
 def default_train(config: dict, dataset: str) -> dict:
@@ -289,15 +332,21 @@ def all_eigen(config: dict) -> dict[str, EigenRef]:
                 wanted.append(alignment_spec(config, spec, evaluation))
             for eig in wanted:
                 if out.setdefault(eig.path, eig) != eig:
-                    raise InputError(f"tables.{folder}.{table}: {eig.path} is wanted with different pixel graphs "
-                                     "(train.pixel_knn differs between tables but is not part of its name)")
+                    raise InputError(
+                        f"tables.{folder}.{table}: {eig.path} is wanted with different pixel graphs "
+                        "(train.pixel_knn differs between tables but is not part of its name)"
+                    )
     return out
 
 
 def all_nystrom(config: dict) -> dict[str, NystromRef]:
     """Nystrom extension path -> its spec, over every spectral_inductive run of the tables."""
-    return {spec.nystrom.path: spec.nystrom for folder, table in all_tables(config)
-            for spec in table_runs(config, folder, table) if spec.nystrom is not None}
+    return {
+        spec.nystrom.path: spec.nystrom
+        for folder, table in all_tables(config)
+        for spec in table_runs(config, folder, table)
+        if spec.nystrom is not None
+    }
 
 
 def run_dir(config: dict, spec: RunSpec) -> str:
@@ -308,44 +357,78 @@ def metrics_path(config: dict, spec: RunSpec, evaluation: str) -> str:
     return f"{run_dir(config, spec)}/{evaluation}/metrics.json"
 
 
-def make_spec(config: dict, dataset: str, backbone: str, method: Method | str, train: dict, seed: int,
-              evaluation: tuple[str, str] | None = None) -> RunSpec:
+def make_spec(
+    config: dict,
+    dataset: str,
+    backbone: str,
+    method: Method | str,
+    train: dict,
+    seed: int,
+    evaluation: tuple[str, str] | None = None,
+) -> RunSpec:
     """One run from its dataset's, backbone's and merged training settings. `evaluation` =
     (dataset, protocol) of the table: where methods that fit on the evaluated split are fit (the
     evaluated split itself, not the training dataset) and filed."""
     method = Method.parse(method, "tables.*.methods")
     traits = method.traits
     settings = nondefault_settings(method, train, default_train(config, dataset))
-    common: dict[str, Any] = {"method": method, "seed": seed, "backbone": backbone, "K": int(train["K"]),
-                              "backbone_spec": backbone_spec(config, backbone), "device": config["device"],
-                              "settings": settings_label(settings)}
+    common: dict[str, Any] = {
+        "method": method,
+        "seed": seed,
+        "backbone": backbone,
+        "K": int(train["K"]),
+        "backbone_spec": backbone_spec(config, backbone),
+        "device": config["device"],
+        "settings": settings_label(settings),
+    }
     if traits.evaluated_split:
         target, protocol = _evaluated(method, evaluation)
         split = dataset_spec(config, target)["eval_split"]
         view = {k: v for k, v in view_config(config, target, protocol).items() if k not in SCORING_KEYS}
-        placed: dict[str, Any] = {"dataset": target, "source": source_spec(config, target), "train_split": split,
-                                  "train_view": view, "evaluation": f"{target}-{protocol}",
-                                  "kmeans": KMeansSettings.from_dict(config["kmeans"])}
+        placed: dict[str, Any] = {
+            "dataset": target,
+            "source": source_spec(config, target),
+            "train_split": split,
+            "train_view": view,
+            "evaluation": f"{target}-{protocol}",
+            "kmeans": KMeansSettings.from_dict(config["kmeans"]),
+        }
         run = run_id(method, backbone, train, seed, protocol, settings)
         if method is Method.KMEANS_TRANSDUCTIVE:
-            return RunSpec(run=run, features=features_path(config, target, backbone, protocol, split), **placed, **common)
+            return RunSpec(
+                run=run, features=features_path(config, target, backbone, protocol, split), **placed, **common
+            )
         nystrom = nystrom_spec(config, dataset, backbone, (target, protocol), train) if traits.nystrom else None
         eigen = nystrom.eigen if nystrom is not None else eigen_spec(config, target, backbone, protocol, train)
-        return RunSpec(run=run, features=eigen.features, alpha=eigen.alpha, eigen=eigen, nystrom=nystrom,
-                       **{**placed, **common, "K": eigen.K})
+        return RunSpec(
+            run=run,
+            features=eigen.features,
+            alpha=eigen.alpha,
+            eigen=eigen,
+            nystrom=nystrom,
+            **{**placed, **common, "K": eigen.K},
+        )
     ds = dataset_spec(config, dataset)
     psi = TrainSettings.from_dict(train) if traits.uses_psi else None
     return RunSpec(
-        run=run_id(method, backbone, train, seed, settings=settings), dataset=dataset, source=source_spec(config, dataset),
-        train_split=ds["train_split"], train_view=ds["train_view"],
+        run=run_id(method, backbone, train, seed, settings=settings),
+        dataset=dataset,
+        source=source_spec(config, dataset),
+        train_split=ds["train_split"],
+        train_view=ds["train_view"],
         features=features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"]),
-        alpha=psi.alpha if psi is not None else None, train=psi,
+        alpha=psi.alpha if psi is not None else None,
+        train=psi,
         kmeans=KMeansSettings.from_dict(config["kmeans"]) if method is not Method.NES else None,
         graph=graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
-        if psi is not None and psi.graph == "dataset" and traits.learns_psi else None,
-        heldout=heldout_features(config, dataset, backbone) if psi is not None and psi.monitor and traits.learns_psi else None,
+        if psi is not None and psi.graph == "dataset" and traits.learns_psi
+        else None,
+        heldout=heldout_features(config, dataset, backbone)
+        if psi is not None and psi.monitor and traits.learns_psi
+        else None,
         nes_run=run_id(Method.NES, backbone, train, seed, settings=settings) if method is Method.NES_STAR else None,
-        **common)
+        **common,
+    )
 
 
 # view options that change scoring, not features
@@ -354,7 +437,9 @@ SCORING_KEYS = ("labels", "crf")
 
 def _evaluated(method: Method, evaluation: tuple[str, str] | None) -> tuple[str, str]:
     if evaluation is None:
-        raise InputError(f"method {method} labels the split a table evaluates (or is fit on it): use it in tables, not segmentations")
+        raise InputError(
+            f"method {method} labels the split a table evaluates (or is fit on it): use it in tables, not segmentations"
+        )
     return evaluation
 
 
@@ -376,10 +461,15 @@ def evaluation_spec(config: dict, spec: RunSpec, evaluation: str) -> EvaluationS
     view = view_config(config, dataset, protocol)
     cached = view["mode"] != "sliding"
     return EvaluationSpec(
-        source=source_spec(config, dataset), split=ds["eval_split"], protocol=protocol, view=view,
+        source=source_spec(config, dataset),
+        split=ds["eval_split"],
+        protocol=protocol,
+        view=view,
         features=features_path(config, dataset, spec.backbone, protocol, ds["eval_split"]) if cached else None,
-        overlays=config["evaluate"]["overlays"], batch_size=config["evaluate"].get("batch_size", 8),
-        device=config["device"])
+        overlays=config["evaluate"]["overlays"],
+        batch_size=config["evaluate"].get("batch_size", 8),
+        device=config["device"],
+    )
 
 
 def all_runs(config: dict) -> dict[tuple[str, str], RunSpec]:
@@ -393,14 +483,18 @@ def all_runs(config: dict) -> dict[tuple[str, str], RunSpec]:
             if key in runs and runs[key] != spec:
                 new, old = spec.to_dict(), runs[key].to_dict()
                 differ = sorted(k for k in {**new, **old} if new.get(k) != old.get(k))
-                raise InputError(f"tables: run {spec.run} is declared twice with different parameters ({', '.join(differ)})")
+                raise InputError(
+                    f"tables: run {spec.run} is declared twice with different parameters ({', '.join(differ)})"
+                )
             runs[key] = spec
     return runs
 
 
 def as_param(obj: Any) -> str:
     """Canonical JSON: what Snakemake compares to decide whether parameters changed."""
-    return obj.to_json() if hasattr(obj, "to_json") else canonical_json(obj.to_dict() if hasattr(obj, "to_dict") else obj)
+    return (
+        obj.to_json() if hasattr(obj, "to_json") else canonical_json(obj.to_dict() if hasattr(obj, "to_dict") else obj)
+    )
 
 
 def check_files(paths: list[str | Path], default: str | Path = DEFAULT_CONFIG) -> dict[str, Any]:

@@ -19,8 +19,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,22 +57,41 @@ log = logging.getLogger(__name__)
 def split_pixels(cache: FeatureCache) -> np.ndarray:
     """(B, hw, 5) pixel vectors of every item of a plain (un-augmented) cache."""
     if len(cache.plain_items()) != len(cache):
-        raise InputError(f"{cache.path}: holds augmented views; the spectral reference needs a split's plain view (an evaluation cache)")
+        raise InputError(
+            f"{cache.path}: holds augmented views; the spectral reference needs a split's plain view (an "
+            "evaluation cache)"
+        )
     return cache.read(np.arange(len(cache)), ("pixels",))["pixels"].reshape(len(cache), -1, 5)
 
 
-def eigen_reference(cache: FeatureCache, graph_zarr: Path, k: int, alpha: float,
-                    pixel_knn: Sequence[tuple[int, float]], seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def eigen_reference(
+    cache: FeatureCache, graph_zarr: Path, k: int, alpha: float, pixel_knn: Sequence[tuple[int, float]], seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Top-k eigenpairs of the split's G: (values, (N, k) vectors, attributes with the solver's
     wall time and peak memory)."""
     with measured() as stats:
         g = split_graph(graph_zarr, split_pixels(cache) if alpha else None, alpha, pixel_knn)
         log.info("G of %s: %d tokens, %d non-zeros; eigsh for the top %d eigenpairs", cache.path, g.shape[0], g.nnz, k)
         values, vectors = top_eigenvectors(g, k, seed)
-    log.info("eigsh: %.1f s, peak memory %.0f MB; eigenvalues %.4f .. %.4f", stats["wall_s"], stats["peak_rss_mb"],
-             values[0], values[-1])
-    return values, vectors, {"tokens": int(g.shape[0]), "nnz": int(g.nnz), "K": k, "alpha": alpha,
-                             "pixel_knn": [list(p) for p in pixel_knn], "eigsh": stats}
+    log.info(
+        "eigsh: %.1f s, peak memory %.0f MB; eigenvalues %.4f .. %.4f",
+        stats["wall_s"],
+        stats["peak_rss_mb"],
+        values[0],
+        values[-1],
+    )
+    return (
+        values,
+        vectors,
+        {
+            "tokens": int(g.shape[0]),
+            "nnz": int(g.nnz),
+            "K": k,
+            "alpha": alpha,
+            "pixel_knn": [list(p) for p in pixel_knn],
+            "eigsh": stats,
+        },
+    )
 
 
 def fit_spectral(spec: RunSpec) -> RunModel:
@@ -81,14 +101,18 @@ def fit_spectral(spec: RunSpec) -> RunModel:
     embedding of every evaluated token so that evaluation reads its clusters by item."""
     if spec.eigen is None or spec.kmeans is None:
         raise InputError(f"{spec.run}: a {spec.method} run needs its eigenvector reference and kmeans settings")
-    values, vectors, attrs = read_eigen_reference(spec.eigen.path)
+    _values, vectors, _attrs = read_eigen_reference(spec.eigen.path)
     k = spec.K
     if vectors.shape[1] < k:
         raise InputError(f"{spec.eigen.path}: {vectors.shape[1]} eigenvectors, the run needs K={k}")
     embedding = spectral_embedding(vectors[:, :k])
     km = spec.kmeans
     rng = np.random.default_rng(spec.seed)
-    points = embedding if len(embedding) <= km.max_points else embedding[rng.choice(len(embedding), km.max_points, replace=False)]
+    points = (
+        embedding
+        if len(embedding) <= km.max_points
+        else embedding[rng.choice(len(embedding), km.max_points, replace=False)]
+    )
     centres = fit_kmeans(points, k, spec.seed, km.niter)
     if spec.nystrom is not None:
         extended = read_nystrom(spec.nystrom.path)[0]
@@ -114,27 +138,49 @@ def nystrom_reference(spec: NystromRef, block: int = 8192) -> tuple[np.ndarray, 
         train_high = train_cache.read(np.arange(len(train_cache)), ("high",))["high"]
         train_high = normalised_rows(train_high.reshape(-1, train_high.shape[-1]))
         if len(train_high) != len(vectors):
-            raise InputError(f"{spec.eigen.path}: eigenvectors over {len(vectors)} tokens, {spec.eigen.features} has {len(train_high)}")
+            raise InputError(
+                f"{spec.eigen.path}: eigenvectors over {len(vectors)} tokens, {spec.eigen.features} has "
+                f"{len(train_high)}"
+            )
         graph_cfg = spec.graph
-        kind = "exact" if len(train_high) <= int(graph_cfg.get("exact_max_tokens", 200_000)) else graph_cfg.get("approximate", "ivf")
+        kind = (
+            "exact"
+            if len(train_high) <= int(graph_cfg.get("exact_max_tokens", 200_000))
+            else graph_cfg.get("approximate", "ivf")
+        )
         knn_args = {a: graph_cfg[a] for a in ("nprobe", "hnsw_m", "ef_search") if a in graph_cfg and kind != "exact"}
         index = build_index(train_high, kind, spec.k, **knn_args)
         alpha, pixel_knn = float(attrs["alpha"]), [tuple(p) for p in attrs["pixel_knn"]]
         hw = cache.grid[0] * cache.grid[1]
         items_per_block = max(1, block // hw)
         parts = []
-        log.info("Nystrom extension of %d eigenvectors of %d training tokens to %d tokens (%s search, k=%d)",
-                 vectors.shape[1], len(vectors), len(cache) * hw, kind, spec.k)
+        log.info(
+            "Nystrom extension of %d eigenvectors of %d training tokens to %d tokens (%s search, k=%d)",
+            vectors.shape[1],
+            len(vectors),
+            len(cache) * hw,
+            kind,
+            spec.k,
+        )
         for start in progress(range(0, len(cache), items_per_block), desc="nystrom", unit="block"):
             items = np.arange(start, min(start + items_per_block, len(cache)))
             data = cache.read(items, ("high", "pixels"))
             queries = normalised_rows(data["high"].reshape(-1, data["high"].shape[-1]))
             sims, idx = search_block(index, queries, 0, len(queries), spec.k)
             rows = query_rows(sims, idx, degrees)
-            blocks = pixel_graph(torch.from_numpy(data["pixels"].reshape(len(items), hw, 5)).float(), pixel_knn).numpy() if alpha else None
+            blocks = (
+                pixel_graph(torch.from_numpy(data["pixels"].reshape(len(items), hw, 5)).float(), pixel_knn).numpy()
+                if alpha
+                else None
+            )
             parts.append(nystrom_extension(rows, vectors, values, blocks, alpha))
     log.info("Nystrom extension: %.1f s, peak memory %.0f MB", cost["wall_s"], cost["peak_rss_mb"])
-    return np.concatenate(parts), {"tokens": len(cache) * hw, "train_tokens": len(vectors), "search": kind, "cost": cost}
+    return np.concatenate(parts), {
+        "tokens": len(cache) * hw,
+        "train_tokens": len(vectors),
+        "search": kind,
+        "cost": cost,
+    }
 
 
 @torch.no_grad()
@@ -144,7 +190,7 @@ def cache_clusters(model: RunModel, cache: FeatureCache, batch_items: int = 16) 
     for start in range(0, len(cache), batch_items):
         items = np.arange(start, min(start + batch_items, len(cache)))
         if model.item_lookup:
-            logits = model.item_logits(items, cache.grid)
+            logits = model.item_logits(torch.from_numpy(items), cache.grid)
         else:
             data = cache.read(items, ("high", "input"))
             logits = model.token_logits(torch.from_numpy(data["high"]), torch.from_numpy(data["input"]))
@@ -153,7 +199,9 @@ def cache_clusters(model: RunModel, cache: FeatureCache, batch_items: int = 16) 
 
 
 @torch.no_grad()
-def psi_outputs(model: RunModel, cache: FeatureCache, batch_items: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def psi_outputs(
+    model: RunModel, cache: FeatureCache, batch_items: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """psi's outputs before the Gumbel-softmax (its logits) on every token of a plain cache, (N, K),
     and, as the floor to compare them with, K seeded random linear functions of the same inputs."""
     if model.method is not Method.NES or model.psi is None:
@@ -181,19 +229,38 @@ def run_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_
     values, vectors = values[:k], vectors[:, :k]
     labels = cache_clusters(model, cache)
     if len(labels) != len(vectors):
-        raise InputError(f"{eigen_path}: eigenvectors over {len(vectors)} tokens, the cache {cache.path} has {len(labels)}")
+        raise InputError(
+            f"{eigen_path}: eigenvectors over {len(vectors)} tokens, the cache {cache.path} has {len(labels)}"
+        )
     alpha = float(attrs["alpha"])
     g = split_graph(graph_zarr, split_pixels(cache) if alpha else None, alpha, [tuple(p) for p in attrs["pixel_knn"]])
-    result: dict[str, Any] = {"tokens": len(labels), "K": k, "eigen_reference": str(eigen_path),
-                              "partition": partition_measures(labels, g, values, vectors)}
-    log.info("partition of %s on G: capture %.3f, one-hot alignment %.3f, perplexity %.1f of %d clusters",
-             model.spec.run, result["partition"]["capture"], result["partition"]["onehot_cos"],
-             result["partition"]["perplexity"], k)
+    result: dict[str, Any] = {
+        "tokens": len(labels),
+        "K": k,
+        "eigen_reference": str(eigen_path),
+        "partition": partition_measures(labels, g, values, vectors),
+    }
+    log.info(
+        "partition of %s on G: capture %.3f, one-hot alignment %.3f, perplexity %.1f of %d clusters",
+        model.spec.run,
+        result["partition"]["capture"],
+        result["partition"]["onehot_cos"],
+        result["partition"]["perplexity"],
+        k,
+    )
     if model.method is Method.NES:
         logits, random = psi_outputs(model, cache)
         soft = torch.softmax(torch.from_numpy(logits) / model.spec.psi.tau_min, dim=1).numpy()
         for name, functions in (("logits", logits), ("softmax", soft), ("random_input", random)):
-            result[name] = {**eigen_alignment(functions, vectors), "eigenvalue_capture": eigenvalue_capture(functions, g, values)}
-        log.info("psi's logits vs the top-%d eigenvectors (matched |cos|, principal cos, capture): %.3f %.3f %.3f; "
-                 "random functions of its input %.3f %.3f %.3f", k, *result["logits"].values(), *result["random_input"].values())
+            result[name] = {
+                **eigen_alignment(functions, vectors),
+                "eigenvalue_capture": eigenvalue_capture(functions, g, values),
+            }
+        log.info(
+            "psi's logits vs the top-%d eigenvectors (matched |cos|, principal cos, capture): %.3f %.3f %.3f; "
+            "random functions of its input %.3f %.3f %.3f",
+            k,
+            *result["logits"].values(),
+            *result["random_input"].values(),
+        )
     return result

@@ -90,22 +90,50 @@ def write_report(eval_dir: Path, metrics: dict[str, Any], compare_dir: Path | No
         compare_dir = None
     rows = sample_grid(eval_dir, compare_dir, list(metrics["per_class_iou"]), eval_dir / "samples.png")
     if not rows:  # the figure is an output of the workflow: say why it is empty
-        save_panel([np.full((24, 360, 3), 255, np.uint8)], ["no sample images (evaluate.overlays is 0)"], eval_dir / "samples.png")
-    lines = [f"# {metrics['run']} on {metrics['dataset']} ({metrics['protocol']}, {metrics['split']})", "",
-             "| scores (%) | Acc | mIoU |", "|---|---|---|",
-             f"| majority vote | {100 * metrics['acc']:.1f} | {100 * metrics['miou']:.1f} |",
-             f"| Hungarian | {100 * metrics['acc_hungarian']:.1f} | {100 * metrics['miou_hungarian']:.1f} |"]
+        save_panel(
+            [np.full((24, 360, 3), 255, np.uint8)],
+            ["no sample images (evaluate.overlays is 0)"],
+            eval_dir / "samples.png",
+        )
+    lines = [
+        f"# {metrics['run']} on {metrics['dataset']} ({metrics['protocol']}, {metrics['split']})",
+        "",
+        "| scores (%) | Acc | mIoU |",
+        "|---|---|---|",
+        f"| majority vote | {100 * metrics['acc']:.1f} | {100 * metrics['miou']:.1f} |",
+        f"| Hungarian | {100 * metrics['acc_hungarian']:.1f} | {100 * metrics['miou_hungarian']:.1f} |",
+    ]
     if "crf" in metrics:
         c = metrics["crf"]
-        lines += [f"| majority vote + CRF | {100 * c['acc']:.1f} | {100 * c['miou']:.1f} |",
-                  f"| Hungarian + CRF | {100 * c['acc_hungarian']:.1f} | {100 * c['miou_hungarian']:.1f} |"]
-    lines += ["", f"{metrics['method']}, backbone {metrics['backbone']}, K = {metrics['K']}, seed {metrics['seed']}, "
-              f"{metrics['num_images']} images.", "", "## Per-class IoU", "", "![per-class IoU](per_class_iou.png)", "",
-              "## Confusion (clusters x classes, row-normalised)", "", "![confusion](confusion.png)", ""]
+        lines += [
+            f"| majority vote + CRF | {100 * c['acc']:.1f} | {100 * c['miou']:.1f} |",
+            f"| Hungarian + CRF | {100 * c['acc_hungarian']:.1f} | {100 * c['miou_hungarian']:.1f} |",
+        ]
+    lines += [
+        "",
+        f"{metrics['method']}, backbone {metrics['backbone']}, K = {metrics['K']}, seed {metrics['seed']}, "
+        f"{metrics['num_images']} images.",
+        "",
+        "## Per-class IoU",
+        "",
+        "![per-class IoU](per_class_iou.png)",
+        "",
+        "## Confusion (clusters x classes, row-normalised)",
+        "",
+        "![confusion](confusion.png)",
+        "",
+    ]
     if (eval_dir.parent / "loss.png").is_file():
         lines += ["## Training curves", "", "![training curves](../loss.png)", ""]
     if rows:
-        lines += ["## Samples", "", "![samples](samples.png)", "", "Per-image panels with overlays: [overlays/](overlays/).", ""]
+        lines += [
+            "## Samples",
+            "",
+            "![samples](samples.png)",
+            "",
+            "Per-image panels with overlays: [overlays/](overlays/).",
+            "",
+        ]
     out = eval_dir / "report.md"
     write_text(out, "\n".join(lines))
     return out

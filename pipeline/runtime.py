@@ -8,8 +8,9 @@ import os
 import random
 import resource
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 import numpy as np
 
 
-def resolve_device(name: str = "auto") -> "torch.device":
+def resolve_device(name: str = "auto") -> torch.device:
     import torch
 
     if name == "auto":
@@ -25,7 +26,7 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> "torch.Generator":
+def seed_everything(seed: int) -> torch.Generator:
     import torch
 
     random.seed(seed)
@@ -36,8 +37,12 @@ def seed_everything(seed: int) -> "torch.Generator":
 
 def setup_logging(level: int = logging.INFO) -> None:
     """Timestamped records on stderr (which `nes --log` points at the job's log file)."""
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.StreamHandler()], force=True)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=[logging.StreamHandler()],
+        force=True,
+    )
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports missing CPU variants at INFO
 
 
@@ -67,8 +72,14 @@ def progress(iterable=None, **kwargs):
     if sys.stderr.isatty():
         return tqdm(iterable, **kwargs)
     interval = float(os.environ.get("NES_PROGRESS_SECONDS", 30))
-    return tqdm(iterable, file=_LineStream(sys.stderr), mininterval=interval, maxinterval=max(interval, 60),
-                ascii=True, **kwargs)
+    return tqdm(
+        iterable,
+        file=_LineStream(sys.stderr),
+        mininterval=interval,
+        maxinterval=max(interval, 60),
+        ascii=True,
+        **kwargs,
+    )
 
 
 def set_threads(threads: int | None) -> None:

@@ -51,11 +51,11 @@ class ClassMapping:
     source: str = ""
 
     @classmethod
-    def from_metrics(cls, metrics: dict[str, Any], source: str = "") -> "ClassMapping":
+    def from_metrics(cls, metrics: dict[str, Any], source: str = "") -> ClassMapping:
         return cls(np.asarray(metrics["mapping"], dtype=np.int64), list(metrics["per_class_iou"]), source)
 
     @classmethod
-    def load(cls, path: Path) -> "ClassMapping":
+    def load(cls, path: Path) -> ClassMapping:
         """A mapping JSON written by `nes evaluate --mapping-out`, or an evaluation's metrics.json."""
         path = Path(path)
         try:
@@ -69,8 +69,9 @@ class ClassMapping:
         raise InputError(f"{path}: expected 'mapping' and 'class_names' (or an evaluation's metrics.json)")
 
     def save(self, path: Path) -> None:
-        write_json(Path(path), {"mapping": self.mapping.tolist(), "class_names": self.class_names,
-                                       "source": self.source})
+        write_json(
+            Path(path), {"mapping": self.mapping.tolist(), "class_names": self.class_names, "source": self.source}
+        )
 
     def apply(self, clusters: np.ndarray) -> np.ndarray:
         """Cluster ids -> class ids, unmatched clusters -> UNMATCHED."""
@@ -88,48 +89,70 @@ def run_mapping(run_dir: Path) -> ClassMapping | None:
 class Segmenter:
     """A trained run (backbone + psi or centres) that maps images to cluster or class maps."""
 
-    def __init__(self, model: RunModel, view: View, mapping: ClassMapping | None = None,
-                 device: torch.device | None = None, batch_size: int = 4, max_elements: int = 2 ** 27):
+    def __init__(
+        self,
+        model: RunModel,
+        view: View,
+        mapping: ClassMapping | None = None,
+        device: torch.device | None = None,
+        batch_size: int = 4,
+        max_elements: int = 2**27,
+    ):
         self.max_elements = max_elements  # resized logit values held at once (2^27 floats = 512 MB)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device)
         self.backbone = backbone_for(model).to(self.device)
         self.view, self.mapping, self.batch_size = view, mapping, batch_size
         if mapping is not None and len(mapping.mapping) != model.num_clusters:
-            raise InputError(f"{mapping.source}: maps {len(mapping.mapping)} clusters, the run has {model.num_clusters}")
+            raise InputError(
+                f"{mapping.source}: maps {len(mapping.mapping)} clusters, the run has {model.num_clusters}"
+            )
 
     @classmethod
-    def from_run(cls, run: str | Path, device: str = "auto", view: dict[str, Any] | None = None,
-                 mapping: str | Path | None = "auto", batch_size: int = 4) -> "Segmenter":
+    def from_run(
+        cls,
+        run: str | Path,
+        device: str = "auto",
+        view: dict[str, Any] | None = None,
+        mapping: str | Path | None = "auto",
+        batch_size: int = 4,
+    ) -> Segmenter:
         """`mapping`: "auto" (the run's evaluation, if any), None (cluster ids), or a JSON file."""
         model = RunModel.load(Path(run))
         if mapping == "auto":
             resolved = run_mapping(Path(run) if Path(run).is_dir() else Path(run).parent)
         else:
             resolved = ClassMapping.load(Path(mapping)) if mapping else None
-        return cls(model, View.from_config(view or default_view(model), "view"), resolved,
-                   resolve_device(device), batch_size)
+        return cls(
+            model, View.from_config(view or default_view(model), "view"), resolved, resolve_device(device), batch_size
+        )
 
     @property
     def num_clusters(self) -> int:
         return self.model.num_clusters
 
-    def predict_logits(self, images: np.ndarray | list[np.ndarray]) -> torch.Tensor | list[torch.Tensor]:
-        """(K, H, W) float logits per HxWx3 uint8 image, at the image's own size."""
+    def predict_logits(self, images: np.ndarray | list[np.ndarray]) -> Any:
+        """(K, H, W) float logits per HxWx3 uint8 image, at the image's own size (a list for a
+        list of images)."""
         single = isinstance(images, np.ndarray)
-        batch = [images] if single else list(images)
+        batch: list[np.ndarray] = [images] if isinstance(images, np.ndarray) else list(images)
         out: list[torch.Tensor] = []
         for start in range(0, len(batch), self.batch_size):
-            out += [t.cpu() for t in image_logits(self.model, self.backbone, batch[start:start + self.batch_size],
-                                                  self.view, self.device)]
+            out += [
+                t.cpu()
+                for t in image_logits(
+                    self.model, self.backbone, batch[start : start + self.batch_size], self.view, self.device
+                )
+            ]
         return out[0] if single else out
 
-    def predict(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    def predict(self, images: np.ndarray | list[np.ndarray]) -> Any:
         """(H, W) class ids (UNMATCHED where a cluster has no class) when there is a mapping,
-        cluster ids otherwise; memory bounded by `max_elements` whatever the image size."""
-        single = isinstance(images, np.ndarray)
-        maps = [self.labels(image)[0] for image in ([images] if single else images)]
-        return maps[0] if single else maps
+        cluster ids otherwise (a list for a list of images); memory bounded by `max_elements`
+        whatever the image size."""
+        batch: list[np.ndarray] = [images] if isinstance(images, np.ndarray) else list(images)
+        maps = [self.labels(image)[0] for image in batch]
+        return maps[0] if isinstance(images, np.ndarray) else maps
 
     def labels(self, image: np.ndarray, eigenfunctions: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """Labels at the image's size and, when asked, its first n eigenfunction maps (at the
@@ -138,7 +161,9 @@ class Segmenter:
         height, width = image.shape[:2]
         if self.num_clusters * height * width <= self.max_elements:
             logits = self.predict_logits(image)
-            return self.labels_from_logits(logits), self.eigenfunction_maps(logits, eigenfunctions) if eigenfunctions else None
+            return self.labels_from_logits(logits), self.eigenfunction_maps(
+                logits, eigenfunctions
+            ) if eigenfunctions else None
         low = image_logits(self.model, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
         clusters = resample_rows(low, (height, width), lambda band: band.argmax(0), self.max_elements).numpy()
         labels = self.mapping.apply(clusters) if self.mapping is not None else clusters
@@ -146,8 +171,9 @@ class Segmenter:
         if eigenfunctions:
             scale = min(1.0, (self.max_elements / (eigenfunctions * height * width)) ** 0.5)
             size = (max(1, int(height * scale)), max(1, int(width * scale)))
-            maps = self.eigenfunction_maps(resample_rows(low[:eigenfunctions], size, lambda band: band, self.max_elements),
-                                           eigenfunctions)
+            maps = self.eigenfunction_maps(
+                resample_rows(low[:eigenfunctions], size, lambda band: band, self.max_elements), eigenfunctions
+            )
         return labels, maps
 
     def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
@@ -163,5 +189,7 @@ class Segmenter:
     def eigenfunction_maps(self, logits: torch.Tensor, n: int) -> np.ndarray:
         """The first n eigenfunctions from already computed logits (logits = psi / tau_min)."""
         if not self.model.method.traits.learns_psi:
-            raise InputError(f"{self.model.spec.run}: a {self.model.method} run has no eigenfunction outputs; use a nes run")
+            raise InputError(
+                f"{self.model.spec.run}: a {self.model.method} run has no eigenfunction outputs; use a nes run"
+            )
         return (logits[:n] * self.model.spec.psi.tau_min).numpy()

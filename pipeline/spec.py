@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import InputError
 
@@ -72,16 +72,34 @@ _PSI_ID = "{method}-{backbone}-K{K}-a{alpha}-b{beta}{graph}{extra}-s{seed}"
 _SPECTRAL_ID = "{method}-{backbone}-K{K}-a{alpha}-{protocol}{extra}-s{seed}"
 TRAITS: dict[Method, MethodTraits] = {
     Method.KMEANS: MethodTraits("K-means"),
-    Method.KMEANS_TRANSDUCTIVE: MethodTraits("K-means (transductive)", evaluated_split=True, transductive=True,
-                                             run_id="{method}-{backbone}-K{K}-{protocol}-s{seed}"),
+    Method.KMEANS_TRANSDUCTIVE: MethodTraits(
+        "K-means (transductive)",
+        evaluated_split=True,
+        transductive=True,
+        run_id="{method}-{backbone}-K{K}-{protocol}-s{seed}",
+    ),
     Method.NES: MethodTraits("Ours", learns_psi=True, uses_psi=True, graph_kind=None, depends_on=None, run_id=_PSI_ID),
     Method.NES_STAR: MethodTraits("Ours*", uses_psi=True, graph_kind=None, depends_on=None, run_id=_PSI_ID),
-    Method.SPECTRAL: MethodTraits("Spectral (exact, transductive)", evaluated_split=True, transductive=True,
-                                  item_lookup=True, eigen=True, graph_kind="exact", depends_on=("pixel_knn",),
-                                  run_id=_SPECTRAL_ID),
-    Method.SPECTRAL_INDUCTIVE: MethodTraits("Spectral (exact, Nystrom)", evaluated_split=True, item_lookup=True,
-                                            eigen=True, nystrom=True, graph_kind="exact",
-                                            depends_on=("pixel_knn", "knn_k"), run_id=_SPECTRAL_ID),
+    Method.SPECTRAL: MethodTraits(
+        "Spectral (exact, transductive)",
+        evaluated_split=True,
+        transductive=True,
+        item_lookup=True,
+        eigen=True,
+        graph_kind="exact",
+        depends_on=("pixel_knn",),
+        run_id=_SPECTRAL_ID,
+    ),
+    Method.SPECTRAL_INDUCTIVE: MethodTraits(
+        "Spectral (exact, Nystrom)",
+        evaluated_split=True,
+        item_lookup=True,
+        eigen=True,
+        nystrom=True,
+        graph_kind="exact",
+        depends_on=("pixel_knn", "knn_k"),
+        run_id=_SPECTRAL_ID,
+    ),
 }
 
 
@@ -111,7 +129,7 @@ def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: s
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if value is None and type(None) in kinds:
         return value
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise InputError(f"{where}.{key}: expected {names}, got {value!r}")
     return value
@@ -156,8 +174,8 @@ class TrainSettings:
     # keys the config left out (graph, monitor) stay out of the JSON form
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
-    OPTIONAL = ("graph", "monitor")  # absent in some configs: written only when given
-    BEYOND_PAPER = {"image_centred": False}  # written only when off this value
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("graph", "monitor")  # absent in some configs: written only when given
+    BEYOND_PAPER: ClassVar[dict[str, Any]] = {"image_centred": False}  # written only when off this value
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train") -> TrainSettings:
@@ -167,15 +185,24 @@ class TrainSettings:
         if graph not in ("batch", "dataset"):
             raise InputError(f"{where}.graph: expected batch or dataset, got {graph!r}")
         return cls(
-            K=K, alpha=float(_get(data, "alpha", NUMBER, where)),
+            K=K,
+            alpha=float(_get(data, "alpha", NUMBER, where)),
             beta=resolved_beta(_get(data, "beta", (*NUMBER, type(None)), where, None), K),
-            epochs=_get(data, "epochs", int, where), batch_size=_get(data, "batch_size", int, where),
-            lr=_get(data, "lr", NUMBER, where), lr_min=_get(data, "lr_min", NUMBER, where),
-            tau_max=_get(data, "tau_max", NUMBER, where), tau_min=_get(data, "tau_min", NUMBER, where),
-            t=_get(data, "t", NUMBER, where), knn_k=_get(data, "knn_k", int, where), pixel_knn=pixel_knn,
-            depth=_get(data, "depth", int, where), heads=_get(data, "heads", int, where),
-            dim_head=_get(data, "dim_head", int, where), mlp_ratio=_get(data, "mlp_ratio", NUMBER, where),
-            graph=graph, monitor=_get(data, "monitor", int, where, 0) or 0,
+            epochs=_get(data, "epochs", int, where),
+            batch_size=_get(data, "batch_size", int, where),
+            lr=_get(data, "lr", NUMBER, where),
+            lr_min=_get(data, "lr_min", NUMBER, where),
+            tau_max=_get(data, "tau_max", NUMBER, where),
+            tau_min=_get(data, "tau_min", NUMBER, where),
+            t=_get(data, "t", NUMBER, where),
+            knn_k=_get(data, "knn_k", int, where),
+            pixel_knn=pixel_knn,
+            depth=_get(data, "depth", int, where),
+            heads=_get(data, "heads", int, where),
+            dim_head=_get(data, "dim_head", int, where),
+            mlp_ratio=_get(data, "mlp_ratio", NUMBER, where),
+            graph=graph,
+            monitor=_get(data, "monitor", int, where, 0) or 0,
             image_centred=_get(data, "image_centred", bool, where, False),
             given=frozenset(k for k in cls.OPTIONAL if k in data),
         )
@@ -219,14 +246,24 @@ class EigenRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "eigen") -> EigenRef:
-        return cls(path=_get(data, "path", str, where), graph=_get(data, "graph", str, where),
-                   features=_get(data, "features", str, where), K=_get(data, "K", int, where),
-                   alpha=float(_get(data, "alpha", NUMBER, where)),
-                   pixel_knn=_pairs(data, "pixel_knn", where))
+        return cls(
+            path=_get(data, "path", str, where),
+            graph=_get(data, "graph", str, where),
+            features=_get(data, "features", str, where),
+            K=_get(data, "K", int, where),
+            alpha=float(_get(data, "alpha", NUMBER, where)),
+            pixel_knn=_pairs(data, "pixel_knn", where),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "graph": self.graph, "features": self.features, "K": self.K, "alpha": self.alpha,
-                "pixel_knn": [list(p) for p in self.pixel_knn]}
+        return {
+            "path": self.path,
+            "graph": self.graph,
+            "features": self.features,
+            "K": self.K,
+            "alpha": self.alpha,
+            "pixel_knn": [list(p) for p in self.pixel_knn],
+        }
 
 
 @dataclass(frozen=True)
@@ -243,14 +280,22 @@ class NystromRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "nystrom") -> NystromRef:
-        return cls(path=_get(data, "path", str, where), eigen=EigenRef.from_dict(_get(data, "eigen", dict, where),
-                                                                                   f"{where}.eigen"),
-                   features=_get(data, "features", str, where), k=_get(data, "k", int, where),
-                   graph=dict(_get(data, "graph", dict, where, {})))
+        return cls(
+            path=_get(data, "path", str, where),
+            eigen=EigenRef.from_dict(_get(data, "eigen", dict, where), f"{where}.eigen"),
+            features=_get(data, "features", str, where),
+            k=_get(data, "k", int, where),
+            graph=dict(_get(data, "graph", dict, where, {})),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "eigen": self.eigen.to_dict(), "features": self.features, "k": self.k,
-                "graph": dict(self.graph)}
+        return {
+            "path": self.path,
+            "eigen": self.eigen.to_dict(),
+            "features": self.features,
+            "k": self.k,
+            "graph": dict(self.graph),
+        }
 
 
 @dataclass(frozen=True)
@@ -324,18 +369,23 @@ class RunSpec:
         eigen = _get(data, "eigen", dict, where, None)
         nystrom = _get(data, "nystrom", dict, where, None)
         return cls(
-            run=_get(data, "run", str, where), method=method, seed=_get(data, "seed", int, where),
-            dataset=_get(data, "dataset", str, where), backbone=_get(data, "backbone", str, where),
+            run=_get(data, "run", str, where),
+            method=method,
+            seed=_get(data, "seed", int, where),
+            dataset=_get(data, "dataset", str, where),
+            backbone=_get(data, "backbone", str, where),
             source={k: v for k, v in ds.items() if k not in ("train_split", "train_view")},
             train_split=_get(ds, "train_split", str, f"{where}.dataset_spec"),
             train_view=dict(_get(ds, "train_view", dict, f"{where}.dataset_spec")),
             backbone_spec=dict(_get(data, "backbone_spec", dict, where)),
-            features=_get(data, "features", str, where), device=_get(data, "device", str, where, "auto"),
+            features=_get(data, "features", str, where),
+            device=_get(data, "device", str, where, "auto"),
             K=_get(train, "K", int, f"{where}.train"),
             alpha=float(train["alpha"]) if train.get("alpha") is not None else None,
             train=TrainSettings.from_dict(train, f"{where}.train") if method.traits.uses_psi else None,
             kmeans=KMeansSettings.from_dict(kmeans, f"{where}.kmeans") if kmeans is not None else None,
-            evaluation=_get(data, "evaluation", str, where, None), graph=_get(data, "graph", str, where, None),
+            evaluation=_get(data, "evaluation", str, where, None),
+            graph=_get(data, "graph", str, where, None),
             heldout=_get(data, "heldout", (str, type(None)), where, None),
             nes_run=_get(data, "nes_run", str, where, None),
             eigen=EigenRef.from_dict(eigen, f"{where}.eigen") if eigen is not None else None,
@@ -345,18 +395,29 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "run": self.run, "method": str(self.method), "seed": self.seed, "dataset": self.dataset,
+            "run": self.run,
+            "method": str(self.method),
+            "seed": self.seed,
+            "dataset": self.dataset,
             "backbone": self.backbone,
             "dataset_spec": {**self.source, "train_split": self.train_split, "train_view": self.train_view},
-            "backbone_spec": self.backbone_spec, "features": self.features, "device": self.device,
+            "backbone_spec": self.backbone_spec,
+            "features": self.features,
+            "device": self.device,
         }
         if self.train is not None:
             out["train"] = self.train.to_dict()
         else:
             out["train"] = {"K": self.K, **({"alpha": self.alpha} if self.alpha is not None else {})}
-        optional = {"kmeans": self.kmeans.to_dict() if self.kmeans else None, "evaluation": self.evaluation,
-                    "graph": self.graph, "nes_run": self.nes_run, "eigen": self.eigen.to_dict() if self.eigen else None,
-                    "nystrom": self.nystrom.to_dict() if self.nystrom else None, "settings": self.settings or None}
+        optional = {
+            "kmeans": self.kmeans.to_dict() if self.kmeans else None,
+            "evaluation": self.evaluation,
+            "graph": self.graph,
+            "nes_run": self.nes_run,
+            "eigen": self.eigen.to_dict() if self.eigen else None,
+            "nystrom": self.nystrom.to_dict() if self.nystrom else None,
+            "settings": self.settings or None,
+        }
         out.update({k: v for k, v in optional.items() if v is not None})
         if self.method is Method.NES and self.train is not None and self.train.monitor:
             out["heldout"] = self.heldout  # null when every protocol slides windows
@@ -386,16 +447,28 @@ class EvaluationSpec:
     def from_dict(cls, data: dict[str, Any], where: str = "evaluation spec") -> EvaluationSpec:
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-        return cls(source=dict(_get(data, "dataset_spec", dict, where)), split=_get(data, "split", str, where),
-                   protocol=_get(data, "protocol", str, where), view=dict(_get(data, "view", dict, where)),
-                   features=_get(data, "features", (str, type(None)), where, None),
-                   overlays=_get(data, "overlays", int, where, 4), batch_size=_get(data, "batch_size", int, where, 8),
-                   device=_get(data, "device", str, where, "auto"))
+        return cls(
+            source=dict(_get(data, "dataset_spec", dict, where)),
+            split=_get(data, "split", str, where),
+            protocol=_get(data, "protocol", str, where),
+            view=dict(_get(data, "view", dict, where)),
+            features=_get(data, "features", (str, type(None)), where, None),
+            overlays=_get(data, "overlays", int, where, 4),
+            batch_size=_get(data, "batch_size", int, where, 8),
+            device=_get(data, "device", str, where, "auto"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset_spec": self.source, "split": self.split, "protocol": self.protocol, "view": self.view,
-                "features": self.features, "overlays": self.overlays, "batch_size": self.batch_size,
-                "device": self.device}
+        return {
+            "dataset_spec": self.source,
+            "split": self.split,
+            "protocol": self.protocol,
+            "view": self.view,
+            "features": self.features,
+            "overlays": self.overlays,
+            "batch_size": self.batch_size,
+            "device": self.device,
+        }
 
     def to_json(self) -> str:
         return canonical_json(self.to_dict())

@@ -14,6 +14,8 @@ effective use). For psi also, as a diagnostic only, the principal cosine of its 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import pandas as pd
@@ -24,14 +26,43 @@ from .spec import Method
 SCORES = ["acc", "miou", "miou_hungarian"]
 ALIGNMENT = ["capture", "onehot_cos", "perplexity", "logit_cos", "logit_cos_random"]
 COSTS = ["graph_s", "graph_mb", "train_s", "train_mb"]
-RUN_COLUMNS = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "settings", "seed", "split",
-               "crf", *SCORES, *ALIGNMENT, *COSTS, "run"]
+RUN_COLUMNS = [
+    "dataset",
+    "protocol",
+    "train_dataset",
+    "backbone",
+    "method",
+    "K",
+    "alpha",
+    "beta",
+    "graph",
+    "settings",
+    "seed",
+    "split",
+    "crf",
+    *SCORES,
+    *ALIGNMENT,
+    *COSTS,
+    "run",
+]
 # `settings`: every other setting a run has off the defaults (`epochs=10 knn_k=64`; "" for default runs)
-SETTING = ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph", "settings", "crf"]
+SETTING = [
+    "dataset",
+    "protocol",
+    "train_dataset",
+    "backbone",
+    "method",
+    "K",
+    "alpha",
+    "beta",
+    "graph",
+    "settings",
+    "crf",
+]
 METHOD_NAMES = {str(method): method.traits.label for method in Method}
 
 
-def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
+def extras(metrics_path: Path, m: dict, alignments: AbstractSet[Path]) -> dict:
     """Alignment (when the table was given the alignment.json beside metrics.json) and costs of
     one run."""
     out: dict = {}
@@ -39,9 +70,13 @@ def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
     if aligned.resolve() in alignments:
         aligned = json.loads(aligned.read_text())
         part = aligned.get("partition") or {}
-        out.update(capture=part.get("capture"), onehot_cos=part.get("onehot_cos"), perplexity=part.get("perplexity"),
-                   logit_cos=(aligned.get("logits") or {}).get("principal_cos"),
-                   logit_cos_random=(aligned.get("random_input") or {}).get("principal_cos"))
+        out.update(
+            capture=part.get("capture"),
+            onehot_cos=part.get("onehot_cos"),
+            perplexity=part.get("perplexity"),
+            logit_cos=(aligned.get("logits") or {}).get("principal_cos"),
+            logit_cos_random=(aligned.get("random_input") or {}).get("principal_cos"),
+        )
     fit = m.get("fit") or {}
     for stage in ("graph", "train"):
         cost = fit.get(stage) or {}
@@ -49,7 +84,7 @@ def extras(metrics_path: Path, m: dict, alignments: set[Path]) -> dict:
     return out
 
 
-def rows_from_metrics(path: Path, alignments: set[Path] = frozenset()) -> list[dict]:
+def rows_from_metrics(path: Path, alignments: AbstractSet[Path] = frozenset()) -> list[dict]:
     m = json.loads(Path(path).read_text())
     base = {**{k: m.get(k) for k in RUN_COLUMNS if k not in ("crf", *SCORES)}, **extras(path, m, alignments)}
     rows = [{**base, "crf": False, **{k: m[k] for k in SCORES}}]
@@ -58,7 +93,7 @@ def rows_from_metrics(path: Path, alignments: set[Path] = frozenset()) -> list[d
     return rows
 
 
-def build_runs(metric_files: list[Path], alignment_files: list[Path] = ()) -> pd.DataFrame:
+def build_runs(metric_files: list[Path], alignment_files: Sequence[Path] = ()) -> pd.DataFrame:
     alignments = {Path(a).resolve() for a in alignment_files}
     unmatched = alignments - {Path(f).with_name("alignment.json").resolve() for f in metric_files}
     if unmatched:
@@ -71,15 +106,20 @@ def build_runs(metric_files: list[Path], alignment_files: list[Path] = ()) -> pd
     for col in (*ALIGNMENT, *COSTS):
         df[col] = df[col].astype(float)
     df[ALIGNMENT] = df[ALIGNMENT].round(3)
-    return df.sort_values(["backbone", "method", "K", "alpha", "beta", "graph", "settings", "crf", "seed"], kind="stable").reset_index(drop=True)
+    return df.sort_values(
+        ["backbone", "method", "K", "alpha", "beta", "graph", "settings", "crf", "seed"], kind="stable"
+    ).reset_index(drop=True)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and (population) standard deviation over seeds of every setting; alignment and costs
     as means."""
     grouped = runs.groupby(SETTING, sort=False, dropna=False)
-    out = grouped.agg(seeds=("seed", "count"), **{f"{c}_{stat}": (c, stat) for c in SCORES for stat in ("mean", "std")},
-                      **{c: (c, "mean") for c in (*ALIGNMENT, *COSTS)})
+    out = grouped.agg(
+        seeds=("seed", "count"),
+        **{f"{c}_{stat}": (c, stat) for c in SCORES for stat in ("mean", "std")},
+        **{c: (c, "mean") for c in (*ALIGNMENT, *COSTS)},
+    )
     for c in SCORES:
         out[f"{c}_std"] = grouped[c].std(ddof=0).values
     out = out.reset_index().round(2)
@@ -89,25 +129,56 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Methods as rows; backbone and swept parameters as leading columns only where they vary."""
-    varying = [c for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta", "graph", "settings") if table[c].nunique() > 1]
+    varying = [
+        c
+        for c in ("dataset", "protocol", "backbone", "K", "alpha", "beta", "graph", "settings")
+        if table[c].nunique() > 1
+    ]
     # alignment where measured; costs where a dataset-wide graph was built (the graph tables)
     trailing = [c for c in ALIGNMENT if table[c].notna().any()]
     trailing += COSTS if table["graph_s"].notna().any() or "spectral_inductive" in set(table["method"]) else []
-    header = [*varying, "method", "CRF", "seeds", "Acc", "mIoU", "mIoU (Hungarian)", *(TRAILING_NAMES[c] for c in trailing)]
+    header = [
+        *varying,
+        "method",
+        "CRF",
+        "seeds",
+        "Acc",
+        "mIoU",
+        "mIoU (Hungarian)",
+        *(TRAILING_NAMES[c] for c in trailing),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         lead = [(row[c] or "defaults") if c == "settings" else _cell(row[c]) for c in varying]
         cells = [f"{row[f'{c}_mean']:.1f} ± {row[f'{c}_std']:.1f}" for c in SCORES]
-        lines.append("| " + " | ".join([*lead, METHOD_NAMES.get(row["method"], row["method"]),
-                                        "yes" if row["crf"] else "no", str(row["seeds"]), *cells,
-                                        *(_cell(row[c], 1 if c == "perplexity" else 3 if c in ALIGNMENT else 0)
-                                          for c in trailing)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    *lead,
+                    METHOD_NAMES.get(row["method"], row["method"]),
+                    "yes" if row["crf"] else "no",
+                    str(row["seeds"]),
+                    *cells,
+                    *(_cell(row[c], 1 if c == "perplexity" else 3 if c in ALIGNMENT else 0) for c in trailing),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-TRAILING_NAMES = {"capture": "capture", "onehot_cos": "one-hot cos", "perplexity": "perplexity",
-                  "logit_cos": "logit cos (diagnostic)", "logit_cos_random": "logit cos, random floor", "graph_s": "graph (s)", "graph_mb": "graph peak (MB)",
-                  "train_s": "fit (s)", "train_mb": "fit peak (MB)"}
+TRAILING_NAMES = {
+    "capture": "capture",
+    "onehot_cos": "one-hot cos",
+    "perplexity": "perplexity",
+    "logit_cos": "logit cos (diagnostic)",
+    "logit_cos_random": "logit cos, random floor",
+    "graph_s": "graph (s)",
+    "graph_mb": "graph peak (MB)",
+    "train_s": "fit (s)",
+    "train_mb": "fit peak (MB)",
+}
 
 
 def _cell(value, digits: int | None = None) -> str:
@@ -118,7 +189,7 @@ def _cell(value, digits: int | None = None) -> str:
     return str(value)
 
 
-def write_table(metric_files: list[Path], csv_path: Path, alignment_files: list[Path] = ()) -> pd.DataFrame:
+def write_table(metric_files: list[Path], csv_path: Path, alignment_files: Sequence[Path] = ()) -> pd.DataFrame:
     """Write the three files (each atomically) and return the aggregated table."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)

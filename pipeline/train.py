@@ -48,7 +48,9 @@ def cosine(step: int, total: int, start: float, end: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * step / max(total, 1))) / 2
 
 
-def epoch_schedule(image_index: np.ndarray, batch: int, epochs: int, generator: torch.Generator) -> list[tuple[int, np.ndarray]]:
+def epoch_schedule(
+    image_index: np.ndarray, batch: int, epochs: int, generator: torch.Generator
+) -> list[tuple[int, np.ndarray]]:
     """(epoch, items) per step. An epoch visits every image once, in a seeded random order and in
     one of its cached views drawn at random: the paper's fresh augmentation per epoch, from the
     views cached at extraction. Full batches only (the kernel wants B images)."""
@@ -60,7 +62,7 @@ def epoch_schedule(image_index: np.ndarray, batch: int, epochs: int, generator: 
         perm = torch.randperm(len(images), generator=generator).numpy()
         pick = (torch.rand(len(images), generator=generator).numpy() * counts).astype(np.int64)
         items = order[starts + pick][perm]
-        schedule += [(epoch, items[b * batch:(b + 1) * batch]) for b in range(steps_per_epoch)]
+        schedule += [(epoch, items[b * batch : (b + 1) * batch]) for b in range(steps_per_epoch)]
     return schedule
 
 
@@ -79,19 +81,32 @@ def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.d
             raise InputError(f"{spec.run}: train.graph is dataset but the spec names no dataset-wide graph")
         dataset_graph = DatasetGraph(Path(spec.graph).with_suffix(".zarr"), h * w)
         if dataset_graph.n_items != len(cache):
-            raise InputError(f"{spec.graph}: the graph covers {dataset_graph.n_items} items, the cache {len(cache)}; rebuild it")
+            raise InputError(
+                f"{spec.graph}: the graph covers {dataset_graph.n_items} items, the cache {len(cache)}; rebuild it"
+            )
         schedule = neighbour_schedule(dataset_graph, cfg.batch_size, cfg.epochs, generator)
     else:
         schedule = epoch_schedule(cache.image_index, cfg.batch_size, cfg.epochs, generator)
     total = len(schedule)
-    log.info("training psi: %d items of %d images, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
-             len(cache), len(np.unique(cache.image_index)), total, cfg.K, cfg.beta, cfg.alpha, cfg.knn_k,
-             sum(p.numel() for p in psi.parameters()))
+    log.info(
+        "training psi: %d items of %d images, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
+        len(cache),
+        len(np.unique(cache.image_index)),
+        total,
+        cfg.K,
+        cfg.beta,
+        cfg.alpha,
+        cfg.knn_k,
+        sum(p.numel() for p in psi.parameters()),
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    monitor = CaptureMonitor(total, cfg.monitor, cfg.K, heldout_kernel(spec, device) if cfg.monitor else None, spec.seed)
-    fingerprint = json.dumps({"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True,
-                             default=str)
+    monitor = CaptureMonitor(
+        total, cfg.monitor, cfg.K, heldout_kernel(spec, device) if cfg.monitor else None, spec.seed
+    )
+    fingerprint = json.dumps(
+        {"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str
+    )
     rows: list[dict] = []
     first = resume(out_dir / CHECKPOINT, fingerprint, psi, optimiser, rows, monitor, device)
     started = time.time() - (rows[-1]["seconds"] if rows else 0.0)
@@ -103,16 +118,26 @@ def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.d
         for step, (epoch, items) in enumerate(schedule):
             if step < first:
                 continue
+            assert pending is not None  # submitted before the loop or by the previous step
             arrays = pending.result()
             if step + 1 < total:
                 pending = reader.submit(cache.read, schedule[step + 1][1])
             data = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
             bsz, h, w, _ = data["high"].shape
             if dataset_graph is None:
-                kernel = build_kernel(data["high"].reshape(bsz, h * w, -1), data["pixels"].reshape(bsz, h * w, 5),
-                                      k=cfg.knn_k, alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
+                kernel = build_kernel(
+                    data["high"].reshape(bsz, h * w, -1),
+                    data["pixels"].reshape(bsz, h * w, 5),
+                    k=cfg.knn_k,
+                    alpha=cfg.alpha,
+                    pixel_knn=cfg.pixel_knn,
+                )
             else:
-                pixel = block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
+                pixel = (
+                    block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn))
+                    if cfg.alpha
+                    else None
+                )
                 kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha)
             tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
             lr = cosine(step, total, cfg.lr, cfg.lr_min)
@@ -127,10 +152,20 @@ def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.d
             objective.loss.backward()
             optimiser.step()
             monitor(step, psi, logits, kernel)
-            rows.append({"step": step, "epoch": epoch, "loss": objective.loss.item(), "trace": objective.trace.item(),
-                         "penalty": objective.penalty.item(), "tau": tau, "lr": lr,
-                         "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
-                         "usage": cluster_usage(logits.detach()), "seconds": time.time() - started})
+            rows.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": objective.loss.item(),
+                    "trace": objective.trace.item(),
+                    "penalty": objective.penalty.item(),
+                    "tau": tau,
+                    "lr": lr,
+                    "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
+                    "usage": cluster_usage(logits.detach()),
+                    "seconds": time.time() - started,
+                }
+            )
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
             bar.update()
             epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
@@ -154,15 +189,39 @@ def cluster_usage(logits: torch.Tensor) -> float:
     return perplexity(torch.bincount(logits.argmax(dim=1).cpu()).numpy())
 
 
-def save_checkpoint(path: Path, fingerprint: str, step: int, psi: torch.nn.Module, optimiser: torch.optim.Optimizer,
-                    rows: list[dict], monitor: CaptureMonitor) -> None:
-    save_torch({"fingerprint": fingerprint, "step": step, "psi": psi.state_dict(), "optimiser": optimiser.state_dict(),
-                       "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                       "rows": rows, "monitor": monitor.rows}, path)
+def save_checkpoint(
+    path: Path,
+    fingerprint: str,
+    step: int,
+    psi: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    rows: list[dict],
+    monitor: CaptureMonitor,
+) -> None:
+    save_torch(
+        {
+            "fingerprint": fingerprint,
+            "step": step,
+            "psi": psi.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rows": rows,
+            "monitor": monitor.rows,
+        },
+        path,
+    )
 
 
-def resume(path: Path, fingerprint: str, psi: torch.nn.Module, optimiser: torch.optim.Optimizer, rows: list[dict],
-           monitor: CaptureMonitor, device: torch.device) -> int:
+def resume(
+    path: Path,
+    fingerprint: str,
+    psi: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    rows: list[dict],
+    monitor: CaptureMonitor,
+    device: torch.device,
+) -> int:
     """Load a checkpoint of the same run into psi, the optimiser, the RNG, `rows` and the monitor;
     returns the first step still to train (0 without a usable checkpoint)."""
     if not path.is_file():
@@ -196,8 +255,13 @@ def heldout_kernel(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, B
     items = np.unique(np.linspace(0, len(cache) - 1, min(cfg.batch_size, len(cache))).round().astype(int))
     data = {k: torch.from_numpy(v).to(device) for k, v in cache.read(items).items()}
     b, h, w, _ = data["high"].shape
-    kernel = build_kernel(data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5), k=cfg.knn_k,
-                          alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
+    kernel = build_kernel(
+        data["high"].reshape(b, h * w, -1),
+        data["pixels"].reshape(b, h * w, 5),
+        k=cfg.knn_k,
+        alpha=cfg.alpha,
+        pixel_knn=cfg.pixel_knn,
+    )
     return data["input"].reshape(b, h * w, -1), kernel
 
 
@@ -219,8 +283,14 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     for ax, key in zip(axes, keys):
         ax.plot(steps, [r.get(key, float("nan")) for r in rows])
-        ax.set_title({"trace": "trace(R) / K", "penalty": "sum_{i<j} R^_ij^2 / K", "usage": "clusters in use (perplexity)",
-                      "same_image": "feature-graph weight in one image"}.get(key, key))
+        ax.set_title(
+            {
+                "trace": "trace(R) / K",
+                "penalty": "sum_{i<j} R^_ij^2 / K",
+                "usage": "clusters in use (perplexity)",
+                "same_image": "feature-graph weight in one image",
+            }.get(key, key)
+        )
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

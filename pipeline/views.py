@@ -38,11 +38,15 @@ class View:
     crf: bool = False  # also score with dense-CRF post-processing
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], where: str = "view") -> "View":
+    def from_config(cls, cfg: dict[str, Any], where: str = "view") -> View:
         mode = cfg.get("mode")
         if mode not in MODES:
             raise InputError(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        need = {"resize": ("size",), "centre_crop": ("short_side", "crop"), "sliding": ("short_side", "crop", "stride")}[mode]
+        need = {
+            "resize": ("size",),
+            "centre_crop": ("short_side", "crop"),
+            "sliding": ("short_side", "crop", "stride"),
+        }[mode]
         missing = [k for k in need if cfg.get(k) is None]
         if missing:
             raise InputError(f"{where}: mode {mode} needs {', '.join(missing)}")
@@ -50,19 +54,23 @@ class View:
             raise InputError(f"{where}: short_side {cfg['short_side']} is smaller than crop {cfg['crop']}")
         if cfg.get("interpolation", "bilinear") not in ("bilinear", "nearest"):
             raise InputError(f"{where}.interpolation: expected bilinear or nearest, got {cfg['interpolation']!r}")
-        size = tuple(int(v) for v in cfg["size"]) if cfg.get("size") is not None else None
-        known = {k: cfg[k] for k in ("short_side", "crop", "stride", "interpolation", "labels", "crf") if cfg.get(k) is not None}
-        return cls(mode=mode, size=size, **known)  # type: ignore[arg-type]
+        size = (int(cfg["size"][0]), int(cfg["size"][1])) if cfg.get("size") is not None else None
+        known: dict[str, Any] = {
+            k: cfg[k]
+            for k in ("short_side", "crop", "stride", "interpolation", "labels", "crf")
+            if cfg.get(k) is not None
+        }
+        return cls(mode=mode, size=size, **known)
 
     @property
     def input_size(self) -> tuple[int, int]:
         """The network's input size (a window's size for `sliding`)."""
-        return self.size if self.mode == "resize" else (self.crop, self.crop)  # type: ignore[return-value]
+        return self._given("size") if self.mode == "resize" else (self._given("crop"), self._given("crop"))
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
         if self.mode == "resize":
-            return self.size  # type: ignore[return-value]
-        scale = self.short_side / min(height, width)
+            return self._given("size")
+        scale = self._given("short_side") / min(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
     def resize(self, image: np.ndarray, shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -75,7 +83,7 @@ class View:
         if self.mode == "sliding":
             raise ValueError("a sliding view has no single network input; use windows()")
         t = self.resize(image)
-        return centre_crop(t, self.crop) if self.mode == "centre_crop" else t
+        return centre_crop(t, self._given("crop")) if self.mode == "centre_crop" else t
 
     def scored(self, image: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Image (H, W, 3) and label at the geometry where predictions are scored."""
@@ -86,14 +94,21 @@ class View:
             return img, None
         lab = torch.from_numpy(label.astype(np.int64))[None, None].float()
         lab = F.interpolate(lab, size=self.resized_shape(*label.shape), mode="nearest")[0].long()
-        return img, centre_crop(lab, self.crop)[0].numpy()
+        return img, centre_crop(lab, self._given("crop"))[0].numpy()
 
     def windows(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
         """(top, bottom, left, right) of each sliding window over an image of this size, placed as
         mmsegmentation's slide_inference does (the last window shifted back to fit)."""
-        rows = _starts(height, self.crop, self.stride)  # type: ignore[arg-type]
-        cols = _starts(width, self.crop, self.stride)  # type: ignore[arg-type]
+        rows = _starts(height, self._given("crop"), self._given("stride"))
+        cols = _starts(width, self._given("crop"), self._given("stride"))
         return [(t, b, l, r) for t, b in rows for l, r in cols]
+
+    def _given(self, name: str) -> Any:
+        """A geometry field this view's mode requires (from_config checked it is set)."""
+        value = getattr(self, name)
+        if value is None:
+            raise InputError(f"a {self.mode} view has no {name}")
+        return value
 
 
 def _starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
@@ -119,4 +134,4 @@ def resize_image(image: np.ndarray, size: tuple[int, int], interpolation: str = 
 def centre_crop(t: torch.Tensor, crop: int) -> torch.Tensor:
     h, w = t.shape[-2:]
     top, left = max((h - crop) // 2, 0), max((w - crop) // 2, 0)
-    return t[..., top:top + crop, left:left + crop]
+    return t[..., top : top + crop, left : left + crop]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ def palette(n: int, seed: int = 3) -> np.ndarray:
     """n distinct-ish RGB colours (tab20 first, then seeded random)."""
     import matplotlib
 
-    base = (np.array(matplotlib.colormaps["tab20"].colors) * 255).astype(np.uint8)
+    base = (np.array(matplotlib.colormaps["tab20"](np.arange(20))[:, :3]) * 255).astype(np.uint8)
     if n <= len(base):
         return base[:n]
     extra = np.random.default_rng(seed).integers(0, 256, (n - len(base), 3), dtype=np.uint8)
@@ -55,15 +56,17 @@ def save_labels(labels: np.ndarray, path: Path) -> None:
     Image.fromarray(labels.astype(dtype)).save(path)
 
 
-def with_legend(image: np.ndarray, ids: np.ndarray, names: list[str], colours: np.ndarray) -> np.ndarray:
+def with_legend(
+    image: np.ndarray, ids: Sequence[int] | np.ndarray, names: list[str], colours: np.ndarray
+) -> np.ndarray:
     """The image with a strip on its right listing the colour and name of each id in `ids`."""
     row = 16
-    ids = [int(i) for i in ids if 0 <= i < len(colours)]
-    width = 12 + 8 * max([len(names[i]) for i in ids] + [6])
-    canvas = Image.new("RGB", (image.shape[1] + width, max(image.shape[0], row * len(ids) + 4)), "white")
+    shown = [int(i) for i in ids if 0 <= i < len(colours)]
+    width = 12 + 8 * max([len(names[i]) for i in shown] + [6])
+    canvas = Image.new("RGB", (image.shape[1] + width, max(image.shape[0], row * len(shown) + 4)), "white")
     canvas.paste(Image.fromarray(image), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for n, i in enumerate(ids):
+    for n, i in enumerate(shown):
         x, y = image.shape[1] + 4, 2 + n * row
         draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(int(c) for c in colours[i]))
         draw.text((x + 14, y + 1), names[i], fill="black")

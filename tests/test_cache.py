@@ -24,7 +24,7 @@ def test_round_trip_matches_direct_encoding(tmp_path, camvid_val, lite0):
     for name in ("high", "input", "pixels"):
         np.testing.assert_allclose(got[name][0], direct[name][0].numpy(), rtol=1e-2, atol=1e-2)  # float16 storage
     pix = got["pixels"][0]
-    assert 0 <= pix[..., :3].min() and pix[..., :3].max() <= 1
+    assert pix[..., :3].min() >= 0 and pix[..., :3].max() <= 1
     np.testing.assert_allclose(pix[0, :, 3], np.linspace(0, 1, 30), atol=1e-3)  # x over columns
     np.testing.assert_allclose(pix[:, 0, 4], np.linspace(0, 1, 23), atol=1e-3)  # y over rows
 
@@ -58,7 +58,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, camvid_val, li
     np.testing.assert_array_equal(a.view, b.view)
     np.testing.assert_array_equal(a.image_size, b.image_size)
     for name in ("high", "input", "pixels"):
-        np.testing.assert_array_equal(a.read(np.arange(len(a)), (name,))[name], b.read(np.arange(len(b)), (name,))[name])
+        np.testing.assert_array_equal(
+            a.read(np.arange(len(a)), (name,))[name], b.read(np.arange(len(b)), (name,))[name]
+        )
 
 
 def test_augmented_views_differ_from_plain_view(tmp_path, camvid_val, lite0):
@@ -87,8 +89,15 @@ def test_sharded_extraction_equals_one_job(tmp_path):
 
     root = write_pascal(tmp_path / "pascal", n_train=5)
     ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "train")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
-                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    backbone = Backbone(
+        BackboneSpec(
+            model="vit_small_patch16_384",
+            kind="vit",
+            stride=16,
+            model_args=TINY_VIT_ARGS,
+            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
+        )
+    )
     view = View.from_config({"mode": "centre_crop", "short_side": 72, "crop": 64})
     extract_split(ds, backbone, tmp_path / "one.zarr", view, views=2, batch_size=3, seed=1)
     for shard in range(3):
@@ -112,7 +121,9 @@ def test_sharded_extraction_equals_one_job(tmp_path):
     with pytest.raises(InputError, match="shard-0-of-3, shard-1-of-3, shard-2-of-3, written with another shard count"):
         extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2))
     assert len(FeatureCache(tmp_path / "sharded.zarr").shards) == 3
-    extract_split(ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2), overwrite=True)
+    extract_split(
+        ds, backbone, tmp_path / "sharded.zarr", view, views=2, batch_size=3, seed=1, shard=(0, 2), overwrite=True
+    )
     with pytest.raises(InputError, match="do not form one complete set"):
         FeatureCache(tmp_path / "sharded.zarr")
     assert sorted(p.name for p in (tmp_path / "sharded.zarr").iterdir() if p.is_dir()) == ["shard-0-of-2"]
@@ -125,13 +136,24 @@ def _tiny_split(tmp_path):
 
     root = write_pascal(tmp_path / "pascal", n_train=3)
     ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "train")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
-                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    backbone = Backbone(
+        BackboneSpec(
+            model="vit_small_patch16_384",
+            kind="vit",
+            stride=16,
+            model_args=TINY_VIT_ARGS,
+            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
+        )
+    )
     return ds, backbone, View.from_config({"mode": "centre_crop", "short_side": 72, "crop": 64})
 
 
 def _snapshot(root):
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+    return {
+        p.relative_to(root): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 def test_a_cache_of_other_settings_is_refused_and_left_as_it_was(tmp_path):
@@ -143,7 +165,9 @@ def test_a_cache_of_other_settings_is_refused_and_left_as_it_was(tmp_path):
     extract_split(ds, backbone, out, view, views=2, seed=1)
     before = _snapshot(out)
     assert (out / "shard-0-of-1" / "extracted.json").exists()
-    with pytest.raises(InputError, match=r"train.zarr/shard-0-of-1: holds features extracted with other settings \(seed: 1 -> 2\)"):
+    with pytest.raises(
+        InputError, match=r"train.zarr/shard-0-of-1: holds features extracted with other settings \(seed: 1 -> 2\)"
+    ):
         extract_split(ds, backbone, out, view, views=2, seed=2)
     threads = torch.get_num_threads()
     try:
@@ -164,9 +188,12 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_shard(tmp_path):
     out = tmp_path / "train.zarr"
     extract_split(ds, backbone, out, view)
     before = _snapshot(out)
-    with FileLock(out / ".shard-0-of-1.lock"):  # what a running extraction holds
-        with pytest.raises(InputError, match=r"shard-0-of-1: another extraction is writing this shard \(lock .*\.shard-0-of-1\.lock\)"):
-            extract_split(ds, backbone, out, view, seed=5, overwrite=True)
+    refused = r"shard-0-of-1: another extraction is writing this shard \(lock .*\.shard-0-of-1\.lock\)"
+    with (
+        FileLock(out / ".shard-0-of-1.lock"),
+        pytest.raises(InputError, match=refused),
+    ):  # what a running extraction holds
+        extract_split(ds, backbone, out, view, seed=5, overwrite=True)
     assert _snapshot(out) == before
     extract_split(ds, backbone, out, view)  # once released, the same settings find the cache complete
     assert _snapshot(out) == before

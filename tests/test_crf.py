@@ -10,7 +10,7 @@ def two_region_case(seed=0):
     rng = np.random.default_rng(seed)
     h, w = 48, 64
     truth = np.zeros((h, w), dtype=np.int64)
-    truth[:, w // 2:] = 1
+    truth[:, w // 2 :] = 1
     image = np.where(truth[..., None] == 1, [200, 40, 40], [30, 60, 200]).astype(np.uint8)
     probs = np.full((2, h, w), 0.35, dtype=np.float32)
     probs[truth, np.arange(h)[:, None], np.arange(w)] = 0.65
@@ -28,7 +28,7 @@ def test_crf_follows_the_image_and_removes_noise():
 
 
 def test_crf_refuses_a_float_image():
-    truth, image, probs = two_region_case()
+    _truth, image, probs = two_region_case()
     with pytest.raises(ValueError, match="uint8"):
         dense_crf(probs, image.astype(np.float32) / 255)
 

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.graph.dataset import DatasetGraph, build_dataset_graph, degree_normalise, feature_adjacency, neighbour_schedule
+from pipeline.graph.dataset import (
+    DatasetGraph,
+    build_dataset_graph,
+    degree_normalise,
+    feature_adjacency,
+    neighbour_schedule,
+)
 
 HW = 16
 
@@ -33,8 +39,12 @@ def test_batch_kernel_is_the_global_graph_restricted_to_the_batch(graph):
     global_g = degree_normalise(feature_adjacency(g.similarities, g.indices)).toarray()
     items = np.array([7, 2, 30])
     tokens = (items[:, None] * HW + np.arange(HW)).ravel()
-    torch.testing.assert_close(g.feature_kernel(items).to_dense(), torch.from_numpy(global_g[np.ix_(tokens, tokens)]).float(),
-                               atol=2e-3, rtol=2e-3)  # similarities stored as float16
+    torch.testing.assert_close(
+        g.feature_kernel(items).to_dense(),
+        torch.from_numpy(global_g[np.ix_(tokens, tokens)]).float(),
+        atol=2e-3,
+        rtol=2e-3,
+    )  # similarities stored as float16
 
 
 def test_missing_neighbours_of_an_approximate_search_carry_no_weight(graph):
@@ -50,8 +60,12 @@ def test_missing_neighbours_of_an_approximate_search_carry_no_weight(graph):
     items = np.array([last, 0, 5])
     tokens = (items[:, None] * HW + np.arange(HW)).ravel()
     global_g = degree_normalise(feature_adjacency(g.similarities, g.indices)).toarray()
-    torch.testing.assert_close(g.feature_kernel(items).to_dense(), torch.from_numpy(global_g[np.ix_(tokens, tokens)]).float(),
-                               atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(
+        g.feature_kernel(items).to_dense(),
+        torch.from_numpy(global_g[np.ix_(tokens, tokens)]).float(),
+        atol=2e-3,
+        rtol=2e-3,
+    )
     assert all((g.neighbour_items(i, 8) >= 0).all() for i in range(g.n_items))
 
 
@@ -83,7 +97,7 @@ def test_neighbour_batches_fill_the_kernel_random_batches_do_not(graph):
 
 
 def test_training_on_the_dataset_graph(tmp_path):
-    from fixtures import run_spec, TINY_VIT_ARGS, write_pascal, write_tiny_vit
+    from fixtures import TINY_VIT_ARGS, run_spec, write_pascal, write_tiny_vit
     from pipeline.backbones import Backbone, BackboneSpec
     from pipeline.cache import FeatureCache
     from pipeline.datasets import load_dataset
@@ -91,15 +105,28 @@ def test_training_on_the_dataset_graph(tmp_path):
     from pipeline.train import train_psi
     from pipeline.views import View
 
-    ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "p", n_train=6))}, "train")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
-                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    ds = load_dataset(
+        {"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "p", n_train=6))}, "train"
+    )
+    backbone = Backbone(
+        BackboneSpec(
+            model="vit_small_patch16_384",
+            kind="vit",
+            stride=16,
+            model_args=TINY_VIT_ARGS,
+            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
+        )
+    )
     extract_split(ds, backbone, tmp_path / "train.zarr", View("resize", (64, 64)), views=2)
     cache = FeatureCache(tmp_path / "train.zarr")
     high = cache.read(np.arange(len(cache)), ("high",))["high"]
     build_dataset_graph(high.reshape(-1, high.shape[-1]), tmp_path / "graph.zarr", k=16)
-    spec = run_spec("nes", run="nes-graph", train={"batch_size": 4, "depth": 1, "graph": "dataset"},
-                    graph=str(tmp_path / "graph.json"))
+    spec = run_spec(
+        "nes",
+        run="nes-graph",
+        train={"batch_size": 4, "depth": 1, "graph": "dataset"},
+        graph=str(tmp_path / "graph.json"),
+    )
     model = train_psi(cache, spec, tmp_path / "run", torch.device("cpu"))
     log = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
     assert len(log) == 2 * (12 // 2) and np.isfinite(log["loss"]).all() and (log["trace"] > 0).all()  # 2 anchors a step

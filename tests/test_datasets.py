@@ -1,14 +1,12 @@
 """Dataset adapters: CamVid's and MSRC-21's layouts and class mappings; a plain image folder."""
 
 import numpy as np
-from PIL import Image
-
 import pytest
+from conftest import REPO
+from PIL import Image
 
 from pipeline.datasets import load_dataset
 from pipeline.errors import InputError
-
-from conftest import REPO
 
 
 def test_camvid_splits_classes_and_void(camvid_root):
@@ -59,7 +57,7 @@ def test_msrc_layout_elsewhere_is_read_by_split_name(msrc_root, tmp_path):
     ds = load_dataset({"name": "msrc", "adapter": "msrc", "data_root": str(tmp_path)}, "heldout")
     assert [s.id for s in ds.samples] == [s.id for s in source] and ds.has_labels
     (tmp_path / "classes.txt").write_text("sky\nroad\n")
-    with pytest.raises(InputError, match="classes.txt: expected the 21 MSRC-21 classes"):
+    with pytest.raises(InputError, match=r"classes\.txt: expected the 21 MSRC-21 classes"):
         load_dataset({"name": "msrc", "adapter": "msrc", "data_root": str(tmp_path)}, "heldout")
     with pytest.raises(InputError, match="no split folder"):
         load_dataset({"name": "msrc", "adapter": "msrc", "data_root": str(tmp_path)}, "test")

@@ -8,15 +8,17 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.linalg import eigsh
 from scipy.spatial import cKDTree
 
-from pipeline.eigenfunctions import Psi, neuralef_loss, neuralef_objective, training_output
-from pipeline.eigenfunctions import inference_logits
+from pipeline.eigenfunctions import Psi, inference_logits, neuralef_loss, neuralef_objective, training_output
 
 
 def knn_kernel(points, k=30, sigma=0.3):
     """Degree-normalised Gaussian k-NN graph: a kernel whose eigenvectors eigsh gives exactly."""
     n = len(points)
     dist, idx = cKDTree(points).query(points, k + 1)
-    a = sp.coo_matrix((np.exp(-dist[:, 1:].ravel() ** 2 / (2 * sigma**2)), (np.repeat(np.arange(n), k), idx[:, 1:].ravel())), shape=(n, n)).tocsr()
+    a = sp.coo_matrix(
+        (np.exp(-(dist[:, 1:].ravel() ** 2) / (2 * sigma**2)), (np.repeat(np.arange(n), k), idx[:, 1:].ravel())),
+        shape=(n, n),
+    ).tocsr()
     a = (a + a.T) / 2
     d = sp.diags(np.asarray(a.sum(1)).ravel() ** -0.5)
     return (d @ a @ d).tocsr()
@@ -33,10 +35,14 @@ def test_neuralef_recovers_top_eigenvectors_of_known_kernel():
     assert np.all(np.diff(values[: k + 1]) < -2e-3), "test kernel must have separated eigenvalues"
 
     coo = g.tocoo()
-    kernel = torch.sparse_coo_tensor(np.vstack([coo.row, coo.col]), coo.data, g.shape, dtype=torch.float32, check_invariants=True)
+    kernel = torch.sparse_coo_tensor(
+        np.vstack([coo.row, coo.col]), coo.data, g.shape, dtype=torch.float32, check_invariants=True
+    )
     x = torch.tensor(points, dtype=torch.float32)
     torch.manual_seed(0)
-    mlp = torch.nn.Sequential(torch.nn.Linear(2, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(), torch.nn.Linear(128, k))
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(2, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(), torch.nn.Linear(128, k)
+    )
     opt = torch.optim.Adam(mlp.parameters(), 3e-3)
     for _ in range(1500):
         out = mlp(x)
@@ -121,7 +127,7 @@ def test_linear_attention_scales_queries_after_their_softmax():
     x = torch.randn(3, 50, 8)
     x[..., 0] = 1.0
     out = attn(x)
-    torch.testing.assert_close(out, torch.full_like(out, 16 ** -0.5))
+    torch.testing.assert_close(out, torch.full_like(out, 16**-0.5))
 
 
 def test_image_centring_is_the_objective_of_the_projected_kernel():
@@ -144,5 +150,5 @@ def test_image_centring_is_the_objective_of_the_projected_kernel():
     projected = neuralef_objective(psi, p @ g @ p, beta=0.5)
     torch.testing.assert_close(ours.loss, projected.loss)
     indicator = torch.zeros(n, 1)
-    indicator[tokens:2 * tokens] = 1
+    indicator[tokens : 2 * tokens] = 1
     assert neuralef_objective(centre_per_image(indicator, tokens), g, beta=0.5).trace.abs() < 1e-6

@@ -21,7 +21,11 @@ def _step(device: torch.device, seed: int = 0):
     torch.manual_seed(seed)
     psi = Psi(64, 16, depth=2, heads=2, dim_head=16).to(device)
     gen = torch.Generator().manual_seed(seed)
-    high, inp, pixels = torch.randn(4, 100, 32, generator=gen), torch.randn(4, 100, 64, generator=gen), torch.rand(4, 100, 5, generator=gen)
+    high, inp, pixels = (
+        torch.randn(4, 100, 32, generator=gen),
+        torch.randn(4, 100, 64, generator=gen),
+        torch.rand(4, 100, 5, generator=gen),
+    )
     kernel = build_kernel(high.to(device), pixels.to(device), k=16)
     optimiser = torch.optim.Adam(psi.parameters(), lr=1e-3)
     y = psi(inp.to(device)).reshape(400, -1).softmax(-1)
@@ -55,13 +59,13 @@ def test_device_auto_picks_cuda():
 
 def test_bf16_backbone_is_finite_and_close_to_fp32(tmp_path):
     from fixtures import TINY_VIT_ARGS, write_tiny_vit
-
     from pipeline.backbones import Backbone, BackboneSpec
     from pipeline.features import encode_crops
 
     path = write_tiny_vit(tmp_path / "vit.pth")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16,
-                                     model_args=TINY_VIT_ARGS))
+    backbone = Backbone(
+        BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16, model_args=TINY_VIT_ARGS)
+    )
     crops = list(torch.randint(0, 255, (2, 3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
     cpu = encode_crops(backbone, crops, torch.device("cpu"))
     gpu = encode_crops(backbone, crops, CUDA)  # bf16 autocast on CUDA
@@ -73,15 +77,15 @@ def test_bf16_backbone_is_finite_and_close_to_fp32(tmp_path):
 
 def test_sliding_window_evaluation_on_cuda_equals_cpu(tmp_path):
     from fixtures import TINY_VIT_ARGS, run_spec, train_settings, write_tiny_vit
-
     from pipeline.backbones import Backbone, BackboneSpec
     from pipeline.evaluate import sliding_logits
     from pipeline.models import RunModel, build_psi
     from pipeline.views import View
 
     path = write_tiny_vit(tmp_path / "vit.pth")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16,
-                                     model_args=TINY_VIT_ARGS))
+    backbone = Backbone(
+        BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16, model_args=TINY_VIT_ARGS)
+    )
     torch.manual_seed(0)
     train = train_settings(K=6, depth=1)
     psi = build_psi(backbone.input_dim, train).eval()

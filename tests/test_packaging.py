@@ -43,7 +43,9 @@ def test_every_pin_satisfies_the_declared_range():
     for req in declared:
         name = canonicalize_name(req.name)
         if name in pinned:
-            assert req.specifier.contains(pinned[name], prereleases=True), f"{name}: pin {pinned[name]} outside {req.specifier}"
+            assert req.specifier.contains(pinned[name], prereleases=True), (
+                f"{name}: pin {pinned[name]} outside {req.specifier}"
+            )
     # torch, torchvision and timm are pinned together (a lone timm install can replace torch)
     assert {"torch", "torchvision", "timm"} <= set(pinned)
 

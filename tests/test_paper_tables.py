@@ -26,7 +26,9 @@ REAL_DATA = ("camvid", "msrc")
 
 def snakemake(*args):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -38,8 +40,12 @@ def job_counts(out: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("data")
-    return {"pascal": write_pascal(base / "pascal"), "cityscapes": write_cityscapes(base / "cityscapes"),
-            "ade20k": write_ade20k(base / "ade20k"), "imagenet": write_image_folder(base / "imagenet")}
+    return {
+        "pascal": write_pascal(base / "pascal"),
+        "cityscapes": write_cityscapes(base / "cityscapes"),
+        "ade20k": write_ade20k(base / "ade20k"),
+        "imagenet": write_image_folder(base / "imagenet"),
+    }
 
 
 def with_roots(config: dict, roots: dict, results: Path) -> dict:
@@ -53,13 +59,24 @@ def with_roots(config: dict, roots: dict, results: Path) -> dict:
 def test_dry_run_of_table1_lists_three_backbones_by_three_methods_by_seeds(roots, tmp_path):
     cfg = with_roots(CONFIG, roots, tmp_path / "results")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    out = snakemake("-n", str(tmp_path / "results" / "pascal" / "table1.csv"), "--cores", "2", "--configfile", str(tmp_path / "c.yaml"))
+    out = snakemake(
+        "-n",
+        str(tmp_path / "results" / "pascal" / "table1.csv"),
+        "--cores",
+        "2",
+        "--configfile",
+        str(tmp_path / "c.yaml"),
+    )
     seeds = len(CONFIG["table_defaults"]["seeds"])
     backbones = 3
     assert job_counts(out) == {
-        "extract_features": backbones * 2, "gather_features": backbones * 2,  # train view of train, protocol A of val
-        "train": backbones * seeds, "fit_kmeans": 2 * backbones * seeds,    # kmeans and Ours* (K-means on psi)
-        "evaluate": 3 * backbones * seeds, "table": 1, "total": 4 * backbones + 6 * backbones * seeds + 1,
+        "extract_features": backbones * 2,
+        "gather_features": backbones * 2,  # train view of train, protocol A of val
+        "train": backbones * seeds,
+        "fit_kmeans": 2 * backbones * seeds,  # kmeans and Ours* (K-means on psi)
+        "evaluate": 3 * backbones * seeds,
+        "table": 1,
+        "total": 4 * backbones + 6 * backbones * seeds + 1,
     }
     for backbone in ("vit_s16", "vit_b16", "vit_l16"):
         assert f"pascal/features/{backbone}/A/val.json" in out and f"pascal/features/{backbone}/train/train.json" in out
@@ -71,11 +88,18 @@ def tiny_config(roots: dict, results: Path, weights: Path) -> dict:
     """The real config's tables and protocols, shrunk: tiny views, tiny ViTs, one seed, one epoch."""
     cfg = with_roots(CONFIG, roots, results)
     small = {
-        "pascal": ({"mode": "centre_crop", "short_side": 72, "crop": 64},
-                   {"A": {"short_side": 48, "crop": 48}, "B": {"short_side": 72, "crop": 64, "stride": 32}}),
-        "cityscapes": ({"mode": "centre_crop", "short_side": 64, "crop": 64},
-                       {"A": {"short_side": 48, "crop": 48}, "B": {"short_side": 64, "crop": 64, "stride": 32}}),
-        "ade20k": ({"mode": "centre_crop", "short_side": 64, "crop": 64}, {"B": {"short_side": 64, "crop": 64, "stride": 64}}),
+        "pascal": (
+            {"mode": "centre_crop", "short_side": 72, "crop": 64},
+            {"A": {"short_side": 48, "crop": 48}, "B": {"short_side": 72, "crop": 64, "stride": 32}},
+        ),
+        "cityscapes": (
+            {"mode": "centre_crop", "short_side": 64, "crop": 64},
+            {"A": {"short_side": 48, "crop": 48}, "B": {"short_side": 64, "crop": 64, "stride": 32}},
+        ),
+        "ade20k": (
+            {"mode": "centre_crop", "short_side": 64, "crop": 64},
+            {"B": {"short_side": 64, "crop": 64, "stride": 64}},
+        ),
         "imagenet": ({"mode": "centre_crop", "short_side": 72, "crop": 64}, {}),
     }
     for name, (train_view, protocols) in small.items():
@@ -94,7 +118,7 @@ def tiny_config(roots: dict, results: Path, weights: Path) -> dict:
     cfg["table_defaults"]["seeds"] = [0]
     # every table, each with its first backbone and its sweeps cut to two values (the full grids
     # are what the dry run checks): about 100 jobs
-    for folder, tables in cfg["tables"].items():
+    for _folder, tables in cfg["tables"].items():
         for table in tables.values():
             table["backbones"] = table["backbones"][:1]
             table["sweep"] = {k: v[:2] for k, v in (table.get("sweep") or {}).items()}
@@ -102,7 +126,9 @@ def tiny_config(roots: dict, results: Path, weights: Path) -> dict:
     return cfg
 
 
-def run_tables(roots: dict, base: Path, tables: list[tuple[str, str]] | None = None, overrides: dict | None = None) -> dict:
+def run_tables(
+    roots: dict, base: Path, tables: list[tuple[str, str]] | None = None, overrides: dict | None = None
+) -> dict:
     """Build `tables` (default: all) of the shrunk config; jobs use one thread so two run at once."""
     cfg = tiny_config(roots, base / "results", base / "weights")
     tables = tables or [(f, t) for f, ts in cfg["tables"].items() if f not in REAL_DATA for t in ts]
@@ -145,7 +171,9 @@ def check_table(run: dict, folder: str, table: str) -> None:
     assert md.count("\n") == len(agg) + 2 and "±" in md
 
 
-@pytest.mark.parametrize("folder, table", [(f, t) for f, ts in CONFIG["tables"].items() if f not in REAL_DATA for t in ts])
+@pytest.mark.parametrize(
+    "folder, table", [(f, t) for f, ts in CONFIG["tables"].items() if f not in REAL_DATA for t in ts]
+)
 def test_every_paper_table_runs_end_to_end(paper_run, folder, table):
     check_table(paper_run, folder, table)
 
@@ -159,7 +187,9 @@ def test_dry_run_of_every_table_resolves(roots, tmp_path):
     from pipeline.plan import all_runs, all_tables, table_evaluation, table_runs
 
     runs = all_runs(cfg)
-    evaluations = {(s.dataset, s.run, table_evaluation(cfg, f, t)) for f, t in all_tables(cfg) for s in table_runs(cfg, f, t)}
+    evaluations = {
+        (s.dataset, s.run, table_evaluation(cfg, f, t)) for f, t in all_tables(cfg) for s in table_runs(cfg, f, t)
+    }
     assert jobs["train"] == sum(s.method.traits.learns_psi for s in runs.values())
     assert jobs["fit_kmeans"] == sum(not s.method.traits.learns_psi for s in runs.values())
     assert jobs["evaluate"] == len(evaluations) and jobs["table"] == len(all_tables(cfg))
@@ -168,10 +198,12 @@ def test_dry_run_of_every_table_resolves(roots, tmp_path):
 def test_class_counts_follow_the_protocol(paper_run):
     """Protocol A scores Pascal Context's 59 classes, B its 60; Cityscapes 27; ADE20K 150."""
     res = paper_run["results"]
-    for path, classes in ((res / "pascal/runs/nes-vit_s16-K6-a0.3-b3.41333-s0/pascal-A/metrics.json", 59),
-                          (res / "pascal/runs/nes-vit_s16-K6-a0.3-b3.41333-s0/pascal-B/metrics.json", 60),
-                          (res / "imagenet/runs/nes-vit_s16-K6-a0.3-b3.41333-s0/cityscapes-A/metrics.json", 27),
-                          (res / "ade20k/runs/nes-vit_s16-K6-a0.3-b0.04-s0/ade20k-B/metrics.json", 150)):
+    for path, classes in (
+        (res / "pascal/runs/nes-vit_s16-K6-a0.3-b3.41333-s0/pascal-A/metrics.json", 59),
+        (res / "pascal/runs/nes-vit_s16-K6-a0.3-b3.41333-s0/pascal-B/metrics.json", 60),
+        (res / "imagenet/runs/nes-vit_s16-K6-a0.3-b3.41333-s0/cityscapes-A/metrics.json", 27),
+        (res / "ade20k/runs/nes-vit_s16-K6-a0.3-b0.04-s0/ade20k-B/metrics.json", 150),
+    ):
         m = json.loads(path.read_text())
         assert len(m["per_class_iou"]) == classes and len(m["mapping"]) == 6 and "crf" in m
 

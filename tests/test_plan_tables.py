@@ -5,13 +5,22 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline.errors import InputError
-from pipeline.plan import (all_eigen, all_runs, as_param, evaluation_spec, extraction_spec, make_spec, table_alignments,
-                           table_evaluation, table_metrics, table_runs)
+from pipeline.plan import (
+    all_eigen,
+    all_runs,
+    as_param,
+    evaluation_spec,
+    extraction_spec,
+    make_spec,
+    table_alignments,
+    table_evaluation,
+    table_metrics,
+    table_runs,
+)
 from pipeline.tables import to_markdown, write_table
-
-from conftest import REPO
 
 
 @pytest.fixture
@@ -23,13 +32,20 @@ def test_run_ids_are_readable_and_carry_defining_parameters(config):
     config["train"].update(K=64, alpha=0.3, beta=None)
     config["tables"]["camvid"]["table1"]["seeds"] = [0, 1]
     ids = sorted(spec.run for spec in table_runs(config, "camvid", "table1"))
-    assert ids == ["kmeans-lite0-K64-s0", "kmeans-lite0-K64-s1",
-                   "nes-lite0-K64-a0.3-b0.32-s0", "nes-lite0-K64-a0.3-b0.32-s1",
-                   "nes_star-lite0-K64-a0.3-b0.32-s0", "nes_star-lite0-K64-a0.3-b0.32-s1"]
+    assert ids == [
+        "kmeans-lite0-K64-s0",
+        "kmeans-lite0-K64-s1",
+        "nes-lite0-K64-a0.3-b0.32-s0",
+        "nes-lite0-K64-a0.3-b0.32-s1",
+        "nes_star-lite0-K64-a0.3-b0.32-s0",
+        "nes_star-lite0-K64-a0.3-b0.32-s1",
+    ]
 
 
 def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
-    config["tables"] = {"camvid": {"table1": {"backbones": ["lite0"], "seeds": [0], "sweep": {"K": [64, 128], "alpha": [0.0, 0.3]}}}}
+    config["tables"] = {
+        "camvid": {"table1": {"backbones": ["lite0"], "seeds": [0], "sweep": {"K": [64, 128], "alpha": [0.0, 0.3]}}}
+    }
     specs = table_runs(config, "camvid", "table1")
     assert len(specs) == 2 + 4 + 4
     # K-means runs depend on K only: the alpha sweep does not duplicate them
@@ -41,14 +57,36 @@ def test_sweep_adds_runs_and_kmeans_ignores_training_parameters(config):
 
 
 # a value off the demo defaults for every sweepable training key (the schema lists them)
-OTHER_VALUES = {"K": 64, "epochs": 10, "batch_size": 16, "lr": 3.0e-3, "lr_min": 0.0, "tau_max": 2.0, "tau_min": 0.1,
-                "beta": 0.5, "t": 0.1, "alpha": 0.0, "knn_k": 64, "pixel_knn": [[20, 2.0], [10, 0.1]], "depth": 3,
-                "heads": 18, "dim_head": 32, "mlp_ratio": 1.0, "graph": "dataset", "monitor": 0, "image_centred": True}
+OTHER_VALUES = {
+    "K": 64,
+    "epochs": 10,
+    "batch_size": 16,
+    "lr": 3.0e-3,
+    "lr_min": 0.0,
+    "tau_max": 2.0,
+    "tau_min": 0.1,
+    "beta": 0.5,
+    "t": 0.1,
+    "alpha": 0.0,
+    "knn_k": 64,
+    "pixel_knn": [[20, 2.0], [10, 0.1]],
+    "depth": 3,
+    "heads": 18,
+    "dim_head": 32,
+    "mlp_ratio": 1.0,
+    "graph": "dataset",
+    "monitor": 0,
+    "image_centred": True,
+}
 
 
 # the training keys each method's result depends on (psi's: all of them)
-DEPENDS_ON = {"kmeans": {"K"}, "kmeans_transductive": {"K"}, "spectral": {"K", "alpha", "pixel_knn"},
-              "spectral_inductive": {"K", "alpha", "pixel_knn", "knn_k"}}
+DEPENDS_ON = {
+    "kmeans": {"K"},
+    "kmeans_transductive": {"K"},
+    "spectral": {"K", "alpha", "pixel_knn"},
+    "spectral_inductive": {"K", "alpha", "pixel_knn", "knn_k"},
+}
 
 
 def test_a_sweep_over_any_training_key_keeps_every_value(config):
@@ -59,7 +97,9 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     assert set(sweepable) == set(OTHER_VALUES)
     methods = ["kmeans", "kmeans_transductive", "spectral", "spectral_inductive", "nes", "nes_star"]
     default = {s.method: s.run for s in _sweep(config, "K", [config["train"]["K"]], methods)}
-    assert default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
+    assert (
+        default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
+    )
     for key in sweepable:
         specs = _sweep(config, key, [config["train"].get(key, False), OTHER_VALUES[key]], methods)
         for method in methods:
@@ -76,17 +116,27 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     runs = {s.run for s in _sweep(config, "pixel_knn", [[[20, 2.0], [10, 0.1]]], ["nes"])}
     assert runs == {"nes-lite0-K128-a0.3-b0.16-pixel_knn20x2_10x0.1-s0"}
     specs = _sweep(config, "lr", [3.0e-3], ["nes", "spectral_inductive"])
-    assert {s.run for s in specs} == {"nes-lite0-K128-a0.3-b0.16-lr0.003-s0", "spectral_inductive-lite0-K128-a0.3-native-s0"}
+    assert {s.run for s in specs} == {
+        "nes-lite0-K128-a0.3-b0.16-lr0.003-s0",
+        "spectral_inductive-lite0-K128-a0.3-native-s0",
+    }
     # the Nystrom extension depends on knn_k: each value its own file
     paths = {s.nystrom.path for s in _sweep(config, "knn_k", [256, 64], ["spectral_inductive"])}
-    assert paths == {"results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz",
-                     "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3-knn_k64.npz"}
+    assert paths == {
+        "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3.npz",
+        "results/camvid/graphs/lite0/native/val-nystrom-camvid-K128-a0.3-knn_k64.npz",
+    }
 
 
 def test_a_table_override_off_the_defaults_is_its_own_run(config):
     """Two tables training with other epochs are two runs (before, the second silently reused
     the first's id)."""
-    config["tables"]["camvid"]["long"] = {"backbones": ["lite0"], "seeds": [0], "methods": ["nes"], "train": {"epochs": 10}}
+    config["tables"]["camvid"]["long"] = {
+        "backbones": ["lite0"],
+        "seeds": [0],
+        "methods": ["nes"],
+        "train": {"epochs": 10},
+    }
     long = table_runs(config, "camvid", "long")
     assert [s.run for s in long] == ["nes-lite0-K128-a0.3-b0.16-epochs10-s0"] and long[0].settings == "epochs=10"
     assert "settings" not in table_runs(config, "camvid", "table1")[0].to_dict()  # default runs' params as before
@@ -94,7 +144,9 @@ def test_a_table_override_off_the_defaults_is_its_own_run(config):
 
 
 def _sweep(config, key, values, methods):
-    config["tables"] = {"camvid": {"t": {"backbones": ["lite0"], "seeds": [0], "methods": methods, "sweep": {key: values}}}}
+    config["tables"] = {
+        "camvid": {"t": {"backbones": ["lite0"], "seeds": [0], "methods": methods, "sweep": {key: values}}}
+    }
     return table_runs(config, "camvid", "t")
 
 
@@ -104,13 +156,18 @@ def test_paper_tables_share_runs_across_tables_and_protocols(config):
     t1 = {s.run for s in table_runs(config, "pascal", "table1")}
     t3 = {s.run for s in table_runs(config, "pascal", "table3")}
     assert len(t1) == 3 * 3 * 3 and t3 < t1
-    assert table_evaluation(config, "pascal", "table1") == "pascal-A" and table_evaluation(config, "pascal", "table3") == "pascal-B"
+    assert (
+        table_evaluation(config, "pascal", "table1") == "pascal-A"
+        and table_evaluation(config, "pascal", "table3") == "pascal-B"
+    )
     t7 = {s.run for s in table_runs(config, "pascal", "table7")}
     assert "nes-vit_s16-K256-a0.3-b0.08-s0" in t7 & t1
     t8 = table_runs(config, "pascal", "table8")
     assert {s.dataset for s in t8} == {"imagenet"} and all(s.features.startswith("results/imagenet/") for s in t8)
-    assert all(m.endswith("/pascal-A/metrics.json") and m.startswith("results/imagenet/runs/")
-               for m in table_metrics(config, "pascal", "table8"))
+    assert all(
+        m.endswith("/pascal-A/metrics.json") and m.startswith("results/imagenet/runs/")
+        for m in table_metrics(config, "pascal", "table8")
+    )
     k60 = table_runs(config, "pascal", "matching")
     assert {s.K for s in k60} == {60}
     ade = table_runs(config, "ade20k", "table4")
@@ -127,16 +184,23 @@ def test_spectral_runs_fit_the_evaluated_split_and_share_eigenvectors_across_see
     protocol whose cache they cluster, and share one eigenvector reference with psi's alignments;
     a zero-shot table's spectral run is fit on the evaluation dataset, not the training folder."""
     specs = {s.run: s for s in table_runs(config, "camvid", "graph")}
-    assert set(specs) == {"kmeans-lite0-K128-s0", "kmeans-lite0-K128-s1", "nes-lite0-K128-a0.3-b0.16-s0",
-                          "nes-lite0-K128-a0.3-b0.16-s1", "nes-lite0-K128-a0.3-b0.16-gdataset-s0",
-                          "nes-lite0-K128-a0.3-b0.16-gdataset-s1", "spectral-lite0-K128-a0.3-native-s0",
-                          "spectral-lite0-K128-a0.3-native-s1"}
+    assert set(specs) == {
+        "kmeans-lite0-K128-s0",
+        "kmeans-lite0-K128-s1",
+        "nes-lite0-K128-a0.3-b0.16-s0",
+        "nes-lite0-K128-a0.3-b0.16-s1",
+        "nes-lite0-K128-a0.3-b0.16-gdataset-s0",
+        "nes-lite0-K128-a0.3-b0.16-gdataset-s1",
+        "spectral-lite0-K128-a0.3-native-s0",
+        "spectral-lite0-K128-a0.3-native-s1",
+    }
     spectral = specs["spectral-lite0-K128-a0.3-native-s0"]
     eigen = "results/camvid/graphs/lite0/native/val-eigen-K128-a0.3.npz"
     assert spectral.features == "results/camvid/features/lite0/native/val.json" and spectral.eigen.path == eigen
     assert specs["nes-lite0-K128-a0.3-b0.16-gdataset-s0"].graph == "results/camvid/graphs/lite0/train/train.json"
     assert sorted(table_alignments(config, "camvid", "graph")) == sorted(
-        f"results/camvid/runs/{r}/camvid-native/alignment.json" for r in specs)
+        f"results/camvid/runs/{r}/camvid-native/alignment.json" for r in specs
+    )
     assert table_alignments(config, "camvid", "table1") == []  # no spectral reference, no alignment
     assert eigen in all_eigen(config)
     # the verdict's controls: K-means on val itself, and train's eigenvectors extended to val
@@ -184,24 +248,54 @@ def test_unknown_names_are_refused(config):
 
 
 def _metrics(tmp_path, name, **fields):
-    m = {"run": name, "method": "nes", "dataset": "camvid", "train_dataset": "camvid", "protocol": "native",
-         "backbone": "lite0", "K": 8, "alpha": 0.3, "beta": 2.56, "split": "val", **fields}
+    m = {
+        "run": name,
+        "method": "nes",
+        "dataset": "camvid",
+        "train_dataset": "camvid",
+        "protocol": "native",
+        "backbone": "lite0",
+        "K": 8,
+        "alpha": 0.3,
+        "beta": 2.56,
+        "split": "val",
+        **fields,
+    }
     f = tmp_path / f"{name}.json"
     f.write_text(json.dumps(m))
     return f
 
 
 def test_table_mean_std_over_seeds_runs_csv_and_markdown(tmp_path):
-    files = [_metrics(tmp_path, f"nes-s{seed}", seed=seed, acc=acc, miou=miou, miou_hungarian=0.3,
-                      crf={"acc": acc + 0.05, "miou": miou + 0.05, "miou_hungarian": 0.35})
-             for seed, (acc, miou) in enumerate([(0.70, 0.40), (0.80, 0.50)])]
-    files.append(_metrics(tmp_path, "kmeans-s0", method="kmeans", alpha=None, beta=None, seed=0, acc=0.6, miou=0.3, miou_hungarian=0.2))
+    files = [
+        _metrics(
+            tmp_path,
+            f"nes-s{seed}",
+            seed=seed,
+            acc=acc,
+            miou=miou,
+            miou_hungarian=0.3,
+            crf={"acc": acc + 0.05, "miou": miou + 0.05, "miou_hungarian": 0.35},
+        )
+        for seed, (acc, miou) in enumerate([(0.70, 0.40), (0.80, 0.50)])
+    ]
+    files.append(
+        _metrics(
+            tmp_path, "kmeans-s0", method="kmeans", alpha=None, beta=None, seed=0, acc=0.6, miou=0.3, miou_hungarian=0.2
+        )
+    )
     table = write_table(files, tmp_path / "t.csv")
     runs = pd.read_csv(tmp_path / "t_runs.csv")
     assert len(runs) == 5 and runs.loc[runs["method"] == "nes", "acc"].tolist() == [70.0, 80.0, 75.0, 85.0]
     saved = pd.read_csv(tmp_path / "t.csv")
     nes = saved[(saved["method"] == "nes") & ~saved["crf"]].iloc[0]
-    assert (nes["seeds"], nes["acc_mean"], nes["acc_std"], nes["miou_mean"], nes["miou_std"]) == (2, 75.0, 5.0, 45.0, 5.0)
+    assert (nes["seeds"], nes["acc_mean"], nes["acc_std"], nes["miou_mean"], nes["miou_std"]) == (
+        2,
+        75.0,
+        5.0,
+        45.0,
+        5.0,
+    )
     assert len(saved) == 3 and saved["alpha"].isna().sum() == 1  # K-means has no alpha
     md = (tmp_path / "t.md").read_text()
     assert "| Ours | no | 2 | 75.0 ± 5.0 | 45.0 ± 5.0 | 30.0 ± 0.0 |" in md
@@ -210,7 +304,9 @@ def test_table_mean_std_over_seeds_runs_csv_and_markdown(tmp_path):
 
 
 def test_markdown_shows_the_swept_parameter(tmp_path):
-    files = [_metrics(tmp_path, f"nes-a{a}", seed=0, alpha=a, acc=0.5, miou=0.4, miou_hungarian=0.3) for a in (0.0, 0.3)]
+    files = [
+        _metrics(tmp_path, f"nes-a{a}", seed=0, alpha=a, acc=0.5, miou=0.4, miou_hungarian=0.3) for a in (0.0, 0.3)
+    ]
     md = to_markdown(write_table(files, tmp_path / "t.csv"))
     assert md.splitlines()[0].startswith("| alpha | method |")
     assert "| 0 | Ours |" in md and "| 0.3 | Ours |" in md
@@ -218,8 +314,13 @@ def test_markdown_shows_the_swept_parameter(tmp_path):
 
 def test_runs_off_the_defaults_are_rows_of_their_own(tmp_path):
     """Seeds of one setting are averaged; a run with other epochs is another row, not a seed."""
-    files = [_metrics(tmp_path, f"nes-s{seed}", seed=seed, acc=0.5, miou=0.4 + seed / 10, miou_hungarian=0.3) for seed in (0, 1)]
-    files.append(_metrics(tmp_path, "nes-epochs10-s0", seed=0, settings="epochs=10", acc=0.6, miou=0.7, miou_hungarian=0.3))
+    files = [
+        _metrics(tmp_path, f"nes-s{seed}", seed=seed, acc=0.5, miou=0.4 + seed / 10, miou_hungarian=0.3)
+        for seed in (0, 1)
+    ]
+    files.append(
+        _metrics(tmp_path, "nes-epochs10-s0", seed=0, settings="epochs=10", acc=0.6, miou=0.7, miou_hungarian=0.3)
+    )
     table = write_table(files, tmp_path / "t.csv")
     assert sorted(zip(table["settings"], table["seeds"])) == [("", 2), ("epochs=10", 1)]
     md = to_markdown(table)
@@ -234,28 +335,70 @@ def test_alignment_and_costs_join_the_rows(tmp_path):
     for seed, cos in ((0, 0.6), (1, 0.8)):
         run = tmp_path / f"nes-gdataset-s{seed}" / "camvid-native"
         run.mkdir(parents=True)
-        (run / "alignment.json").write_text(json.dumps({"partition": {"capture": cos - 0.2, "onehot_cos": cos, "perplexity": 50 + seed},
-                                                        "logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1},
-                                                        "random_input": {"matched_abs_cos": 0.1, "principal_cos": 0.4}}))
-        metrics = _metrics(tmp_path, f"nes-gdataset-s{seed}", seed=seed, graph="dataset", acc=0.5, miou=0.4, miou_hungarian=0.3,
-                           fit={"graph": {"wall_s": 100.0, "peak_rss_mb": 4000.0}, "train": {"wall_s": 50.0 + seed, "peak_rss_mb": 2000.0}})
+        (run / "alignment.json").write_text(
+            json.dumps(
+                {
+                    "partition": {"capture": cos - 0.2, "onehot_cos": cos, "perplexity": 50 + seed},
+                    "logits": {"matched_abs_cos": cos, "principal_cos": cos + 0.1},
+                    "random_input": {"matched_abs_cos": 0.1, "principal_cos": 0.4},
+                }
+            )
+        )
+        metrics = _metrics(
+            tmp_path,
+            f"nes-gdataset-s{seed}",
+            seed=seed,
+            graph="dataset",
+            acc=0.5,
+            miou=0.4,
+            miou_hungarian=0.3,
+            fit={
+                "graph": {"wall_s": 100.0, "peak_rss_mb": 4000.0},
+                "train": {"wall_s": 50.0 + seed, "peak_rss_mb": 2000.0},
+            },
+        )
         files.append(metrics.replace(run / "metrics.json"))
-    files.append(_metrics(tmp_path, "spectral-s0", method="spectral", graph="exact", beta=None, seed=0, acc=0.6, miou=0.5,
-                          miou_hungarian=0.3, fit={"graph": {"wall_s": 20.0, "peak_rss_mb": 900.0},
-                                                   "train": {"wall_s": 70.0, "peak_rss_mb": 3000.0, "eigsh_s": 60.0}}))
+    files.append(
+        _metrics(
+            tmp_path,
+            "spectral-s0",
+            method="spectral",
+            graph="exact",
+            beta=None,
+            seed=0,
+            acc=0.6,
+            miou=0.5,
+            miou_hungarian=0.3,
+            fit={
+                "graph": {"wall_s": 20.0, "peak_rss_mb": 900.0},
+                "train": {"wall_s": 70.0, "peak_rss_mb": 3000.0, "eigsh_s": 60.0},
+            },
+        )
+    )
     without = write_table(files, tmp_path / "t.csv")  # alignments count only where the table asks for them
     assert without["capture"].isna().all()
     table = write_table(files, tmp_path / "t.csv", [f.with_name("alignment.json") for f in files[:2]])
     nes = table[table["method"] == "nes"].iloc[0]
     assert (nes["capture"], nes["onehot_cos"], nes["perplexity"], nes["logit_cos"], nes["graph_s"], nes["train_s"]) == (
-        0.5, 0.7, 50.5, 0.8, 100.0, 50.5)
+        0.5,
+        0.7,
+        50.5,
+        0.8,
+        100.0,
+        50.5,
+    )
     assert table.loc[table["method"] == "spectral", "capture"].isna().all()
     md = to_markdown(table)
-    assert md.splitlines()[0] == ("| graph | method | CRF | seeds | Acc | mIoU | mIoU (Hungarian) | capture | one-hot cos | perplexity "
-                                  "| logit cos (diagnostic) | logit cos, random floor | graph (s) | graph peak (MB) | fit (s) "
-                                  "| fit peak (MB) |")
-    assert ("| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.500 | 0.700 | 50.5 | 0.800 | 0.400 | 100 | 4000 "
-            "| 50 | 2000 |") in md
+    assert md.splitlines()[0] == (
+        "| graph | method | CRF | seeds | Acc | mIoU | mIoU (Hungarian) | capture | one-hot cos | perplexity "
+        "| logit cos (diagnostic) | logit cos, random floor | graph (s) | graph peak (MB) | fit (s) "
+        "| fit peak (MB) |"
+    )
+    assert (
+        "| dataset | Ours | no | 2 | 50.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.500 | 0.700 | 50.5 | 0.800 | "
+        "0.400 | 100 | 4000 "
+        "| 50 | 2000 |"
+    ) in md
     assert "| exact | Spectral (exact, transductive) | no | 1 |" in md
 
 
@@ -268,5 +411,9 @@ def test_msrc_tables_train_on_their_batch_and_score_both_protocols(config):
     assert nes.features == "results/msrc/features/lite0/train/train.json"
     assert table_evaluation(config, "msrc", "table1") == "msrc-A"
     verdict = {s.run for s in table_runs(config, "msrc", "verdict")}
-    assert {"kmeans-dinov2_s14-K21-s2", "nes-lite0-K21-a0.3-b0.975238-s0", "spectral_inductive-lite0-K21-a0.3-A-s1"} <= verdict
+    assert {
+        "kmeans-dinov2_s14-K21-s2",
+        "nes-lite0-K21-a0.3-b0.975238-s0",
+        "spectral_inductive-lite0-K21-a0.3-A-s1",
+    } <= verdict
     assert len(verdict) == 2 * 6 * 3 * 2

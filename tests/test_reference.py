@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from fixtures import run_spec, train_settings
 
+from fixtures import run_spec, train_settings
 from pipeline import metrics as M
 from pipeline.cache import CacheLayout, CacheWriter, FeatureCache, shard_path
 from pipeline.errors import InputError
@@ -31,10 +31,15 @@ def planted_split(path, centres, rng, n=6):
     high = centres[truth] + rng.standard_normal((n, H, W, 24))
     ys, xs = np.meshgrid(np.linspace(0, 1, H), np.linspace(0, 1, W), indexing="ij")
     colours = np.eye(3)[truth]
-    pixels = np.concatenate([colours, np.broadcast_to(xs[..., None], (n, H, W, 1)), np.broadcast_to(ys[..., None], (n, H, W, 1))], -1)
+    pixels = np.concatenate(
+        [colours, np.broadcast_to(xs[..., None], (n, H, W, 1)), np.broadcast_to(ys[..., None], (n, H, W, 1))], -1
+    )
     inputs = np.concatenate([high, rng.standard_normal((n, H, W, 8))], -1)
-    writer = CacheWriter(shard_path(path, 0, 1), CacheLayout(n, (H, W), 24, 32),
-                         {"grid": [H, W], "ids": [f"im{i}" for i in range(n)], "input_size": [H * 16, W * 16]})
+    writer = CacheWriter(
+        shard_path(path, 0, 1),
+        CacheLayout(n, (H, W), 24, 32),
+        {"grid": [H, W], "ids": [f"im{i}" for i in range(n)], "input_size": [H * 16, W * 16]},
+    )
     writer.write(0, {"high": high, "input": inputs, "pixels": pixels}, np.full((n, 2), H * 16))
     writer.finish(np.arange(n), np.zeros(n))
     return FeatureCache(path), truth, high
@@ -53,19 +58,38 @@ def planted(tmp_path_factory):
         build_dataset_graph(high.reshape(-1, 24), root / f"{split}-graph.zarr", k=20)
         values, vectors, attrs = eigen_reference(cache, root / f"{split}-graph.zarr", 3, 0.3, PIXEL_KNN)
         write_eigen_reference(root / f"{split}-eigen.npz", values, vectors, attrs)
-        out[split] = {"cache": cache, "truth": truth, "manifest": str(root / f"{split}.json"),
-                      "graph": root / f"{split}-graph.zarr", "eigen": root / f"{split}-eigen.npz"}
+        out[split] = {
+            "cache": cache,
+            "truth": truth,
+            "manifest": str(root / f"{split}.json"),
+            "graph": root / f"{split}-graph.zarr",
+            "eigen": root / f"{split}-eigen.npz",
+        }
     return {**out, **out["val"]}
 
 
 def eigen_ref(split):
-    return EigenRef(path=str(split["eigen"]), graph=str(split["graph"].with_suffix(".json")), features=split["manifest"], K=3,
-                    alpha=0.3, pixel_knn=PIXEL_KNN)
+    return EigenRef(
+        path=str(split["eigen"]),
+        graph=str(split["graph"].with_suffix(".json")),
+        features=split["manifest"],
+        K=3,
+        alpha=0.3,
+        pixel_knn=PIXEL_KNN,
+    )
 
 
 def spectral_spec(planted, seed=0):
-    return run_spec("spectral", run=f"spectral-test-K3-s{seed}", seed=seed, features=planted["manifest"], K=3, alpha=0.3,
-                    eigen=eigen_ref(planted), kmeans=KMeansSettings(niter=30, max_points=100000))
+    return run_spec(
+        "spectral",
+        run=f"spectral-test-K3-s{seed}",
+        seed=seed,
+        features=planted["manifest"],
+        K=3,
+        alpha=0.3,
+        eigen=eigen_ref(planted),
+        kmeans=KMeansSettings(niter=30, max_points=100000),
+    )
 
 
 def test_eigen_reference_is_written_and_read_back(planted):
@@ -116,12 +140,19 @@ def test_spectral_inductive_labels_a_new_split_through_the_nystrom_extension(pla
     tokens (and val's own pixel graph), clustered by centres fitted on train: the planted
     segments of val come back although no val token was in the eigenproblem."""
     train = planted["train"]
-    spec = NystromRef(path=str(tmp_path / "nystrom.npz"), eigen=eigen_ref(train), features=planted["manifest"], k=20, graph={})
+    spec = NystromRef(
+        path=str(tmp_path / "nystrom.npz"), eigen=eigen_ref(train), features=planted["manifest"], k=20, graph={}
+    )
     extension, attrs = nystrom_reference(spec)
     assert extension.shape == (6 * H * W, 3) and attrs["train_tokens"] == 6 * H * W and attrs["cost"]["wall_s"] >= 0
     write_nystrom(spec.path, extension, attrs)
-    run = dataclasses.replace(spectral_spec(planted), run="spectral_inductive-test", method=Method.SPECTRAL_INDUCTIVE,
-                              eigen=spec.eigen, nystrom=spec)
+    run = dataclasses.replace(
+        spectral_spec(planted),
+        run="spectral_inductive-test",
+        method=Method.SPECTRAL_INDUCTIVE,
+        eigen=spec.eigen,
+        nystrom=spec,
+    )
     model = fit_spectral(run)
     assert model.item_lookup and not model.transductive
     clusters = model.item_logits(torch.arange(6), (H, W)).argmax(1).numpy()

@@ -12,7 +12,6 @@ import torch
 from pipeline.errors import InputError
 from pipeline.models import RunModel
 from pipeline.spec import Method, RunSpec, TrainSettings
-
 from plan_params import all_params, golden, golden_configs
 
 DATA = Path(__file__).parent / "data"
@@ -24,7 +23,9 @@ def test_rule_parameters_are_byte_identical_to_before_the_typed_spec(name):
     planned = all_params(golden_configs()[name])
     assert sorted(planned) == sorted(expected)
     changed = [job for job in expected if planned[job] != expected[job]]
-    assert not changed, f"{len(changed)} jobs changed, e.g. {changed[0]}:\n{planned[changed[0]]}\n{expected[changed[0]]}"
+    assert not changed, (
+        f"{len(changed)} jobs changed, e.g. {changed[0]}:\n{planned[changed[0]]}\n{expected[changed[0]]}"
+    )
 
 
 def test_run_specs_round_trip_through_their_json_form():
@@ -59,8 +60,23 @@ def test_bad_settings_name_the_key_and_what_was_expected():
 
 
 def test_beta_is_resolved_once_and_null_equals_its_published_value():
-    base = {"K": 256, "alpha": 0.3, "epochs": 1, "batch_size": 2, "lr": 1e-3, "lr_min": 0, "tau_max": 1, "tau_min": 0.3,
-            "t": 0.01, "knn_k": 8, "pixel_knn": [[10, 2]], "depth": 1, "heads": 1, "dim_head": 8, "mlp_ratio": 0.5}
+    base = {
+        "K": 256,
+        "alpha": 0.3,
+        "epochs": 1,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "lr_min": 0,
+        "tau_max": 1,
+        "tau_min": 0.3,
+        "t": 0.01,
+        "knn_k": 8,
+        "pixel_knn": [[10, 2]],
+        "depth": 1,
+        "heads": 1,
+        "dim_head": 8,
+        "mlp_ratio": 0.5,
+    }
     null, given = TrainSettings.from_dict({**base, "beta": None}), TrainSettings.from_dict({**base, "beta": 0.08})
     assert null == given and null.beta == 0.08
     assert null.to_dict()["pixel_knn"] == [[10, 2]] and null.to_dict()["tau_max"] == 1  # numbers as given
@@ -76,7 +92,9 @@ def test_the_schema_offers_every_method_and_tables_name_each_once():
     assert sorted(table) == sorted(str(m) for m in Method)
     assert len(set(METHOD_NAMES.values())) == len(Method)
     # segmentations take the methods that can segment new images: not those that label one split
-    segmentable = schema["properties"]["segmentations"]["additionalProperties"]["properties"]["methods"]["items"]["enum"]
+    segmentable = schema["properties"]["segmentations"]["additionalProperties"]["properties"]["methods"]["items"][
+        "enum"
+    ]
     assert sorted(segmentable) == sorted(str(m) for m in Method if not m.traits.evaluated_split)
     # every training key of the schema is a typed setting, and every setting can be swept
     fields = {name for name in TrainSettings.__dataclass_fields__ if name != "given"}

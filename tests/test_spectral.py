@@ -7,8 +7,14 @@ import scipy.sparse as sp
 
 from pipeline import metrics as M
 from pipeline.clustering import fit_kmeans
-from pipeline.graph.dataset import (dataset_knn, degree_normalise, feature_adjacency, normalised_graph, recall_at_k,
-                                    symmetric_degrees)
+from pipeline.graph.dataset import (
+    dataset_knn,
+    degree_normalise,
+    feature_adjacency,
+    normalised_graph,
+    recall_at_k,
+    symmetric_degrees,
+)
 from pipeline.graph.spectral import eigen_alignment, eigenvalue_capture, spectral_embedding, top_eigenvectors
 
 
@@ -40,12 +46,16 @@ def test_symmetrised_graph_and_degrees_by_hand():
     g = degree_normalise(sp.csr_matrix(a)).toarray()
     deg = np.array([0.8, 1.05, 0.25])
     np.testing.assert_allclose(g, a / np.sqrt(np.outer(deg, deg)), rtol=1e-6)
-    assert feature_adjacency(np.array([[-0.3], [0.2]], np.float32), np.array([[1], [0]])).toarray()[0, 1] == pytest.approx(0.1)
+    assert feature_adjacency(np.array([[-0.3], [0.2]], np.float32), np.array([[1], [0]])).toarray()[
+        0, 1
+    ] == pytest.approx(0.1)
     np.testing.assert_allclose(symmetric_degrees(sims, idx), deg, rtol=1e-6)
     padded = np.array([[1, -1], [0, 2], [1, -1]])  # -1: fewer than k found
-    np.testing.assert_allclose(symmetric_degrees(np.array([[0.8, 9], [0.8, 0.1], [0.5, 9]], np.float32), padded),
-                               np.asarray(feature_adjacency(np.array([[0.8, 9], [0.8, 0.1], [0.5, 9]], np.float32), padded).sum(1)).ravel(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        symmetric_degrees(np.array([[0.8, 9], [0.8, 0.1], [0.5, 9]], np.float32), padded),
+        np.asarray(feature_adjacency(np.array([[0.8, 9], [0.8, 0.1], [0.5, 9]], np.float32), padded).sum(1)).ravel(),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
@@ -80,7 +90,9 @@ def test_spectral_clustering_recovers_planted_segments():
     high = centres[truth] + rng.standard_normal((4, h, w, 24))
     ys, xs = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     colours = np.stack([truth == 0, truth == 1, truth == 2], -1).astype(np.float32)
-    pixels = np.concatenate([colours, np.broadcast_to(xs[..., None], (4, h, w, 1)), np.broadcast_to(ys[..., None], (4, h, w, 1))], -1)
+    pixels = np.concatenate(
+        [colours, np.broadcast_to(xs[..., None], (4, h, w, 1)), np.broadcast_to(ys[..., None], (4, h, w, 1))], -1
+    )
     g = normalised_graph(high.reshape(4, h * w, 24), pixels.reshape(4, h * w, 5).astype(np.float32), k=20, alpha=0.3)
     _, vectors = top_eigenvectors(g, 3)
     emb = spectral_embedding(vectors)
@@ -132,7 +144,9 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
     monkeypatch.setattr(spectral, "search_block", lambda *a: searched.append(a[2]) or real(*a))
     spectral.build_dataset_graph(x, tmp_path / "resumed.zarr", k=8, block=400)
     assert searched == [800, 1200]
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r")["indices"][:], g["indices"][:])
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r")["indices"][:], g["indices"][:]
+    )
 
     # above the exact limit the approximate index is used and its recall is recorded
     monkeypatch.setattr(spectral, "search_block", real)
@@ -140,10 +154,26 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
     assert approx["index"] == "ivf" and 0.9 <= approx["recall_at_k"] <= 1.0
 
     # one probed list of many misses neighbours; the target recall widens the search until it is met
-    narrow = spectral.build_dataset_graph(x, tmp_path / "narrow.zarr", k=8, exact_max_tokens=1000, recall_sample=200,
-                                          target_recall=None, nlist=64, nprobe=1)
-    tuned = spectral.build_dataset_graph(x, tmp_path / "tuned.zarr", k=8, exact_max_tokens=1000, recall_sample=200,
-                                         target_recall=0.99, nlist=64, nprobe=1)
+    narrow = spectral.build_dataset_graph(
+        x,
+        tmp_path / "narrow.zarr",
+        k=8,
+        exact_max_tokens=1000,
+        recall_sample=200,
+        target_recall=None,
+        nlist=64,
+        nprobe=1,
+    )
+    tuned = spectral.build_dataset_graph(
+        x,
+        tmp_path / "tuned.zarr",
+        k=8,
+        exact_max_tokens=1000,
+        recall_sample=200,
+        target_recall=0.99,
+        nlist=64,
+        nprobe=1,
+    )
     assert narrow["recall_at_k"] < 0.9 and "search_breadth" not in narrow
     assert tuned["search_breadth"]["nprobe"] > 1 and tuned["search_breadth"]["tuning_recall"] >= 0.99
     assert tuned["recall_at_k"] >= 0.97  # measured on other tokens than the ones it was tuned on
@@ -162,24 +192,62 @@ def test_graph_command_on_a_cached_split(tmp_path):
     from pipeline.features import extract_split
     from pipeline.views import View
 
-    ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "pascal"))}, "val")
-    backbone = Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS,
-                                     weights=str(write_tiny_vit(tmp_path / "vit.pth"))))
+    ds = load_dataset(
+        {"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "pascal"))}, "val"
+    )
+    backbone = Backbone(
+        BackboneSpec(
+            model="vit_small_patch16_384",
+            kind="vit",
+            stride=16,
+            model_args=TINY_VIT_ARGS,
+            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
+        )
+    )
     extract_split(ds, backbone, tmp_path / "features" / "val.zarr", View("resize", (48, 64)))
     (tmp_path / "features" / "val.json").write_text("{}")
     out = tmp_path / "graphs" / "val.json"
-    result = subprocess.run([sys.executable, "-m", "pipeline", "graph", "--features", str(tmp_path / "features" / "val.json"),
-                             "--spec", json.dumps({"k": 8, "block": 10}), "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "graph",
+            "--features",
+            str(tmp_path / "features" / "val.json"),
+            "--spec",
+            json.dumps({"k": 8, "block": 10}),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads(out.read_text())
-    assert manifest["tokens"] == 3 * 3 * 4 and manifest["k"] == 8 and manifest["complete"] and manifest["index"] == "exact"
+    assert (
+        manifest["tokens"] == 3 * 3 * 4 and manifest["k"] == 8 and manifest["complete"] and manifest["index"] == "exact"
+    )
     group = zarr.open_group(str(out.with_suffix(".zarr")), mode="r")
     assert group["indices"].shape == (36, 8) and (group["degrees"][:] > 0).all()
     # an output that is not a graph this command made (here: the feature cache) is never deleted
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*"))
-    result = subprocess.run([sys.executable, "-m", "pipeline", "graph", "--features", str(tmp_path / "features" / "val.json"),
-                             "--spec", json.dumps({"k": 8, "block": 10}), "--out", str(tmp_path / "features" / "val.json")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "graph",
+            "--features",
+            str(tmp_path / "features" / "val.json"),
+            "--spec",
+            json.dumps({"k": 8, "block": 10}),
+            "--out",
+            str(tmp_path / "features" / "val.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "is not a dataset graph" in result.stderr and result.stderr.count("\n") <= 2
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*")) == before
 
@@ -190,7 +258,9 @@ def test_eigenvalue_capture_is_one_for_the_top_eigenspace_only():
     g = degree_normalise(feature_adjacency(sims, idx))
     values, vectors = top_eigenvectors(g, 6)
     rng = np.random.default_rng(0)
-    assert eigenvalue_capture(vectors @ rng.standard_normal((6, 6)), g, values) == pytest.approx(1, abs=1e-8)  # any basis
+    assert eigenvalue_capture(vectors @ rng.standard_normal((6, 6)), g, values) == pytest.approx(
+        1, abs=1e-8
+    )  # any basis
     dense_values, dense_vectors = np.linalg.eigh(g.toarray())
     lower = dense_vectors[:, -12:-6]  # the next six eigenvectors: exactly their eigenvalues' share
     assert eigenvalue_capture(lower, g, values) == pytest.approx(dense_values[-12:-6].sum() / values.sum(), rel=1e-6)
@@ -229,7 +299,9 @@ def test_partition_capture_by_hand():
     values = np.sort(np.linalg.eigvalsh(g))[::-1][:2]
     out = partition_measures(np.array([0, 0, 1]), sp.csr_matrix(g), values)
     assert out["capture"] == pytest.approx((0 + 0 + 2 * 0.5) / 2 / values.sum())
-    assert out["clusters"] == 2 and out["perplexity"] == pytest.approx(np.exp(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))))
+    assert out["clusters"] == 2 and out["perplexity"] == pytest.approx(
+        np.exp(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3)))
+    )
     rng = np.random.default_rng(1)
     a = rng.random((30, 30))
     a = sp.csr_matrix(np.triu(a, 1) + np.triu(a, 1).T)

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from fixtures import run_spec
 
+from fixtures import run_spec
 from pipeline.cache import FeatureCache
 from pipeline.features import extract_split
 from pipeline.train import cosine, train_psi
@@ -33,7 +33,9 @@ def test_same_seed_same_model_other_seed_other_model(tiny_cache, tmp_path):
     log = np.genfromtxt(tmp_path / "r0" / "train_log.csv", delimiter=",", names=True)
     assert len(log) == 4 and log["epoch"].tolist() == [0, 0, 1, 1]
     # diagnostics: the share of feature-graph weight inside images, the clusters in use (1 to K = 6)
-    assert np.all((log["same_image"] > 0) & (log["same_image"] <= 1)) and np.all((log["usage"] >= 1) & (log["usage"] <= 6))
+    assert np.all((log["same_image"] > 0) & (log["same_image"] <= 1)) and np.all(
+        (log["usage"] >= 1) & (log["usage"] <= 6)
+    )
 
 
 def test_cosine_schedule_end_points():
@@ -67,7 +69,7 @@ def test_capture_monitor_logs_psi_against_spectral_clustering(tiny_cache, tmp_pa
 
     cfg = dataclasses.replace(spec(0, monitor=2), heldout=str(tiny_cache.path.with_suffix(".json")))
     monitored = train_psi(tiny_cache, cfg, tmp_path / "m", torch.device("cpu"))
-    rows = list(csv.DictReader(open(tmp_path / "m" / "capture_log.csv")))
+    rows = list(csv.DictReader((tmp_path / "m" / "capture_log.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows] == [0, 3] and (tmp_path / "m" / "capture.png").stat().st_size > 5000
     for row in rows:
         for key in ("batch_psi", "batch_spectral", "heldout_psi", "heldout_spectral"):

@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def snakemake(*args):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -28,13 +30,23 @@ def snakemake(*args):
 def tiny_config(results: Path, camvid_root: Path, **train) -> dict:
     return {
         "results": str(results),
-        "datasets": {"camvid": {"adapter": "camvid", "data_root": str(camvid_root), "train_split": "train",
-                                "eval_split": "val", "train_view": {"mode": "resize", "size": [360, 480]},
-                                "protocols": {"native": {"mode": "resize", "size": [360, 480]}}, "max_images": 6}},
+        "datasets": {
+            "camvid": {
+                "adapter": "camvid",
+                "data_root": str(camvid_root),
+                "train_split": "train",
+                "eval_split": "val",
+                "train_view": {"mode": "resize", "size": [360, 480]},
+                "protocols": {"native": {"mode": "resize", "size": [360, 480]}},
+                "max_images": 6,
+            }
+        },
         "train": {"K": 8, "epochs": 1, "batch_size": 3, "knn_k": 16, "heads": 2, "dim_head": 16, **train},
         "kmeans": {"niter": 5, "max_points": 1000},
         "evaluate": {"overlays": 1},
-        "tables": {"camvid": {"table1": {"backbones": ["lite0"], "methods": ["kmeans", "nes", "nes_star"], "seeds": [0]}}},
+        "tables": {
+            "camvid": {"table1": {"backbones": ["lite0"], "methods": ["kmeans", "nes", "nes_star"], "seeds": [0]}}
+        },
     }
 
 
@@ -50,8 +62,19 @@ def workflow(tmp_path_factory, camvid_root):
 
 def test_table_has_every_method_with_sane_scores(workflow):
     runs = pd.read_csv(workflow["results"] / "camvid" / "table1_runs.csv")
-    assert list(runs.columns[:11]) == ["dataset", "protocol", "train_dataset", "backbone", "method", "K", "alpha", "beta", "graph",
-                                       "settings", "seed"]
+    assert list(runs.columns[:11]) == [
+        "dataset",
+        "protocol",
+        "train_dataset",
+        "backbone",
+        "method",
+        "K",
+        "alpha",
+        "beta",
+        "graph",
+        "settings",
+        "seed",
+    ]
     assert sorted(runs["method"]) == ["kmeans", "nes", "nes_star"]
     assert (runs["split"] == "val").all() and (runs["K"] == 8).all() and (runs["protocol"] == "native").all()
     for col in ("acc", "miou", "miou_hungarian"):
@@ -68,7 +91,18 @@ def test_run_directories_hold_what_they_need(workflow):
     runs = workflow["results"] / "camvid" / "runs"
     nes = next(runs.glob("nes-*"))
     log = pd.read_csv(nes / "train_log.csv")
-    assert list(log.columns) == ["step", "epoch", "loss", "trace", "penalty", "tau", "lr", "same_image", "usage", "seconds"]
+    assert list(log.columns) == [
+        "step",
+        "epoch",
+        "loss",
+        "trace",
+        "penalty",
+        "tau",
+        "lr",
+        "same_image",
+        "usage",
+        "seconds",
+    ]
     assert log["same_image"].between(0, 1).all() and log["usage"].between(1, 8).all()
     assert log["tau"].iloc[0] == pytest.approx(1.0) and np.isfinite(log["loss"]).all()
     assert Image.open(nes / "loss.png").size[0] > 100
@@ -82,8 +116,19 @@ def test_run_directories_hold_what_they_need(workflow):
         assert ckpt["method"] in run.name and ckpt["config"]["run"] == run.name
         assert yaml.safe_load((run / "config.yaml").read_text())["run"] == run.name
         metrics = json.loads((run / "camvid-native" / "metrics.json").read_text())
-        assert set(metrics["per_class_iou"]) == {"sky", "building", "pole", "road", "pavement", "tree", "sign_symbol",
-                                                 "fence", "car", "pedestrian", "bicyclist"}
+        assert set(metrics["per_class_iou"]) == {
+            "sky",
+            "building",
+            "pole",
+            "road",
+            "pavement",
+            "tree",
+            "sign_symbol",
+            "fence",
+            "car",
+            "pedestrian",
+            "bicyclist",
+        }
         panel = next((run / "camvid-native" / "overlays").glob("*.png"))
         assert Image.open(panel).size == (4 * 480, 360 + 18)
 
@@ -93,7 +138,9 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     cfg["train"]["beta"] = 0.5
     changed = workflow["base"] / "beta.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    out = snakemake("-n", "-p", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
+    out = snakemake(
+        "-n", "-p", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed)
+    )
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
     assert jobs == {"train": "1", "fit_kmeans": "1", "evaluate": "2", "table": "1", "total": "5"}, out[-2000:]
     # the plan reads like commands: settings travel in a file holding exactly the rule's params
@@ -107,16 +154,33 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     cfg = yaml.safe_load(workflow["config"].read_text())
     cfg["datasets"]["camvid"]["protocols"]["native"]["size"] = [240, 320]
     changed.write_text(yaml.safe_dump(cfg))
-    out = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed))
+    out = snakemake(
+        "-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(changed)
+    )
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
-    assert jobs == {"extract_features": "1", "gather_features": "1", "evaluate": "3", "table": "1", "total": "6"}, out[-2000:]
+    assert jobs == {"extract_features": "1", "gather_features": "1", "evaluate": "3", "table": "1", "total": "6"}, out[
+        -2000:
+    ]
     # the dataset-wide graph of a cached split is one job on top of the cache
-    out = snakemake("-n", str(workflow["results"] / "camvid" / "graphs" / "lite0" / "train" / "train.json"), "--cores", "2",
-                    "--configfile", str(workflow["config"]))
+    out = snakemake(
+        "-n",
+        str(workflow["results"] / "camvid" / "graphs" / "lite0" / "train" / "train.json"),
+        "--cores",
+        "2",
+        "--configfile",
+        str(workflow["config"]),
+    )
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
     assert jobs == {"build_graph": "1", "total": "1"}, out[-2000:]
     # nothing changed: nothing to do
-    same = snakemake("-n", str(workflow["results"] / "camvid" / "table1.csv"), "--cores", "2", "--configfile", str(workflow["config"]))
+    same = snakemake(
+        "-n",
+        str(workflow["results"] / "camvid" / "table1.csv"),
+        "--cores",
+        "2",
+        "--configfile",
+        str(workflow["config"]),
+    )
     assert "Nothing to be done" in same
 
 
@@ -144,9 +208,24 @@ def test_a_deleted_cache_is_re_extracted_not_trusted(workflow):
 def test_cli_evaluate_on_live_features_matches_the_workflow(workflow):
     run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
     before = sorted(p.name for p in run.iterdir())
-    result = subprocess.run([sys.executable, "-m", "pipeline", "evaluate", "--run", str(run), "--dataset", "camvid",
-                             "--data-root", str(workflow["camvid_root"]), "--split", "val"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "evaluate",
+            "--run",
+            str(run),
+            "--dataset",
+            "camvid",
+            "--data-root",
+            str(workflow["camvid_root"]),
+            "--split",
+            "val",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(printed) == {"method", "acc", "miou", "miou_hungarian", "per_class_iou"}
@@ -160,7 +239,9 @@ def test_cli_evaluate_on_live_features_matches_the_workflow(workflow):
 
 
 def segment(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline", "segment", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "segment", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_cli_segment_folder_with_a_corrupt_file(workflow, tmp_path):
@@ -177,8 +258,13 @@ def test_cli_segment_folder_with_a_corrupt_file(workflow, tmp_path):
     result = segment("--run", run, "--out", clusters_out, "--mapping", "none", "--eigenfunctions", 3, folder)
     assert result.returncode == 1 and "corrupt.png" in result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary == {"segmented": 2, "skipped": 1, "failed": [str(folder / "corrupt.png")], "out": str(clusters_out),
-                       "labels": "clusters"}
+    assert summary == {
+        "segmented": 2,
+        "skipped": 1,
+        "failed": [str(folder / "corrupt.png")],
+        "out": str(clusters_out),
+        "labels": "clusters",
+    }
     result = segment("--run", run, "--out", classes_out, str(folder / "0*.png"))  # a glob: the good files only
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["labels"] == "classes"
@@ -192,7 +278,7 @@ def test_cli_segment_folder_with_a_corrupt_file(workflow, tmp_path):
         np.testing.assert_array_equal(classes, mapping[clusters])  # same clusters, mapped to classes
         overlay = np.asarray(Image.open(classes_out / f"{image.stem}_overlay.png"))
         assert overlay.shape[0] == original.shape[0] and overlay.shape[1] > original.shape[1]  # legend on the right
-        assert np.abs(overlay[:, :original.shape[1]].astype(int) - original).mean() > 5
+        assert np.abs(overlay[:, : original.shape[1]].astype(int) - original).mean() > 5
         heat = Image.open(clusters_out / f"{image.stem}_eigenfunctions.png")
         assert heat.size == (3 * 240, 180 + 18)
 
@@ -206,7 +292,9 @@ def test_segmenter_predicts_what_evaluation_scores(workflow):
 
     run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
     seg = Segmenter.from_run(run, device="cpu")
-    ds = load_dataset({"name": "camvid", "adapter": "camvid", "data_root": str(workflow["camvid_root"]), "max_images": 3}, "val")
+    ds = load_dataset(
+        {"name": "camvid", "adapter": "camvid", "data_root": str(workflow["camvid_root"]), "max_images": 3}, "val"
+    )
     view = View.from_config({"mode": "resize", "size": [360, 480]})
     live = dict(live_predictions(seg.model, seg.backbone, ds, view, 2, torch.device("cpu")))
     images = [ds.load_image(i) for i in range(3)]
@@ -236,8 +324,14 @@ def test_segmenting_a_large_image_keeps_memory_bounded(workflow, monkeypatch):
     seg.max_elements = k * h * w // 20
     biggest, bands = [], []
     real_grid, real_interp = F.grid_sample, F.interpolate
-    monkeypatch.setattr(evaluate.F, "grid_sample", lambda *a, **kw: bands.append(real_grid(*a, **kw).numel()) or real_grid(*a, **kw))
-    monkeypatch.setattr(evaluate.F, "interpolate", lambda *a, **kw: biggest.append(real_interp(*a, **kw).numel()) or real_interp(*a, **kw))
+    monkeypatch.setattr(
+        evaluate.F, "grid_sample", lambda *a, **kw: bands.append(real_grid(*a, **kw).numel()) or real_grid(*a, **kw)
+    )
+    monkeypatch.setattr(
+        evaluate.F,
+        "interpolate",
+        lambda *a, **kw: biggest.append(real_interp(*a, **kw).numel()) or real_interp(*a, **kw),
+    )
     labels, maps = seg.labels(large, eigenfunctions=3)
     # resized bands stay under the bound; nothing ever holds the full (K, H, W) logits
     assert labels.shape == (h, w) and max(biggest) < k * h * w / 2
@@ -255,8 +349,15 @@ def test_own_images_without_labels_train_and_segment_through_the_workflow(camvid
     results = tmp_path / "results"
     cfg = {
         "results": str(results),
-        "datasets": {"mine": {"adapter": "folder", "data_root": str(images), "train_split": "train", "eval_split": "train",
-                              "train_view": {"mode": "resize", "size": [180, 240]}}},
+        "datasets": {
+            "mine": {
+                "adapter": "folder",
+                "data_root": str(images),
+                "train_split": "train",
+                "eval_split": "train",
+                "train_view": {"mode": "resize", "size": [180, 240]},
+            }
+        },
         "train": {"K": 6, "epochs": 1, "batch_size": 2, "knn_k": 16, "heads": 2, "dim_head": 16},
         "segmentations": {"mine": {"backbones": ["lite0"], "eigenfunctions": 2}},
     }
@@ -291,7 +392,13 @@ def test_every_evaluation_has_a_report(workflow):
 
 def test_snakemake_report_collects_the_figures(workflow, tmp_path):
     html = tmp_path / "report.html"
-    snakemake("--report", str(html), str(workflow["results"] / "camvid" / "table1.csv"), "--configfile", str(workflow["config"]))
+    snakemake(
+        "--report",
+        str(html),
+        str(workflow["results"] / "camvid" / "table1.csv"),
+        "--configfile",
+        str(workflow["config"]),
+    )
     text = html.read_text(errors="ignore")
     assert len(text) > 10_000 and "per-class IoU (camvid-native)" in text
 
@@ -302,8 +409,12 @@ def test_graph_table_compares_batch_dataset_and_exact_spectral(workflow):
     split extended to it (Nystrom), with every run's capture of the evaluated G, psi's logit
     alignment and each one's cost. The batch-graph runs are table1's: they are not trained again."""
     cfg = yaml.safe_load(workflow["config"].read_text())
-    cfg["tables"]["camvid"]["graph"] = {"backbones": ["lite0"], "seeds": [0], "sweep": {"graph": ["batch", "dataset"]},
-                                        "methods": ["kmeans", "kmeans_transductive", "nes", "spectral", "spectral_inductive"]}
+    cfg["tables"]["camvid"]["graph"] = {
+        "backbones": ["lite0"],
+        "seeds": [0],
+        "sweep": {"graph": ["batch", "dataset"]},
+        "methods": ["kmeans", "kmeans_transductive", "nes", "spectral", "spectral_inductive"],
+    }
     path = workflow["base"] / "graph.yaml"
     path.write_text(yaml.safe_dump(cfg))
     target = str(workflow["results"] / "camvid" / "graph.csv")
@@ -312,13 +423,27 @@ def test_graph_table_compares_batch_dataset_and_exact_spectral(workflow):
     # graphs of the train and val caches, one psi on the dataset graph, eigenvectors of val and of
     # train, the Nystrom extension, three new fits (K-means on val, both spectral), four new
     # evaluations, an alignment of each of the six runs, the table
-    assert jobs == {"build_graph": "2", "train": "1", "eigenvectors": "2", "nystrom": "1", "fit_kmeans": "3", "evaluate": "4",
-                    "align": "6", "table": "1", "total": "20"}, out[-2000:]
+    assert jobs == {
+        "build_graph": "2",
+        "train": "1",
+        "eigenvectors": "2",
+        "nystrom": "1",
+        "fit_kmeans": "3",
+        "evaluate": "4",
+        "align": "6",
+        "table": "1",
+        "total": "20",
+    }, out[-2000:]
     snakemake(target, "--cores", "2", "--configfile", str(path))
     runs = pd.read_csv(workflow["results"] / "camvid" / "graph_runs.csv").set_index("run")
     assert sorted(zip(runs["method"], runs["graph"].fillna("-"))) == [
-        ("kmeans", "-"), ("kmeans_transductive", "-"), ("nes", "batch"), ("nes", "dataset"), ("spectral", "exact"),
-        ("spectral_inductive", "exact")]
+        ("kmeans", "-"),
+        ("kmeans_transductive", "-"),
+        ("nes", "batch"),
+        ("nes", "dataset"),
+        ("spectral", "exact"),
+        ("spectral_inductive", "exact"),
+    ]
     assert runs["capture"].between(0, 1).all() and runs["onehot_cos"].between(0, 1).all()
     assert runs["perplexity"].between(1, 8).all()
     nes, other = runs[runs["method"] == "nes"], runs[runs["method"] != "nes"]
@@ -330,16 +455,33 @@ def test_graph_table_compares_batch_dataset_and_exact_spectral(workflow):
     spectral = runs[runs["method"] == "spectral"].index[0]
     assert spectral == "spectral-lite0-K8-a0.3-native-s0"
     assert runs[runs["method"] == "kmeans_transductive"].index[0] == "kmeans_transductive-lite0-K8-native-s0"
-    metrics = json.loads((workflow["results"] / "camvid" / "runs" / spectral / "camvid-native" / "metrics.json").read_text())
+    metrics = json.loads(
+        (workflow["results"] / "camvid" / "runs" / spectral / "camvid-native" / "metrics.json").read_text()
+    )
     assert metrics["fit"]["train"]["eigsh_s"] > 0 and metrics["beta"] is None
     inductive = runs[runs["method"] == "spectral_inductive"].index[0]
-    metrics = json.loads((workflow["results"] / "camvid" / "runs" / inductive / "camvid-native" / "metrics.json").read_text())
+    metrics = json.loads(
+        (workflow["results"] / "camvid" / "runs" / inductive / "camvid-native" / "metrics.json").read_text()
+    )
     assert metrics["fit"]["train"]["nystrom_s"] > 0 and metrics["fit"]["train"]["eigsh_s"] > 0
     md = (workflow["results"] / "camvid" / "graph.md").read_text()
     assert "| Spectral (exact, transductive) |" in md and "| Spectral (exact, Nystrom) |" in md
     assert "capture" in md and "graph (s)" in md
     # a transductive run scores its own split only: the CLI refuses to segment with it
-    result = subprocess.run([sys.executable, "-m", "pipeline", "segment", "--run", str(workflow["results"] / "camvid" / "runs" / spectral),
-                             "--out", str(workflow["base"] / "seg"), str(next((workflow["camvid_root"] / "val").glob("*.png")))],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "segment",
+            "--run",
+            str(workflow["results"] / "camvid" / "runs" / spectral),
+            "--out",
+            str(workflow["base"] / "seg"),
+            str(next((workflow["camvid_root"] / "val").glob("*.png"))),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and "transductive" in result.stderr

@@ -18,7 +18,9 @@ def run(*args):
 
 def test_snakemake_lint_is_clean():
     result = run(sys.executable, "-m", "snakemake", "--lint")
-    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, result.stdout[-3000:]
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr, result.stdout[
+        -3000:
+    ]
 
 
 def test_snakefmt_leaves_every_workflow_file_unchanged():
@@ -28,8 +30,19 @@ def test_snakefmt_leaves_every_workflow_file_unchanged():
 
 
 def test_slurm_profile_puts_gpu_jobs_on_the_gpu_partition_with_cpus_equal_to_threads(tmp_path):
-    result = run(sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm", f"{tmp_path}/camvid/table1.csv",
-                 "--config", f"results={tmp_path}", "--cores", "32")  # a dry run caps threads at the local cores
+    result = run(
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--profile",
+        "profiles/slurm",
+        f"{tmp_path}/camvid/table1.csv",
+        "--config",
+        f"results={tmp_path}",
+        "--cores",
+        "32",
+    )  # a dry run caps threads at the local cores
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = []
     for block in re.split(r"\n\s*\n", result.stdout):
@@ -55,7 +68,6 @@ def test_results_path_with_a_space_and_a_command_substitution_is_used_literally(
     """Every placeholder of every shell command is quoted: a results folder named
     `my results$(touch PWNED)` receives the features and logs, and no command runs."""
     import yaml
-
     from test_workflow import tiny_config
 
     results = tmp_path / "my results$(touch PWNED)"

@@ -24,7 +24,7 @@ AUTO_ROOTS = {
     "ade20k": ["data/ade20k", "data/ADEChallengeData2016"],
 }
 
-__all__ = ["ADAPTERS", "Dataset", "Sample", "load_dataset", "resolve_data_root", "read_rgb", "read_label"]
+__all__ = ["ADAPTERS", "Dataset", "Sample", "load_dataset", "read_label", "read_rgb", "resolve_data_root"]
 
 
 def resolve_data_root(name: str, data_root: str | None, adapter: str | None = None) -> Path:
@@ -38,7 +38,11 @@ def resolve_data_root(name: str, data_root: str | None, adapter: str | None = No
     raise InputError(
         f"dataset {name!r}: no data found (looked in {', '.join(candidates)}). Put the data in "
         f"{candidates[0]}/ or set datasets.{name}.data_root in the config"
-        + (" (run `snakemake download_camvid` where the internet is reachable)" if (adapter or name) == "camvid" else "")
+        + (
+            " (run `snakemake download_camvid` where the internet is reachable)"
+            if (adapter or name) == "camvid"
+            else ""
+        )
     )
 
 

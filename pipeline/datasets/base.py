@@ -76,10 +76,17 @@ class Dataset:
             bad = np.unique(values[unknown])
             shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
             if self.unknown_labels != "ignore":
-                raise InputError(f"{sample.label_path}: label ids {shown} ({int(unknown.sum())} pixels) are neither classes of "
-                                 f"{self.name} nor its void values; set datasets.{self.name}.unknown_labels: ignore to score "
-                                 "them as ignored")
-            log.warning("%s: %d pixels with unknown label ids %s scored as ignored", sample.label_path, int(unknown.sum()), shown)
+                raise InputError(
+                    f"{sample.label_path}: label ids {shown} ({int(unknown.sum())} pixels) are neither classes of "
+                    f"{self.name} nor its void values; set datasets.{self.name}.unknown_labels: ignore to score "
+                    "them as ignored"
+                )
+            log.warning(
+                "%s: %d pixels with unknown label ids %s scored as ignored",
+                sample.label_path,
+                int(unknown.sum()),
+                shown,
+            )
             ids = np.where(unknown, self.ignore_index, ids)
         return ids
 
@@ -118,7 +125,7 @@ def lookup_table(mapping: dict[int, int], ignore_index: int, void: tuple[int, ..
     """Dense raw-value -> train-id table: `mapping`'s values, `void` values and the ignore value
     itself -> ignore_index, anything else UNKNOWN (refused when a label holds it)."""
     table = np.full(size, UNKNOWN, dtype=np.int64)
-    table[list(void) + [ignore_index]] = ignore_index
+    table[[*list(void), ignore_index]] = ignore_index
     for raw, train_id in mapping.items():
         table[raw] = train_id
     return table

@@ -8,13 +8,25 @@ from ..errors import InputError
 from .base import Dataset, Sample, lookup_table
 
 CLASS_NAMES = [
-    "sky", "building", "pole", "road", "pavement", "tree",
-    "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign_symbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
 ]
 VOID = 11
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
-LAYOUT = "camvid root with train/, trainannot/, val/, valannot/ (and optionally test/, testannot/) of PNGs, and train.txt / val.txt"
+LAYOUT = (
+    "camvid root with train/, trainannot/, val/, valannot/ (and optionally test/, testannot/) of "
+    "PNGs, and train.txt / val.txt"
+)
 
 
 def load_camvid(root: Path, split: str) -> Dataset:
@@ -25,7 +37,9 @@ def load_camvid(root: Path, split: str) -> Dataset:
         raise InputError(f"camvid: data root {root} does not exist; expected a {LAYOUT}")
     list_file = root / f"{split}.txt"
     if list_file.is_file():
-        samples = [_sample_from_line(root, line, list_file) for line in list_file.read_text().splitlines() if line.strip()]
+        samples = [
+            _sample_from_line(root, line, list_file) for line in list_file.read_text().splitlines() if line.strip()
+        ]
     else:
         image_dir, label_dir = root / split, root / f"{split}annot"
         if not image_dir.is_dir():

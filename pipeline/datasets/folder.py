@@ -8,8 +8,9 @@ from ..errors import InputError
 from .base import IMAGE_SUFFIXES, Dataset, Sample
 
 
-def load_folder(root: Path, split: str, label_dir: Path | None = None,
-                class_names: list[str] | None = None, ignore_index: int = 255) -> Dataset:
+def load_folder(
+    root: Path, split: str, label_dir: Path | None = None, class_names: list[str] | None = None, ignore_index: int = 255
+) -> Dataset:
     """Images under `root/split` if that folder exists, else under `root` itself."""
     root = Path(root)
     if not root.is_dir():

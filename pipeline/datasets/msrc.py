@@ -13,8 +13,27 @@ from ..errors import InputError
 from .base import IMAGE_SUFFIXES, Dataset, Sample, lookup_table
 
 CLASS_NAMES = [
-    "building", "grass", "tree", "cow", "sheep", "sky", "aeroplane", "water", "face", "car", "bicycle",
-    "flower", "sign", "bird", "book", "chair", "road", "cat", "dog", "body", "boat",
+    "building",
+    "grass",
+    "tree",
+    "cow",
+    "sheep",
+    "sky",
+    "aeroplane",
+    "water",
+    "face",
+    "car",
+    "bicycle",
+    "flower",
+    "sign",
+    "bird",
+    "book",
+    "chair",
+    "road",
+    "cat",
+    "dog",
+    "body",
+    "boat",
 ]
 IGNORE_INDEX = 255
 LAYOUT = "msrc root with {split}/ of images, labels/ of PNGs with the same stems (ids 0..20, 255 void) and classes.txt"
@@ -29,8 +48,10 @@ def load_msrc(root: Path, split: str) -> Dataset:
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise InputError(f"msrc: split {split!r} under {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    samples = [Sample(p.stem, p, (label_dir / f"{p.stem}.png") if (label_dir / f"{p.stem}.png").is_file() else None)
-               for p in images]
+    samples = [
+        Sample(p.stem, p, (label_dir / f"{p.stem}.png") if (label_dir / f"{p.stem}.png").is_file() else None)
+        for p in images
+    ]
     table = lookup_table({i: i for i in range(len(CLASS_NAMES))}, IGNORE_INDEX)
     return Dataset("msrc", split, samples, CLASS_NAMES, IGNORE_INDEX, table)
 
@@ -41,4 +62,6 @@ def _check_classes(path: Path) -> None:
         return
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if names != CLASS_NAMES:
-        raise InputError(f"{path}: expected the 21 MSRC-21 classes in id order ({', '.join(CLASS_NAMES)}); got {', '.join(names)}")
+        raise InputError(
+            f"{path}: expected the 21 MSRC-21 classes in id order ({', '.join(CLASS_NAMES)}); got {', '.join(names)}"
+        )

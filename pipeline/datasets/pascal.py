@@ -12,17 +12,73 @@ from ..errors import InputError
 from .base import Dataset, Sample, lookup_table
 
 NAMES_60 = [
-    "background", "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
-    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth", "computer", "cow",
-    "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food", "grass", "ground", "horse",
-    "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate", "platform", "pottedplant",
-    "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky", "snow", "sofa", "table", "track",
-    "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
+    "background",
+    "aeroplane",
+    "bag",
+    "bed",
+    "bedclothes",
+    "bench",
+    "bicycle",
+    "bird",
+    "boat",
+    "book",
+    "bottle",
+    "building",
+    "bus",
+    "cabinet",
+    "car",
+    "cat",
+    "ceiling",
+    "chair",
+    "cloth",
+    "computer",
+    "cow",
+    "cup",
+    "curtain",
+    "dog",
+    "door",
+    "fence",
+    "floor",
+    "flower",
+    "food",
+    "grass",
+    "ground",
+    "horse",
+    "keyboard",
+    "light",
+    "motorbike",
+    "mountain",
+    "mouse",
+    "person",
+    "plate",
+    "platform",
+    "pottedplant",
+    "road",
+    "rock",
+    "sheep",
+    "shelves",
+    "sidewalk",
+    "sign",
+    "sky",
+    "snow",
+    "sofa",
+    "table",
+    "track",
+    "train",
+    "tree",
+    "truck",
+    "tvmonitor",
+    "wall",
+    "water",
+    "window",
+    "wood",
 ]
 IGNORE_INDEX = 255
 LABEL_SETS = ("context59", "context60")
-LAYOUT = ("VOCdevkit/VOC2010/ with JPEGImages/*.jpg, SegmentationClassContext/*.png and "
-          "ImageSets/SegmentationContext/{train,val}.txt")
+LAYOUT = (
+    "VOCdevkit/VOC2010/ with JPEGImages/*.jpg, SegmentationClassContext/*.png and "
+    "ImageSets/SegmentationContext/{train,val}.txt"
+)
 
 
 def voc2010_dir(root: Path) -> Path:

@@ -13,9 +13,11 @@ batched (B, hw, hw) tensor, never as a dense N x N `block_diag`).
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +40,8 @@ class BatchKernel:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.feature.shape)  # type: ignore[return-value]
+        n, m = self.feature.shape
+        return int(n), int(m)
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         out = _SymmetricMatmul.apply(self.feature, x)
@@ -54,7 +57,7 @@ class BatchKernel:
         bounds = self.feature.crow_indices()[::tokens_per_image].tolist()
         cols, values = self.feature.col_indices(), self.feature.values()
         inside = values.new_zeros(())
-        for image, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for image, (start, end) in enumerate(itertools.pairwise(bounds)):
             first = image * tokens_per_image
             mask = (cols[start:end] >= first) & (cols[start:end] < first + tokens_per_image)
             inside += values[start:end][mask].sum()
@@ -69,8 +72,13 @@ class BatchKernel:
 
 
 @torch.no_grad()
-def build_kernel(high: torch.Tensor, pixels: torch.Tensor, k: int = 256, alpha: float = 0.3,
-                 pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> BatchKernel:
+def build_kernel(
+    high: torch.Tensor,
+    pixels: torch.Tensor,
+    k: int = 256,
+    alpha: float = 0.3,
+    pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN,
+) -> BatchKernel:
     """high: (B, hw, C) kernel features; pixels: (B, hw, 5) [r, g, b, x, y] with everything in [0, 1]."""
     b, hw, c = high.shape
     feature = feature_graph(high.reshape(b * hw, c).float(), k)
@@ -92,7 +100,7 @@ def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     else:
         import faiss
 
-        index = faiss.IndexFlatIP(x.shape[1])
+        index: Any = faiss.IndexFlatIP(x.shape[1])
         if x.is_cuda:
             index = faiss.index_cpu_to_gpu(faiss_gpu_resources(), x.device.index or 0, index)
         xn = np.ascontiguousarray(x.float().cpu().numpy(), dtype=np.float32)
@@ -109,7 +117,7 @@ def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     vals, idx = [], []
     for start in range(0, x.shape[0], block):
-        v, i = (x[start:start + block] @ x.T).topk(k, dim=1)
+        v, i = (x[start : start + block] @ x.T).topk(k, dim=1)
         vals.append(v)
         idx.append(i)
     return torch.cat(vals), torch.cat(idx)
@@ -123,7 +131,9 @@ def feature_graph(feats: torch.Tensor, k: int) -> torch.Tensor:
     rows = torch.arange(n, device=idx.device).repeat_interleave(idx.shape[1])
     crow, col, val = _symmetrise(rows, idx.reshape(-1), vals.reshape(-1), n)
     row_of = torch.arange(n, device=val.device).repeat_interleave(crow.diff())
-    inv_sqrt_deg = torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row_of, val).clamp_min(1e-12).rsqrt()
+    inv_sqrt_deg = (
+        torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row_of, val).clamp_min(1e-12).rsqrt()
+    )
     val = val * inv_sqrt_deg[row_of] * inv_sqrt_deg[col]
     return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False)
 
@@ -134,8 +144,12 @@ def _symmetrise(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: i
     scipy does this about 6x faster than torch's CPU coalesce; on a GPU torch's is fast.
     """
     if vals.is_cuda:
-        sym = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
-                                      torch.cat([vals, vals]) * 0.5, (n, n), check_invariants=False).coalesce()
+        sym = torch.sparse_coo_tensor(
+            torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+            torch.cat([vals, vals]) * 0.5,
+            (n, n),
+            check_invariants=False,
+        ).coalesce()
         r, c = sym.indices()
         crow = torch.zeros(n + 1, dtype=torch.long, device=vals.device)
         crow[1:] = torch.bincount(r, minlength=n).cumsum(0)
@@ -146,8 +160,11 @@ def _symmetrise(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: i
     sym = ((a + a.T) * 0.5).tocsr()
     sym.eliminate_zeros()
     sym.sort_indices()
-    return (torch.from_numpy(sym.indptr.astype(np.int64)), torch.from_numpy(sym.indices.astype(np.int64)),
-            torch.from_numpy(sym.data.astype(np.float32)))
+    return (
+        torch.from_numpy(sym.indptr.astype(np.int64)),
+        torch.from_numpy(sym.indices.astype(np.int64)),
+        torch.from_numpy(sym.data.astype(np.float32)),
+    )
 
 
 class _SymmetricMatmul(torch.autograd.Function):

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +34,7 @@ import torch
 import zarr
 
 from ..errors import InputError
+from ..formats import read_array, zarr_array
 from ..runtime import faiss_gpu_resources, faiss_gpus, progress
 from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
@@ -45,7 +47,9 @@ def normalised_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def dataset_knn(feats: np.ndarray, k: int, index: str = "exact", block: int = 16384, **knn_args) -> tuple[np.ndarray, np.ndarray]:
+def dataset_knn(
+    feats: np.ndarray, k: int, index: str = "exact", block: int = 16384, **knn_args
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) features -> (similarities, indices), each (N, k): cosine top-k among the other
     tokens, best first (self excluded), in memory. `index`: exact | ivf | hnsw (`knn_args`:
     nlist, nprobe, hnsw_m, ef_search)."""
@@ -93,34 +97,46 @@ def degree_normalise(a: sp.spmatrix) -> sp.csr_matrix:
 def pixel_adjacency(pixels: np.ndarray, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
     """(B, hw, 5) pixel vectors -> the block-diagonal per-image pixel graph, each block
     degree-normalised as in the per-batch kernel (one image at a time, bounded memory)."""
-    b, hw, _ = pixels.shape
-    blocks = [sp.csr_matrix(pixel_graph(torch.from_numpy(pixels[i:i + 1]).float(), knn)[0].numpy()) for i in range(b)]
+    b, _hw, _ = pixels.shape
+    blocks = [sp.csr_matrix(pixel_graph(torch.from_numpy(pixels[i : i + 1]).float(), knn)[0].numpy()) for i in range(b)]
     return sp.block_diag(blocks, format="csr")
 
 
-def normalised_graph(high: np.ndarray, pixels: np.ndarray | None, k: int = 256, alpha: float = 0.3,
-                     index: str = "exact", **knn_args) -> sp.csr_matrix:
+def normalised_graph(
+    high: np.ndarray, pixels: np.ndarray | None, k: int = 256, alpha: float = 0.3, index: str = "exact", **knn_args
+) -> sp.csr_matrix:
     """G = D^-1/2 A D^-1/2 (feature graph over all tokens) + alpha * the per-image pixel graph.
     high: (B, hw, C), pixels: (B, hw, 5)."""
     b, hw, c = high.shape
     return combined_graph(*dataset_knn(high.reshape(b * hw, c), k, index, **knn_args), pixels, alpha)
 
 
-def combined_graph(sims: np.ndarray, idx: np.ndarray, pixels: np.ndarray | None, alpha: float,
-                   pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
+def combined_graph(
+    sims: np.ndarray,
+    idx: np.ndarray,
+    pixels: np.ndarray | None,
+    alpha: float,
+    pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN,
+) -> sp.csr_matrix:
     """The kernel of method.md section 2 from neighbour lists: the degree-normalised symmetrised
     feature graph + alpha * the per-image pixel graph (pixels: (B, hw, 5), token id = item * hw +
     position)."""
     g = degree_normalise(feature_adjacency(sims, idx))
     if pixels is not None and alpha:
         if pixels.shape[0] * pixels.shape[1] != g.shape[0]:
-            raise InputError(f"the graph has {g.shape[0]} tokens, the pixel vectors {pixels.shape[0] * pixels.shape[1]}")
+            raise InputError(
+                f"the graph has {g.shape[0]} tokens, the pixel vectors {pixels.shape[0] * pixels.shape[1]}"
+            )
         g = (g + alpha * pixel_adjacency(pixels, pixel_knn)).tocsr()
     return g
 
 
-def split_graph(graph_zarr: Path, pixels: np.ndarray | None, alpha: float,
-                pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> sp.csr_matrix:
+def split_graph(
+    graph_zarr: Path,
+    pixels: np.ndarray | None,
+    alpha: float,
+    pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN,
+) -> sp.csr_matrix:
     """G of a cached split from its dataset-wide graph (rule `build_graph`), as `combined_graph`."""
     import zarr
 
@@ -128,15 +144,29 @@ def split_graph(graph_zarr: Path, pixels: np.ndarray | None, alpha: float,
     if not group.attrs.get("complete"):
         raise InputError(f"{graph_zarr}: the dataset graph is incomplete; rerun build_graph to resume it")
     try:
-        return combined_graph(group["similarities"][:].astype(np.float32), group["indices"][:].astype(np.int64), pixels,
-                              alpha, pixel_knn)
+        return combined_graph(
+            read_array(group, "similarities", np.float32),
+            read_array(group, "indices", np.int64),
+            pixels,
+            alpha,
+            pixel_knn,
+        )
     except InputError as exc:
         raise InputError(f"{graph_zarr}: {exc}; rebuild the graph from the current cache") from None
 
 
-def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tokens: int = 200_000,
-                        approximate: str = "ivf", block: int = 16384, recall_sample: int = 1000,
-                        target_recall: float | None = 0.95, attrs: dict | None = None, **knn_args) -> dict:
+def build_dataset_graph(
+    high: np.ndarray,
+    out: Path,
+    k: int = 256,
+    exact_max_tokens: int = 200_000,
+    approximate: str = "ivf",
+    block: int = 16384,
+    recall_sample: int = 1000,
+    target_recall: float | None = 0.95,
+    attrs: dict | None = None,
+    **knn_args,
+) -> dict:
     """Every token's k nearest tokens over the whole split, written to a Zarr group `out` block by
     block (resumable: a rerun with the same inputs continues after the last complete block):
     `indices` (N, k) int32, `similarities` (N, k) float16, `degrees` (N,) float32 of the
@@ -152,16 +182,25 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
     n, d = x.shape
     k = min(k, n - 1)
     index_kind = "exact" if n <= exact_max_tokens else approximate
-    meta = {"tokens": n, "dim": d, "k": k, "index": index_kind, "knn_args": knn_args, "target_recall": target_recall,
-            **(attrs or {})}
+    meta = {
+        "tokens": n,
+        "dim": d,
+        "k": k,
+        "index": index_kind,
+        "knn_args": knn_args,
+        "target_recall": target_recall,
+        **(attrs or {}),
+    }
     fingerprint = json.dumps(meta, sort_keys=True, default=str)
     group = None
     out = Path(out)
     if out.exists():
         ours = (out / "zarr.json").exists() and zarr.open_group(str(out), mode="r").attrs.get("kind") == GRAPH_MARKER
         if not ours:  # never delete what this command did not make (a feature cache, a user's folder)
-            raise InputError(f"{out}: exists and is not a dataset graph (no {GRAPH_MARKER!r} marker in zarr.json); "
-                             "choose another output or remove it yourself")
+            raise InputError(
+                f"{out}: exists and is not a dataset graph (no {GRAPH_MARKER!r} marker in zarr.json); "
+                "choose another output or remove it yourself"
+            )
         group = zarr.open_group(str(out), mode="r+")
         if group.attrs.get("fingerprint") != fingerprint:
             group = None
@@ -182,18 +221,26 @@ def build_dataset_graph(high: np.ndarray, out: Path, k: int = 256, exact_max_tok
         exact = {name: search_rows(flat, x, rows, k)[1] for name, rows in (("tune", tune_rows), ("check", check_rows))}
         if target_recall:
             group.attrs["search_breadth"] = _reach_recall(search, x, tune_rows, exact["tune"], k, target_recall)
-    done = int(group.attrs["n_done"])
-    for start in progress(range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block,
-                      total=-(-n // block)):
+    written: Any = group.attrs["n_done"]
+    done = int(written)
+    for start in progress(
+        range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block, total=-(-n // block)
+    ):
         sims, idx = search_block(search, x, start, min(start + block, n), k)
-        group["indices"][start:start + len(idx)] = idx.astype(np.int32)
-        group["similarities"][start:start + len(idx)] = sims.astype(np.float16)
+        zarr_array(group, "indices")[start : start + len(idx)] = idx.astype(np.int32)
+        zarr_array(group, "similarities")[start : start + len(idx)] = sims.astype(np.float16)
         group.attrs["n_done"] = start + len(idx)
     if index_kind != "exact":
-        found = group["indices"].get_orthogonal_selection((np.sort(check_rows),))
+        found = zarr_array(group, "indices").get_orthogonal_selection((np.sort(check_rows),))
         group.attrs["recall_at_k"] = recall_at_k(found, exact["check"][np.argsort(check_rows)])
-        log.info("%s index: recall@%d = %.3f on %d held-out tokens", index_kind, k, group.attrs["recall_at_k"], len(check_rows))
-    degrees = symmetric_degrees(group["similarities"][:].astype(np.float32), group["indices"][:])
+        log.info(
+            "%s index: recall@%d = %.3f on %d held-out tokens",
+            index_kind,
+            k,
+            group.attrs["recall_at_k"],
+            len(check_rows),
+        )
+    degrees = symmetric_degrees(read_array(group, "similarities", np.float32), read_array(group, "indices"))
     group.create_array("degrees", data=degrees, overwrite=True)
     group.attrs["complete"] = True
     return dict(group.attrs)
@@ -212,7 +259,9 @@ def _reach_recall(index, x: np.ndarray, rows: np.ndarray, exact: np.ndarray, k: 
         log.info("%s = %d: recall@%d = %.3f on %d tokens (target %.2f)", name, breadth, k, recall, len(rows), target)
         if recall >= target or breadth >= limit:
             if recall < target:
-                log.warning("recall@%d %.3f stays below %.2f at the largest %s; consider exact search", k, recall, target, name)
+                log.warning(
+                    "recall@%d %.3f stays below %.2f at the largest %s; consider exact search", k, recall, target, name
+                )
             return {name: int(breadth), "tuning_recall": recall}
         if ivf:
             index.nprobe = min(2 * breadth, limit)
@@ -220,13 +269,14 @@ def _reach_recall(index, x: np.ndarray, rows: np.ndarray, exact: np.ndarray, k: 
             index.hnsw.efSearch = min(2 * breadth, limit)
 
 
-def build_index(x: np.ndarray, kind: str, k: int, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
-                 ef_search: int = 128):
+def build_index(
+    x: np.ndarray, kind: str, k: int, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128
+):
     import faiss
 
     n, d = x.shape
     if kind == "exact":
-        index = faiss.IndexFlatIP(d)
+        index: Any = faiss.IndexFlatIP(d)
         if gpu_search():  # brute force is what GPUs do best; the approximate indexes stay on the CPU
             index = faiss.index_cpu_to_gpu(faiss_gpu_resources(), 0, index)
     elif kind == "ivf":
@@ -269,17 +319,19 @@ class DatasetGraph:
         group = zarr.open_group(str(self.path), mode="r")
         if not group.attrs.get("complete"):
             raise InputError(f"{self.path}: the dataset graph is incomplete; rerun build_graph to resume it")
-        self.indices = group["indices"][:].astype(np.int64)
-        self.similarities = np.clip(group["similarities"][:].astype(np.float32), 0, None)
-        self.degrees = group["degrees"][:].astype(np.float32)
+        self.indices = read_array(group, "indices", np.int64)
+        self.similarities = np.clip(read_array(group, "similarities", np.float32), 0, None)
+        self.degrees = read_array(group, "degrees", np.float32)
         self.hw = tokens_per_item
         if len(self.indices) % tokens_per_item:
-            raise InputError(f"{self.path}: {len(self.indices)} tokens are not a whole number of {tokens_per_item}-token items")
+            raise InputError(
+                f"{self.path}: {len(self.indices)} tokens are not a whole number of {tokens_per_item}-token items"
+            )
         self.n_items = len(self.indices) // tokens_per_item
 
     def neighbour_items(self, item: int, top: int) -> np.ndarray:
         """The items (other than `item`) holding most of its tokens' neighbours, most first."""
-        nbr = self.indices[item * self.hw:(item + 1) * self.hw].ravel()
+        nbr = self.indices[item * self.hw : (item + 1) * self.hw].ravel()
         nbr = nbr[nbr >= 0] // self.hw  # -1: fewer than k found by an approximate search
         nbr = nbr[nbr != item]
         values, counts = np.unique(nbr, return_counts=True)
@@ -297,11 +349,18 @@ class DatasetGraph:
         a = sp.diags(inv) @ a @ sp.diags(inv)
         a = a.tocsr()
         a.sort_indices()
-        return torch.sparse_csr_tensor(torch.from_numpy(a.indptr.astype(np.int64)), torch.from_numpy(a.indices.astype(np.int64)),
-                                       torch.from_numpy(a.data.astype(np.float32)), a.shape, check_invariants=False)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(a.indptr.astype(np.int64)),
+            torch.from_numpy(a.indices.astype(np.int64)),
+            torch.from_numpy(a.data.astype(np.float32)),
+            a.shape,
+            check_invariants=False,
+        )
 
 
-def neighbour_schedule(graph: DatasetGraph, batch: int, epochs: int, generator: torch.Generator) -> list[tuple[int, np.ndarray]]:
+def neighbour_schedule(
+    graph: DatasetGraph, batch: int, epochs: int, generator: torch.Generator
+) -> list[tuple[int, np.ndarray]]:
     """(epoch, items) per step: ceil(B/2) anchors from a seeded permutation, the rest filled with
     the items most linked to the anchors (random items where the anchors have too few). Every
     image is an anchor once per epoch, so an epoch has about 2n/B steps (twice a batch-graph
@@ -314,10 +373,14 @@ def neighbour_schedule(graph: DatasetGraph, batch: int, epochs: int, generator: 
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=generator).numpy()
         for step in range(steps_per_epoch):
-            chosen = list(perm[step * anchors_per_step:][:anchors_per_step])
+            chosen = list(perm[step * anchors_per_step :][:anchors_per_step])
             for rank in range(batch):
                 for anchor in list(chosen[:anchors_per_step]):
-                    if len(chosen) < batch and rank < len(neighbours[anchor]) and neighbours[anchor][rank] not in chosen:
+                    if (
+                        len(chosen) < batch
+                        and rank < len(neighbours[anchor])
+                        and neighbours[anchor][rank] not in chosen
+                    ):
                         chosen.append(int(neighbours[anchor][rank]))
             for extra in torch.randperm(n, generator=generator).numpy():
                 if len(chosen) >= batch:

@@ -71,8 +71,9 @@ def perplexity(counts: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def partition_measures(labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarray,
-                       eigenvectors: np.ndarray | None = None) -> dict[str, float]:
+def partition_measures(
+    labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarray, eigenvectors: np.ndarray | None = None
+) -> dict[str, float]:
     """How well a hard partition of the tokens (one cluster id per token) serves G.
 
     - `capture`: the within-cluster association sum_c 1_c^T G 1_c / |c| (kernel k-means' ratio
@@ -87,10 +88,15 @@ def partition_measures(labels: np.ndarray, g: sp.spmatrix, top_values: np.ndarra
     """
     labels = np.asarray(labels).ravel()
     used, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    y = sp.csr_matrix((1.0 / np.sqrt(counts[inverse]), (np.arange(len(labels)), inverse)), shape=(len(labels), len(used)))
+    y = sp.csr_matrix(
+        (1.0 / np.sqrt(counts[inverse]), (np.arange(len(labels)), inverse)), shape=(len(labels), len(used))
+    )
     association = float((y.multiply(g @ y)).sum())
-    out = {"capture": association / float(np.sum(top_values)), "perplexity": perplexity(counts),
-           "clusters": int(len(used))}
+    out = {
+        "capture": association / float(np.sum(top_values)),
+        "perplexity": perplexity(counts),
+        "clusters": len(used),
+    }
     if eigenvectors is not None:
         out["onehot_cos"] = eigen_alignment(y.toarray(), eigenvectors)["principal_cos"]
     return out
@@ -108,8 +114,13 @@ def query_rows(sims: np.ndarray, idx: np.ndarray, degrees: np.ndarray) -> sp.csr
     return sp.csr_matrix((w[keep], (np.repeat(np.arange(m), k)[keep.ravel()], idx[keep])), shape=(m, len(degrees)))
 
 
-def nystrom_extension(rows: sp.spmatrix, vectors: np.ndarray, values: np.ndarray, pixel_blocks: np.ndarray | None = None,
-                      alpha: float = 0.0) -> np.ndarray:
+def nystrom_extension(
+    rows: sp.spmatrix,
+    vectors: np.ndarray,
+    values: np.ndarray,
+    pixel_blocks: np.ndarray | None = None,
+    alpha: float = 0.0,
+) -> np.ndarray:
     """Eigenvectors of G over the graph's tokens extended to new tokens (Nystrom):
     lambda f(x) = sum_j G_feat(x, x_j) u(x_j) + alpha sum_y G_pix(x, y) f(y), the pixel part over
     the new token's own image (its pixel graph links no graph token). Per image and eigenpair that
