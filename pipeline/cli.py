@@ -177,6 +177,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .spec import EvaluationSpec
     from .views import View
 
+    if args.out_dir:
+        args.out, args.overlays_dir, args.report = (
+            str(Path(args.out_dir) / "metrics.json"),
+            str(Path(args.out_dir) / "overlays"),
+            True,
+        )
     model = RunModel.load(Path(args.run))
     if args.spec:
         spec = EvaluationSpec.from_dict(json_option(args.spec, "--spec"), "--spec")
@@ -382,8 +388,7 @@ EXAMPLES = {
         "--out alignment.json",
         "fit": "nes fit --spec run.json --run-dir results/camvid/runs/my-run   (run.json: a run's config.yaml as JSON, "
         "or the file a plan names)",
-        "evaluate": "nes evaluate --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --split val --out "
-        "metrics.json",
+        "evaluate": "nes evaluate --run results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0 --split val --out-dir mine",
         "table": "nes table --out results/camvid/mine.csv results/camvid/runs/*/camvid-native/metrics.json",
         "download": "nes download camvid --dest data/camvid",
         "check-config": "nes check-config my_overrides.yaml   # then: snakemake --configfile my_overrides.yaml ...",
@@ -481,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", default="custom", help="name recorded in the metrics")
     s.add_argument("--features", help="use this cache manifest instead of running the backbone")
     s.add_argument("--crf", action="store_true", help="also score with dense-CRF post-processing")
+    s.add_argument(
+        "--out-dir",
+        help="an evaluation folder: metrics.json, overlays/ and report.md with its figures (the workflow's)",
+    )
     s.add_argument("--out", help="write the full metrics JSON here (nothing is written otherwise)")
     s.add_argument("--overlays-dir", help="write image / ground truth / prediction panels here")
     s.add_argument("--overlays", type=int, default=4, help="how many panels")

@@ -11,7 +11,7 @@ every spec the planner writes (tests/test_spec.py checks the rules' parameters b
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -208,7 +208,7 @@ class TrainSettings:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "given"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
         out["pixel_knn"] = [list(p) for p in self.pixel_knn]
         for name in self.OPTIONAL:
             if name not in self.given:

@@ -17,6 +17,8 @@ import yaml
 
 from fixtures import TINY_VIT_ARGS, write_ade20k, write_cityscapes, write_image_folder, write_pascal, write_tiny_vit
 
+pytestmark = pytest.mark.workflow  # runs Snakemake: left out of make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 # tables of the real datasets beside the project (tests/test_workflow.py runs CamVid's; MSRC-21's

@@ -3,6 +3,7 @@ byte-identical to what was planned before it (tests/data/params_golden.json.gz),
 the round trip through their JSON form, and model.pt files written before it load and compute
 the same logits."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,6 @@ def test_the_schema_offers_every_method_and_tables_name_each_once():
     ]
     assert sorted(segmentable) == sorted(str(m) for m in Method if not m.traits.evaluated_split)
     # every training key of the schema is a typed setting, and every setting can be swept
-    fields = {name for name in TrainSettings.__dataclass_fields__ if name != "given"}
-    assert set(schema["$defs"]["train"]["properties"]) == fields
-    assert set(schema["$defs"]["sweep"]["propertyNames"]["enum"]) == fields
+    settings = {f.name for f in dataclasses.fields(TrainSettings) if f.name != "given"}
+    assert set(schema["$defs"]["train"]["properties"]) == settings
+    assert set(schema["$defs"]["sweep"]["propertyNames"]["enum"]) == settings

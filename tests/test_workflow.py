@@ -15,6 +15,8 @@ import torch
 import yaml
 from PIL import Image
 
+pytestmark = pytest.mark.workflow  # runs Snakemake: left out of make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -58,6 +58,7 @@ rule evaluate:
         spec_file=lambda w, output: spec_file(evaluation(w)),
         run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
         compare=lambda w: ["--compare", kmeans_twin(w)] if kmeans_twin(w) else [],
+        out_dir=lambda w, output: str(Path(output.metrics).parent),
     shell:
         f"{NES} evaluate --run {{params.run_dir:q}} --spec {{params.spec_file:q}} "
-        "--overlays-dir {output.overlays:q} --out {output.metrics:q} --report {params.compare:q} > /dev/null"
+        "--out-dir {params.out_dir:q} {params.compare:q} > /dev/null"
