@@ -366,12 +366,9 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from . import __version__
 
-    try:
-        return version("neural-eigenseg")
-    except PackageNotFoundError:  # run from a source tree that was not installed
-        return "unknown"
+    return __version__
 
 
 EXAMPLES = {

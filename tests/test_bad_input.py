@@ -346,3 +346,24 @@ def test_a_failed_job_names_its_culprit_on_the_console(tmp_path, camvid_root):
     console = result.stdout + result.stderr
     assert f"error: {bad}: cannot read image" in console, console[-3000:]
     assert not target.exists()
+
+
+def test_nes_log_keeps_the_traceback_and_prints_one_line(tmp_path):
+    """`nes --log` (how every rule calls it): an unexpected error leaves its traceback in the log
+    and only its one-line reason on the console; bad input prints the `error:` line in both."""
+    log = tmp_path / "logs" / "job.log"
+    code = (
+        "import pipeline.cli as cli\n"
+        "def boom(args):\n    raise RuntimeError('disk on fire\\nsecond line')\n"
+        "cli.cmd_table = boom\n"
+        f"cli.main(['--log', {str(log)!r}, 'table', '--out', 'x.csv'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.strip() == "RuntimeError: disk on fire", result.stderr
+    assert "Traceback" in log.read_text() and "second line" in log.read_text()
+    missing = tmp_path / "none.json"
+    args = ["--log", str(log), "fit", "--spec", str(missing), "--run-dir", "r"]
+    code = f"import pipeline.cli as cli\ncli.main({args!r})\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {missing}: no such file")
+    assert log.read_text().strip() == result.stderr.strip() and not (tmp_path / "r").exists()
