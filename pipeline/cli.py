@@ -4,6 +4,7 @@ people call `segment` and `evaluate` on their own runs and images."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -78,6 +79,9 @@ def cmd_gather(args: argparse.Namespace) -> None:
         raise InputError(
             f"{out}: shard manifests {', '.join(args.shards)} do not match the cache's {len(cache.shards)} shards"
         )
+    repeated = sorted({i for i in cache.ids if cache.ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"{cache.path}: image id(s) {', '.join(repeated[:5])} occur twice; ids must name one image")
     write_json(
         out,
         {
@@ -222,7 +226,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             model, cache_for(spec.features), dataset, view, stride, spec.batch_size, device
         )
     else:
-        predictions = live_predictions(model, backbone_for(model).to(device), dataset, view, spec.batch_size, device)
+        backbone = backbone_for(model, args.weights_dir).to(device)
+        predictions = live_predictions(model, backbone, dataset, view, spec.batch_size, device)
     overlay_dir = Path(args.overlays_dir) if args.overlays_dir else None
     result = evaluate(
         model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays
@@ -279,6 +284,32 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def segment_outputs(images: list[Path], out: Path, eigenfunctions: bool) -> dict[Path, dict[str, Path]]:
+    """The files `nes segment` writes per input ({stem}_labels.png, _overlay.png and
+    _eigenfunctions.png in `out`), checked before anything is written: two inputs with one stem
+    would overwrite each other's outputs, and no output may replace an input."""
+    kinds = ("labels", "overlay", *(("eigenfunctions",) if eigenfunctions else ()))
+    by_stem: dict[str, list[Path]] = {}
+    for path in images:
+        by_stem.setdefault(path.stem, []).append(path)
+    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if shared:
+        stem, paths = next(iter(shared.items()))
+        raise InputError(
+            f"{', '.join(map(str, paths))} share the name {stem!r}: their outputs would overwrite each other "
+            f"({len(shared)} such name(s)); segment them into separate --out folders or rename them"
+        )
+    planned = {path: {kind: out / f"{path.stem}_{kind}.png" for kind in kinds} for path in images}
+    inputs = {os.path.abspath(p): p for p in images}
+    for files in planned.values():
+        for file in files.values():
+            if os.path.abspath(file) in inputs:
+                raise InputError(
+                    f"{file}: is one of the images to segment and would be overwritten; choose another --out"
+                )
+    return planned
+
+
 def cmd_segment(args: argparse.Namespace) -> None:
     from PIL import Image
 
@@ -301,6 +332,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         view=json_option(args.view, "--view") if args.view else None,
         mapping=mapping,
         batch_size=1,
+        weights_dir=args.weights_dir,
     )
     if args.eigenfunctions and not seg.model.method.traits.learns_psi:
         raise InputError(f"--eigenfunctions: {args.run} is a {seg.model.method} run; eigenfunction maps need a nes run")
@@ -320,6 +352,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     if not images:
         raise InputError(f"no images found in {' '.join(args.images) or args.dataset}")
     out = Path(args.out)
+    planned = segment_outputs(images, out, bool(args.eigenfunctions))
     failed = []
     for path in progress(images, desc="segment", unit="img"):
         try:
@@ -329,16 +362,15 @@ def cmd_segment(args: argparse.Namespace) -> None:
             failed.append(str(path))
             continue
         labels, maps = seg.labels(image, args.eigenfunctions)
-        save_labels(labels, out / f"{path.stem}_labels.png")
+        files = planned[path]
+        save_labels(labels, files["labels"])
         present = [i for i in np.unique(labels) if i != UNMATCHED]
         overlay = with_legend(
             blend(image, colourise(np.where(labels == UNMATCHED, -1, labels), colours)), present, names, colours
         )
-        Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
+        Image.fromarray(overlay).save(files["overlay"])
         if maps is not None:
-            save_heatmaps(
-                maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], out / f"{path.stem}_eigenfunctions.png"
-            )
+            save_heatmaps(maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], files["eigenfunctions"])
     summary = {
         "segmented": len(images) - len(failed),
         "skipped": len(failed),
@@ -393,6 +425,9 @@ EXAMPLES = {
         "--eigenfunctions 8 photos/",
     }.items()
 }
+
+
+WEIGHTS_DIR_HELP = "where converted backbone weights go (default: $NES_WEIGHTS_DIR, else weights/); never the model's"
 
 
 def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
@@ -496,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mapping-out", help="write the cluster -> class mapping (majority vote) as JSON for `nes segment --mapping`"
     )
     s.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    s.add_argument("--weights-dir", help=WEIGHTS_DIR_HELP)
     s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_evaluate)
 
@@ -546,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", help="segment a dataset split instead: its config entry as JSON (the workflow passes it)"
     )
     s.add_argument("--split", default="val", help="the split of --dataset")
+    s.add_argument("--weights-dir", help=WEIGHTS_DIR_HELP)
     s.add_argument("images", nargs="*", help="image files, folders of images, or glob patterns (quoted)")
     s.set_defaults(func=cmd_segment)
     return p
@@ -564,6 +601,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {exc}", console)
         raise SystemExit(2) from None
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            _fail(f"error: no space left on device writing {exc.filename or 'an output'} ({args.command})", console)
+            raise SystemExit(2) from None
         if console is sys.stderr:
             raise
         traceback.print_exc()  # into the log

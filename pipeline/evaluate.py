@@ -11,6 +11,7 @@ backbone (sliding windows, the CLI on any images).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +231,11 @@ def evaluate(
         for lab, refined in crf_pool.finish():
             conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
     bar.close()
+    if conf.sum() == 0:
+        raise InputError(
+            f"{dataset.name}/{dataset.split}: no pixel has a class label to score (every label pixel is ignored or "
+            "void); check the labels and the protocol's label set"
+        )
     result = summarise(conf, dataset.class_names)
     result.update(num_images=len(dataset), seconds=round(time.time() - started, 2), confusion=conf.tolist())
     if conf_crf is not None:
@@ -285,8 +291,16 @@ def write_overlays(kept, mapping: np.ndarray, dataset: Dataset, out_dir: Path) -
         )
 
 
-def backbone_for(model: RunModel) -> Backbone:
-    return Backbone(BackboneSpec.from_config(model.spec.backbone_spec))
+def backbone_for(model: RunModel, weights_dir: str | Path | None = None) -> Backbone:
+    return Backbone(backbone_spec_for(model, weights_dir))
+
+
+def backbone_spec_for(model: RunModel, weights_dir: str | Path | None = None) -> BackboneSpec:
+    """The run's backbone settings. Converted weights go to `weights_dir` (default:
+    $NES_WEIGHTS_DIR, else `weights`), never to a folder the model file names: a model.pt does
+    not choose where anything is written."""
+    local = str(weights_dir or os.environ.get("NES_WEIGHTS_DIR", "weights"))
+    return BackboneSpec.from_config({**model.spec.backbone_spec, "weights_dir": local})
 
 
 def metrics_record(

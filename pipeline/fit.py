@@ -14,11 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from filelock import FileLock, Timeout
 
 from .cache import FeatureCache, cache_for
 from .clustering import fit_kmeans
 from .errors import InputError
-from .formats import read_eigen_reference, read_nystrom, save_torch
+from .formats import read_eigen_reference, read_nystrom, save_torch, write_text
 from .models import RunModel
 from .runtime import measured, resolve_device
 from .spec import Method, RunSpec
@@ -51,9 +52,49 @@ def sample_tokens(
 
 
 def fit_run(spec: RunSpec, run_dir: Path) -> RunModel:
+    """Fit a run into `run_dir`, holding its lock: a second fit of the same folder is refused
+    at once, and so is a folder this project did not make (or one of another run)."""
     run_dir = Path(run_dir)
+    claim_run_dir(run_dir, spec)
+    lock = FileLock(run_dir / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(
+            f"{run_dir}: another fit is writing this run folder (lock {lock.lock_file}); wait for it or stop it"
+        ) from None
+    try:
+        return _fit_locked(spec, run_dir)
+    finally:
+        lock.release()
+
+
+LOCK = ".fit.lock"
+
+
+def claim_run_dir(run_dir: Path, spec: RunSpec) -> None:
+    """A run folder is ours when it is new, empty, or holds the config.yaml of this run id."""
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        try:
+            other = yaml.safe_load(config.read_text())
+        except yaml.YAMLError:
+            other = None
+        if not isinstance(other, dict) or other.get("run") != spec.run:
+            found = (other.get("run") if isinstance(other, dict) else None) or "not a run config"
+            raise InputError(
+                f"{config}: belongs to {found!r}, not run {spec.run}; not overwriting it (choose another --run-dir)"
+            )
+    elif run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
+        raise InputError(
+            f"{run_dir}: holds files but no config.yaml of a run; this project did not make it, so nothing in it "
+            "is replaced (choose another --run-dir)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+
+def _fit_locked(spec: RunSpec, run_dir: Path) -> RunModel:
+    write_text(run_dir / "config.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     with measured() as stats:
         model = _fit(spec, run_dir)
     model.fit = {"train": stats, **upstream_costs(spec)}

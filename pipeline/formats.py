@@ -16,6 +16,7 @@ writer) ever sees half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -53,7 +54,20 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_plain))
+    """Valid JSON always: NaN and infinities (which JSON has no word for) are written as null."""
+    write_text(path, json.dumps(_finite(obj), indent=2, default=_plain, allow_nan=False))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.floating):
+        return _finite(float(obj))
+    return obj
 
 
 def read_json(path: str | Path, what: str = "a JSON file") -> Any:
@@ -124,7 +138,7 @@ def _plain(o: Any) -> Any:
     if isinstance(o, np.floating):
         return float(o)
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return _finite(o.tolist())
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "to_dict"):

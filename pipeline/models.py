@@ -137,7 +137,12 @@ class RunModel(nn.Module):
             raise InputError(f"{path}: no model.pt; expected a run directory produced by the workflow")
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # truncated, empty or not a torch file at all
+        except Exception as exc:  # truncated, empty, not a torch file, or objects beyond plain data
+            if "Weights only load failed" in str(exc):
+                raise InputError(
+                    f"{path}: holds objects other than tensors and plain data; refused (unpickling them could "
+                    "run code). A model.pt of this project holds only tensors, numbers and strings"
+                ) from None
             raise InputError(
                 f"{path}: not a readable model.pt ({exc.__class__.__name__}: "
                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); "
@@ -149,9 +154,37 @@ class RunModel(nn.Module):
         spec = RunSpec.from_dict(ckpt["config"], f"{path}: config")
         if str(spec.method) != ckpt["method"]:
             raise InputError(f"{path}: a {ckpt['method']!r} model whose config is a {spec.method} run")
-        psi = None
-        if "psi" in ckpt:
-            psi = build_psi(int(ckpt["input_dim"]), spec.psi)
+        return cls(spec, *_checked_tensors(path, spec, ckpt), fit=ckpt.get("fit"))
+
+
+def _checked_tensors(
+    path: Path, spec: RunSpec, ckpt: dict[str, Any]
+) -> tuple[Psi | None, torch.Tensor | None, int | None, torch.Tensor | None]:
+    """psi, centres, input_dim and embedding of a model.pt, each checked against its config: a
+    file whose tensors disagree with its settings is refused naming the file and what differs."""
+    psi = None
+    input_dim = ckpt.get("input_dim")
+    if spec.method.traits.uses_psi:
+        if "psi" not in ckpt or not isinstance(input_dim, int) or input_dim < 1:
+            raise InputError(f"{path}: a {spec.method} model without psi's weights or input dimension")
+        psi = build_psi(input_dim, spec.psi)
+        try:
             psi.load_state_dict(ckpt["psi"])
-            psi.eval()
-        return cls(spec, psi, ckpt.get("centres"), ckpt.get("input_dim"), ckpt.get("embedding"), ckpt.get("fit"))
+        except (RuntimeError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()
+            raise InputError(
+                f"{path}: psi's weights do not match its config (K={spec.K}, depth={spec.psi.depth}, "
+                f"heads={spec.psi.heads}, dim_head={spec.psi.dim_head}, input {input_dim}): "
+                f"{first[1].strip() if len(first) > 1 else first[0] if first else exc}"
+            ) from None
+        psi.eval()
+    centres, embedding = ckpt.get("centres"), ckpt.get("embedding")
+    if spec.method is not Method.NES and (not isinstance(centres, torch.Tensor) or centres.ndim != 2):
+        raise InputError(f"{path}: a {spec.method} model without a (K, D) tensor of centres")
+    if centres is not None and centres.shape[0] != spec.K:
+        raise InputError(f"{path}: {centres.shape[0]} centres, its config says K={spec.K}")
+    if spec.method.traits.item_lookup and (
+        not isinstance(embedding, torch.Tensor) or embedding.ndim != 2 or embedding.shape[1] != spec.K
+    ):
+        raise InputError(f"{path}: a {spec.method} model needs its (tokens, K={spec.K}) embedding")
+    return psi, centres, input_dim, embedding

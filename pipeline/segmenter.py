@@ -97,11 +97,12 @@ class Segmenter:
         device: torch.device | None = None,
         batch_size: int = 4,
         max_elements: int = 2**27,
+        weights_dir: str | Path | None = None,
     ):
         self.max_elements = max_elements  # resized logit values held at once (2^27 floats = 512 MB)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device)
-        self.backbone = backbone_for(model).to(self.device)
+        self.backbone = backbone_for(model, weights_dir).to(self.device)
         self.view, self.mapping, self.batch_size = view, mapping, batch_size
         if mapping is not None and len(mapping.mapping) != model.num_clusters:
             raise InputError(
@@ -116,6 +117,7 @@ class Segmenter:
         view: dict[str, Any] | None = None,
         mapping: str | Path | None = "auto",
         batch_size: int = 4,
+        weights_dir: str | Path | None = None,
     ) -> Segmenter:
         """`mapping`: "auto" (the run's evaluation, if any), None (cluster ids), or a JSON file."""
         model = RunModel.load(Path(run))
@@ -123,9 +125,8 @@ class Segmenter:
             resolved = run_mapping(Path(run) if Path(run).is_dir() else Path(run).parent)
         else:
             resolved = ClassMapping.load(Path(mapping)) if mapping else None
-        return cls(
-            model, View.from_config(view or default_view(model), "view"), resolved, resolve_device(device), batch_size
-        )
+        view_ = View.from_config(view or default_view(model), "view")
+        return cls(model, view_, resolved, resolve_device(device), batch_size, weights_dir=weights_dir)
 
     @property
     def num_clusters(self) -> int:

@@ -14,12 +14,14 @@ effective use). For psi also, as a diagnostic only, the principal cosine of its 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import pandas as pd
 
+from .errors import InputError
 from .formats import write_text
 from .spec import Method
 
@@ -87,9 +89,13 @@ def extras(metrics_path: Path, m: dict, alignments: AbstractSet[Path]) -> dict:
 def rows_from_metrics(path: Path, alignments: AbstractSet[Path] = frozenset()) -> list[dict]:
     m = json.loads(Path(path).read_text())
     base = {**{k: m.get(k) for k in RUN_COLUMNS if k not in ("crf", *SCORES)}, **extras(path, m, alignments)}
-    rows = [{**base, "crf": False, **{k: m[k] for k in SCORES}}]
+    rows = [{**base, "crf": False, **{k: m.get(k) for k in SCORES}}]
     if "crf" in m:
-        rows.append({**base, "crf": True, **{k: m["crf"][k] for k in SCORES}})
+        rows.append({**base, "crf": True, **{k: m["crf"].get(k) for k in SCORES}})
+    for row in rows:
+        bad = [k for k in SCORES if not isinstance(row[k], (int, float)) or not math.isfinite(row[k])]
+        if bad:
+            raise InputError(f"{path}: {', '.join(bad)} not a number ({row[bad[0]]!r}); re-evaluate this run")
     return rows
 
 
@@ -97,9 +103,21 @@ def build_runs(metric_files: list[Path], alignment_files: Sequence[Path] = ()) -
     alignments = {Path(a).resolve() for a in alignment_files}
     unmatched = alignments - {Path(f).with_name("alignment.json").resolve() for f in metric_files}
     if unmatched:
-        raise ValueError(f"alignments without metrics beside them: {', '.join(map(str, sorted(unmatched)))}")
+        raise InputError(f"alignments without metrics beside them: {', '.join(map(str, sorted(unmatched)))}")
+    seen: dict[Path, Path] = {}
+    for f in metric_files:
+        if Path(f).resolve() in seen:
+            raise InputError(f"{f}: given twice (as {seen[Path(f).resolve()]}); each evaluation counts once")
+        seen[Path(f).resolve()] = Path(f)
     rows = [row for f in metric_files for row in rows_from_metrics(f, alignments)]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    key = ["dataset", "protocol", "run", "crf"]
+    twice = df[df.duplicated(key, keep=False)]
+    if len(twice):
+        raise InputError(
+            f"run {twice['run'].iloc[0]} is scored twice on {twice['dataset'].iloc[0]}-{twice['protocol'].iloc[0]} "
+            "(copies of one metrics.json?); a run counts once, seeds are other runs"
+        )
     df["settings"] = df["settings"].fillna("")  # metrics written before runs carried it
     for col in SCORES:
         df[col] = (100 * df[col].astype(float)).round(2)  # percent, as in the paper

@@ -367,3 +367,84 @@ def test_nes_log_keeps_the_traceback_and_prints_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {missing}: no such file")
     assert log.read_text().strip() == result.stderr.strip() and not (tmp_path / "r").exists()
+
+
+def test_segment_never_overwrites_an_input_or_its_own_outputs(tmp_path):
+    """Outputs are named by stem: two inputs with one stem, or an output landing on an input
+    (--out being the input folder, which holds `y_overlay.png`), are refused before any write."""
+    from pipeline.cli import segment_outputs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    with pytest.raises(InputError, match=r"share the name 'x': their outputs would overwrite each other"):
+        segment_outputs([a / "x.png", b / "x.jpg", a / "y.png"], tmp_path / "out", eigenfunctions=False)
+    with pytest.raises(InputError, match=r"y_overlay\.png: is one of the images to segment"):
+        segment_outputs([a / "y.png", a / "y_overlay.png"], a, eigenfunctions=False)
+    planned = segment_outputs([a / "y.png", b / "z.png"], a, eigenfunctions=True)
+    assert planned[b / "z.png"] == {k: a / f"z_{k}.png" for k in ("labels", "overlay", "eigenfunctions")}
+
+
+def test_an_evaluation_with_no_scored_pixel_is_an_error_not_nan(tmp_path):
+    """Labels that are all ignore (or void) leave nothing to score: refused by name instead of a
+    metrics.json of NaN scores that a table would average as another seed."""
+    import numpy as np
+    import torch
+
+    from fixtures import run_spec
+    from pipeline.datasets import load_dataset
+    from pipeline.evaluate import evaluate
+    from pipeline.models import RunModel
+    from pipeline.views import View
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / f"{name}.png")
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(labels / f"{name}.png")
+    spec = {"name": "mine", "adapter": "folder", "data_root": str(images), "label_dir": str(labels)}
+    dataset = load_dataset({**spec, "class_names": ["sky", "road"]}, "all")
+    model = RunModel(run_spec("kmeans", K=2), centres=torch.eye(2))
+    predictions = ((i, torch.zeros(2, 8, 8)) for i in range(len(dataset)))
+    with pytest.raises(InputError, match=r"mine/all: no pixel has a class label to score"):
+        evaluate(model, dataset, predictions, View("resize", (8, 8)), n_overlays=0)
+
+
+def test_fit_refuses_a_folder_it_did_not_make_and_a_second_writer(tmp_path):
+    """`nes fit --run-dir` on a folder holding someone else's config.yaml or files leaves them as
+    they are; while a fit holds a run folder's lock, a second one is refused at once."""
+    from filelock import FileLock
+
+    from fixtures import run_spec
+    from pipeline.fit import LOCK, fit_run
+
+    spec = run_spec("kmeans", run="kmeans-test-K6-s0", features=str(tmp_path / "none.json"))
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("name: my project\n")
+    with pytest.raises(InputError, match=r"config\.yaml: belongs to 'not a run config', not run kmeans-test-K6-s0"):
+        fit_run(spec, foreign)
+    assert (foreign / "config.yaml").read_text() == "name: my project\n"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"mine")
+    with pytest.raises(InputError, match=r"photos: holds files but no config\.yaml of a run"):
+        fit_run(spec, photos)
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpg"]
+    run = tmp_path / "run"
+    run.mkdir()
+    with FileLock(run / LOCK), pytest.raises(InputError, match=r"another fit is writing this run folder"):
+        fit_run(spec, run)
+    with pytest.raises(InputError, match=r"no feature cache here"):  # ours and free: it gets as far as the cache
+        fit_run(spec, run)
+
+
+def test_a_full_disk_is_named_with_the_path(tmp_path):
+    code = (
+        "import errno, pipeline.cli as cli\n"
+        "def full(args):\n    raise OSError(errno.ENOSPC, 'No space left on device', '/data/out/metrics.json')\n"
+        "cli.cmd_table = full\n"
+        "cli.main(['table', '--out', 'x.csv'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: no space left on device writing /data/out/metrics.json (table)"

@@ -61,3 +61,39 @@ def test_msrc_layout_elsewhere_is_read_by_split_name(msrc_root, tmp_path):
         load_dataset({"name": "msrc", "adapter": "msrc", "data_root": str(tmp_path)}, "heldout")
     with pytest.raises(InputError, match="no split folder"):
         load_dataset({"name": "msrc", "adapter": "msrc", "data_root": str(tmp_path)}, "test")
+
+
+def test_ids_that_would_escape_the_dataset_are_refused_naming_file_and_line(tmp_path):
+    """A split list naming `../../x` would read (and write overlays) outside the dataset: refused
+    with the list file and line, in every adapter that reads ids from a list."""
+    from fixtures import write_pascal
+
+    root = write_pascal(tmp_path / "pascal", n_train=2, n_val=2)
+    listing = root / "VOCdevkit" / "VOC2010" / "ImageSets" / "SegmentationContext" / "val.txt"
+    listing.write_text("2008_val000\n\n../../../outside\n")
+    with pytest.raises(InputError, match=r"val\.txt:3: image id '\.\./\.\./\.\./outside' is not a plain file name"):
+        load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "val")
+    camvid = tmp_path / "camvid"
+    (camvid / "val").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(camvid / "val" / "a.png")
+    (camvid / "val.txt").write_text("/x/val/a.png /x/valannot/a.png\n/x/../b.png /x/valannot/b.png\n")
+    with pytest.raises(InputError, match=r"val\.txt: '/x/\.\./b\.png .*outside the dataset"):
+        load_dataset({"name": "camvid", "adapter": "camvid", "data_root": str(camvid)}, "val")
+
+
+def test_two_files_with_one_id_are_refused_and_symlinked_files_are_not(tmp_path):
+    """x.png and x.jpg would share one id, one cache item and one label: refused naming both.
+    Images that are symlinks to shared storage stay allowed (the check is on paths, not targets)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("x.png", "x.jpg", "y.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    with pytest.raises(InputError, match=r"x\.jpg and .*x\.png have the same id 'x'"):
+        load_dataset({"name": "mine", "adapter": "folder", "data_root": str(folder)}, "all")
+    (folder / "x.jpg").unlink()
+    elsewhere = tmp_path / "storage"
+    elsewhere.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(elsewhere / "z.png")
+    (folder / "z.png").symlink_to(elsewhere / "z.png")
+    ds = load_dataset({"name": "mine", "adapter": "folder", "data_root": str(folder)}, "all")
+    assert [s.id for s in ds.samples] == ["x", "y", "z"]

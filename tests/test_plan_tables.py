@@ -20,7 +20,7 @@ from pipeline.plan import (
     table_metrics,
     table_runs,
 )
-from pipeline.tables import to_markdown, write_table
+from pipeline.tables import build_runs, to_markdown, write_table
 
 
 @pytest.fixture
@@ -417,3 +417,35 @@ def test_msrc_tables_train_on_their_batch_and_score_both_protocols(config):
         "spectral_inductive-lite0-K21-a0.3-A-s1",
     } <= verdict
     assert len(verdict) == 2 * 6 * 3 * 2
+
+
+def test_a_table_counts_each_run_once_and_only_numbers(tmp_path):
+    """The same metrics.json given twice, a copy of one run's metrics under another name, or a
+    score that is not a number would each pass for another seed: refused, naming the file."""
+    from pipeline.errors import InputError
+
+    a = _metrics(tmp_path, "nes-s0", seed=0, acc=0.7, miou=0.4, miou_hungarian=0.3)
+    b = _metrics(tmp_path, "nes-s1", seed=1, acc=0.8, miou=0.5, miou_hungarian=0.3)
+    assert len(build_runs([a, b])) == 2
+    with pytest.raises(InputError, match=r"nes-s0\.json: given twice"):
+        build_runs([a, b, tmp_path / "." / "nes-s0.json"])
+    copy = tmp_path / "copy.json"
+    copy.write_text(a.read_text())
+    with pytest.raises(InputError, match=r"run nes-s0 is scored twice on camvid-native"):
+        build_runs([a, b, copy])
+    nan = tmp_path / "nan.json"
+    nan.write_text(a.read_text().replace('"miou": 0.4', '"miou": NaN').replace("nes-s0", "nes-s2"))
+    with pytest.raises(InputError, match=r"nan\.json: miou not a number \(nan\)"):
+        build_runs([a, nan])
+
+
+def test_metrics_files_are_valid_json_even_with_non_finite_values(tmp_path):
+    import math
+
+    import numpy as np
+
+    from pipeline.formats import read_json, write_json
+
+    write_json(tmp_path / "m.json", {"miou": float("nan"), "iou": np.array([0.5, np.inf]), "k": np.float32(0.25)})
+    assert read_json(tmp_path / "m.json") == {"miou": None, "iou": [0.5, None], "k": 0.25}
+    assert math.isfinite(read_json(tmp_path / "m.json")["k"])

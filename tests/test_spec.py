@@ -101,3 +101,31 @@ def test_the_schema_offers_every_method_and_tables_name_each_once():
     settings = {f.name for f in dataclasses.fields(TrainSettings) if f.name != "given"}
     assert set(schema["$defs"]["train"]["properties"]) == settings
     assert set(schema["$defs"]["sweep"]["propertyNames"]["enum"]) == settings
+
+
+def test_a_model_file_never_chooses_paths_and_must_agree_with_its_config(tmp_path, monkeypatch):
+    """An untrusted model.pt: its weights_dir is ignored (converted weights go to the local
+    folder), tensors that disagree with its settings are refused naming the file, and a file
+    holding code objects is refused without advice to load it unsafely."""
+    from pipeline.evaluate import backbone_spec_for
+
+    ckpt = torch.load(DATA / "model_nes_v0.pt", weights_only=True)
+    ckpt["config"]["backbone_spec"]["weights_dir"] = "/somewhere/else"
+    torch.save(ckpt, tmp_path / "evil.pt")
+    model = RunModel.load(tmp_path / "evil.pt")
+    monkeypatch.delenv("NES_WEIGHTS_DIR", raising=False)
+    assert backbone_spec_for(model).weights_dir == "weights"
+    assert backbone_spec_for(model, tmp_path / "w").weights_dir == str(tmp_path / "w")
+    ckpt["config"]["train"]["K"] = 9  # psi has 8 outputs
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    with pytest.raises(InputError, match=r"mismatch\.pt: psi's weights do not match its config \(K=9"):
+        RunModel.load(tmp_path / "mismatch.pt")
+    kmeans = torch.load(DATA / "model_kmeans_v0.pt", weights_only=True)
+    kmeans["centres"] = kmeans["centres"][:5]
+    torch.save(kmeans, tmp_path / "centres.pt")
+    with pytest.raises(InputError, match=r"centres\.pt: 5 centres, its config says K=8"):
+        RunModel.load(tmp_path / "centres.pt")
+    torch.save({"method": "nes", "config": {}, "hook": print}, tmp_path / "code.pt")
+    with pytest.raises(InputError, match=r"code\.pt: holds objects other than tensors") as refused:
+        RunModel.load(tmp_path / "code.pt")
+    assert "weights_only" not in str(refused.value)

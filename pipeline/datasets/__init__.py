@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import InputError
 from .ade20k import load_ade20k
-from .base import Dataset, Sample, read_label, read_rgb
+from .base import Dataset, Sample, check_samples, read_label, read_rgb
 from .camvid import load_camvid
 from .cityscapes import load_cityscapes
 from .folder import load_folder
@@ -67,6 +67,7 @@ def load_dataset(spec: dict[str, Any], split: str, labels: str | None = None) ->
         raise InputError(f"datasets.*.adapter: unknown adapter {adapter!r}; expected one of {', '.join(ADAPTERS)}")
     ds.name = spec.get("name", ds.name)
     ds.unknown_labels = spec.get("unknown_labels", "error")
+    check_samples(ds, [root, *([Path(spec["label_dir"])] if spec.get("label_dir") else [])])
     limit = spec.get("max_images")
     if limit:
         ds.samples = ds.samples[: int(limit)]

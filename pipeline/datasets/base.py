@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,51 @@ class Dataset:
             )
             ids = np.where(unknown, self.ignore_index, ids)
         return ids
+
+
+def is_plain_name(text: str) -> bool:
+    """An image id or path component that names one entry of one folder: no separators, not `..`."""
+    return bool(text) and text not in (".", "..") and not any(c in text for c in "/\\\0")
+
+
+def list_file_ids(list_file: Path) -> list[str]:
+    """The ids of a split list (one per line), each a plain name: an id such as `../../x` would
+    read (and name outputs) outside the dataset, so it is refused naming the file and line."""
+    ids = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if not is_plain_name(image_id):
+            raise InputError(
+                f"{list_file}:{number}: image id {image_id!r} is not a plain file name (no '/', '\\' or '..'); "
+                "it would read outside the dataset"
+            )
+        ids.append(image_id)
+    return ids
+
+
+def check_samples(dataset: Dataset, roots: list[Path]) -> None:
+    """Every sample's id is a plain name used once, and its files lie under `roots` (the data
+    root and any configured label folder): ids name cache items and output files."""
+    allowed = [_lexical(r) for r in roots]  # lexical: symlinked files (shared storage) stay allowed
+    seen: dict[str, Path] = {}
+    for sample in dataset.samples:
+        if not is_plain_name(sample.id):
+            raise InputError(f"{sample.image_path}: image id {sample.id!r} is not a plain file name")
+        if sample.id in seen:
+            raise InputError(
+                f"{dataset.name}/{dataset.split}: {seen[sample.id]} and {sample.image_path} have the same id "
+                f"{sample.id!r} (one stem, two files); rename or remove one"
+            )
+        seen[sample.id] = sample.image_path
+        for path in (sample.image_path, sample.label_path):
+            if path is not None and not any(_lexical(path).is_relative_to(root) for root in allowed):
+                raise InputError(f"{path}: outside the dataset's folders ({', '.join(map(str, roots))}); refused")
+
+
+def _lexical(path: Path | str) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .base import Dataset, Sample, lookup_table
+from .base import Dataset, Sample, is_plain_name, lookup_table
 
 CLASS_NAMES = [
     "sky",
@@ -59,6 +59,9 @@ def _sample_from_line(root: Path, line: str, list_file: Path) -> Sample:
     if len(parts) not in (1, 2):
         raise InputError(f"{list_file}: expected 'image_path label_path' per line, got {line!r}")
     # SegNet's lists carry absolute paths of the authors' machine: keep the last two components
-    image = root / Path(*Path(parts[0]).parts[-2:])
-    label = root / Path(*Path(parts[1]).parts[-2:]) if len(parts) == 2 else None
+    kept = [Path(p).parts[-2:] for p in parts]
+    if not all(is_plain_name(c) for components in kept for c in components):
+        raise InputError(f"{list_file}: {line!r} names a file outside the dataset (a '..' component); refused")
+    image = root / Path(*kept[0])
+    label = root / Path(*kept[1]) if len(parts) == 2 else None
     return Sample(image.stem, image, label)

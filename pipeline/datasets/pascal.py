@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .base import Dataset, Sample, lookup_table
+from .base import Dataset, Sample, list_file_ids, lookup_table
 
 NAMES_60 = [
     "background",
@@ -96,7 +96,7 @@ def load_pascal_context(root: Path, split: str, labels: str = "context59") -> Da
     list_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
     if not list_file.is_file():
         raise InputError(f"pascal: split list {list_file} not found; expected {LAYOUT}")
-    ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    ids = list_file_ids(list_file)
     if not ids:
         raise InputError(f"pascal: {list_file} lists no images")
     samples = [Sample(i, base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClassContext" / f"{i}.png") for i in ids]

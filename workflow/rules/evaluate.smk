@@ -59,6 +59,7 @@ rule evaluate:
         run_dir=lambda w: run_dir(config, RUNS[(w.dataset, w.run)]),
         compare=lambda w: ["--compare", kmeans_twin(w)] if kmeans_twin(w) else [],
         out_dir=lambda w, output: str(Path(output.metrics).parent),
+        weights_dir=lambda w, output: config.get("weights_dir", "weights"),
     shell:
         f"{NES} evaluate --run {{params.run_dir:q}} --spec {{params.spec_file:q}} "
-        "--out-dir {params.out_dir:q} {params.compare:q} > /dev/null"
+        "--out-dir {params.out_dir:q} {params.compare:q} --weights-dir {params.weights_dir:q} > /dev/null"

@@ -25,6 +25,8 @@ rule segment_images:
             else 0
         ),
         run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
+        weights_dir=lambda w, output: config.get("weights_dir", "weights"),
     shell:
         f"{NES} segment --run {{params.run_dir:q}} --out {{output:q}} --dataset {{params.dataset:q}} "
-        "--split {params.split:q} --eigenfunctions {params.eigenfunctions} > /dev/null"
+        "--split {params.split:q} --eigenfunctions {params.eigenfunctions} --weights-dir {params.weights_dir:q} "
+        "> /dev/null"
