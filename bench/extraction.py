@@ -17,8 +17,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import zarr
+
 from common import measure
 from pipeline.backbones import Backbone, BackboneSpec
+from pipeline.cache import FeatureCache, compressors
 from pipeline.datasets import load_dataset
 from pipeline.features import extract_split, normalise_batch
 from pipeline.views import View, resize_image
@@ -62,6 +66,7 @@ def main() -> None:
         with measure(results, "extract_split (decode + resize + forward + pixels + zarr)"):
             extract_split(ds, backbone, tmp / "bench.zarr", View("resize", size), batch_size=args.batch_size)
         cache_mb = sum(f.stat().st_size for f in (tmp / "bench.zarr").rglob("*") if f.is_file()) / 2**20
+        checksum_costs(FeatureCache(tmp / "bench.zarr"), tmp, results)
     finally:
         shutil.rmtree(tmp)
     base = results["bare backbone forward"]["seconds"]
@@ -76,6 +81,40 @@ def main() -> None:
             f"| {r['peak_mb']:.0f} |"
         )
     print(f"\ncache size: {cache_mb:.1f} MB for {len(ds)} images ({cache_mb / len(ds):.2f} MB per image)")
+    extraction = results["extract_split (decode + resize + forward + pixels + zarr)"]["seconds"]
+    for step in ("write", "read"):
+        extra = (
+            results[f"zarr {step}, with checksums"]["seconds"] - results[f"zarr {step}, without checksums"]["seconds"]
+        )
+        print(f"checksums: {step} {extra:+.2f} s, {100 * extra / extraction:+.1f} % of the extraction stage")
+
+
+def checksum_costs(cache: FeatureCache, tmp: Path, results: dict) -> None:
+    """The cache's arrays written and read back item by item (as extraction writes and training
+    reads them) without and with the CRC32C of every chunk, in this process."""
+    data = cache.read(np.arange(len(cache)))
+    for checksums in (False, True):
+        label = "with" if checksums else "without"
+        group = zarr.open_group(str(tmp / f"crc-{label}"), mode="w", zarr_format=3)
+        arrays = {
+            name: zarr.create_array(
+                store=group.store,
+                name=name,
+                shape=values.shape,
+                chunks=(1, *values.shape[1:]),
+                dtype="float16",
+                compressors=compressors(checksums),
+            )
+            for name, values in data.items()
+        }
+        with measure(results, f"zarr write, {label} checksums"):
+            for name, values in data.items():
+                for i in range(len(values)):
+                    arrays[name][i] = values[i].astype(np.float16)
+        with measure(results, f"zarr read, {label} checksums"):
+            for name in data:
+                for i in range(len(cache)):
+                    arrays[name][i]
 
 
 if __name__ == "__main__":

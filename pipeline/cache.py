@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import zarr
 from filelock import FileLock, Timeout
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .errors import InputError
 from .formats import read_array, store_of, write_json, zarr_array
@@ -99,8 +99,10 @@ def _differences(old: dict, new: dict) -> str:
     )
 
 
-def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+def compressors(checksums: bool = True) -> list[Any]:
+    """Blosc-zstd, then a CRC32C of every chunk: a flipped byte is an error when the chunk is
+    read, not a different but finite feature (bench/extraction.py measures the cost)."""
+    return [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), *([Crc32cCodec()] if checksums else [])]
 
 
 @dataclass
@@ -151,7 +153,7 @@ class CacheWriter:
                     shape=(n, h, w, dim),
                     chunks=(1, h, w, dim),
                     dtype="float16",
-                    compressors=_compressor(),
+                    compressors=compressors(),
                 )
             zarr.create_array(
                 store=self.group.store, name="image_index", shape=(n,), chunks=(max(n, 1),), dtype="int32"
@@ -232,6 +234,14 @@ class FeatureCache:
                     f"{p}: cache lacks {', '.join(missing)} (written by an older version?); delete "
                     f"{self.path} and its .json manifest, then rerun extraction"
                 )
+            for name in ARRAYS:  # a deleted chunk would read back as zeros
+                array = zarr_array(group, name)
+                absent = array.shape[0] - array.nchunks_initialized
+                if absent:
+                    raise InputError(
+                        f"{p}/{name}: {absent} of {array.shape[0]} items are missing (deleted chunks); delete "
+                        f"{self.path} and its .json manifest, then rerun extraction"
+                    )
             self.shards.append(group)
         self.attrs: dict[str, Any] = dict(self.shards[0].attrs)
         self.image_index = np.concatenate([read_array(g, "image_index") for g in self.shards])
@@ -265,7 +275,17 @@ class FeatureCache:
                 where = np.flatnonzero(shard_of == s)
                 local = items[where] - self.offsets[s]
                 order = np.argsort(local)
-                restored[where[order]] = zarr_array(self.shards[s], name).get_orthogonal_selection((local[order],))
+                array = zarr_array(self.shards[s], name)
+                try:
+                    restored[where[order]] = array.get_orthogonal_selection((local[order],))
+                except ValueError as exc:
+                    if "checksum" not in str(exc):
+                        raise
+                    corrupt = [int(i) for i, j in zip(items[where], local) if not _chunk_ok(array, int(j))]
+                    raise InputError(
+                        f"{self.path}: {name} of item(s) {', '.join(map(str, corrupt[:10]))} fail their checksum "
+                        "(the cache is corrupt); delete it and its .json manifest and rerun extraction"
+                    ) from None
             if not np.isfinite(restored).all():
                 bad = items[~np.isfinite(restored).reshape(len(items), -1).all(1)]
                 raise InputError(
@@ -278,6 +298,14 @@ class FeatureCache:
     def plain_items(self) -> np.ndarray:
         """Item indices of the un-augmented view of every image, in image order."""
         return np.flatnonzero(self.view == 0)
+
+
+def _chunk_ok(array: Any, index: int) -> bool:
+    try:
+        array[index]
+    except ValueError:
+        return False
+    return True
 
 
 def cache_for(manifest: str | Path) -> FeatureCache:

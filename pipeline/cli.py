@@ -276,7 +276,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(f for f in p.iterdir() if f.is_file())
+            skipped = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+            if skipped:
+                log.info("%s: skipped %d file(s) that are not images: %s", p, len(skipped), ", ".join(skipped[:10]))
+            paths += [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         elif p.exists() or not glob.has_magic(item):
             paths.append(p)  # a missing file is reported by name with the unreadable ones
         else:
@@ -430,6 +434,21 @@ EXAMPLES = {
 WEIGHTS_DIR_HELP = "where converted backbone weights go (default: $NES_WEIGHTS_DIR, else weights/); never the model's"
 
 
+def count(least: int) -> Any:
+    """An argparse type: an integer of at least `least` (argparse names the option when not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {value}")
+        return value
+
+    return parse
+
+
 def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose --help shows its summary and an example."""
     return sub.add_parser(
@@ -524,13 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", help="write the full metrics JSON here (nothing is written otherwise)")
     s.add_argument("--overlays-dir", help="write image / ground truth / prediction panels here")
-    s.add_argument("--overlays", type=int, default=4, help="how many panels")
+    s.add_argument("--overlays", type=count(0), default=4, help="how many panels")
     s.add_argument("--report", action="store_true", help="also write report.md and its figures beside --out")
     s.add_argument("--compare", help="an evaluation folder of a K-means run: its sample predictions join the report")
     s.add_argument(
         "--mapping-out", help="write the cluster -> class mapping (majority vote) as JSON for `nes segment --mapping`"
     )
-    s.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    s.add_argument("--batch-size", type=count(1), default=8, help="images per forward pass (default 8)")
     s.add_argument("--weights-dir", help=WEIGHTS_DIR_HELP)
     s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_evaluate)
@@ -571,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--eigenfunctions",
-        type=int,
+        type=count(0),
         default=0,
         metavar="N",
         help="also write the first N eigenfunctions as heat maps (nes runs)",

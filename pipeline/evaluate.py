@@ -69,10 +69,11 @@ def cached_predictions(
     batch_size: int,
     device: torch.device,
 ) -> Iterator[Prediction]:
-    """Plain (un-augmented) items of a cache, checked against the dataset's image ids."""
+    """Plain (un-augmented) items of a cache, checked against the run's backbone and the
+    dataset's image ids."""
     items = cache.plain_items()
     if len(items) != len(dataset) or cache.ids != [s.id for s in dataset.samples]:
-        raise ValueError(f"{cache.path}: cached images do not match dataset {dataset.name}/{dataset.split}; re-extract")
+        raise InputError(f"{cache.path}: cached images do not match dataset {dataset.name}/{dataset.split}; re-extract")
     geometry = ("mode", "size", "short_side", "crop", "interpolation")
     cached = {k: cache.attrs.get("view_spec", {}).get(k) for k in geometry}
     wanted = {k: (list(v) if isinstance(v, tuple) else v) for k, v in ((k, getattr(view, k)) for k in geometry)}
@@ -81,6 +82,7 @@ def cached_predictions(
             f"{cache.path}: cached for view {cached}, but evaluation asks for {wanted}; "
             "use a cache of the same view or run the backbone live (no --features)"
         )
+    check_cache_for_run(model, cache)
     if model.item_lookup and store_of(model.lookup_features).resolve() != Path(cache.path).resolve():
         raise InputError(
             f"{model.spec.run} labels the tokens of {model.lookup_features} by item: it can only be scored "
@@ -99,6 +101,33 @@ def cached_predictions(
         for j, item in enumerate(chunk):
             out = scored_size(view, cache.image_size[item])
             yield int(cache.image_index[item]), logits_to_image(logits[j], stride, input_size, out)
+
+
+def check_cache_for_run(model: RunModel, cache: FeatureCache) -> None:
+    """A cache of another backbone (or other backbone settings) would be scored silently when its
+    dimensions happen to agree: its recorded backbone must be the run's, weights folder aside."""
+    local = {"weights_dir"}
+    cached = {k: v for k, v in (cache.attrs.get("backbone") or {}).items() if k not in local}
+    wanted = {k: v for k, v in model.spec.backbone_spec.items() if k not in local}
+    if cached and cached != wanted:
+        differ = sorted(k for k in cached.keys() | wanted.keys() if cached.get(k) != wanted.get(k))
+        shown = "; ".join(f"{k}: {cached.get(k)!r} (cache) vs {wanted.get(k)!r} (run)" for k in differ[:3])
+        raise InputError(f"{cache.path}: features of another backbone than run {model.spec.run} ({shown})")
+    if model.psi is not None and model.input_dim != cache.dim("input"):
+        raise InputError(
+            f"{cache.path}: psi's input has {cache.dim('input')} channels, run {model.spec.run} expects "
+            f"{model.input_dim}"
+        )
+    if (
+        model.psi is None
+        and model.centres.numel()
+        and not model.item_lookup
+        and model.centres.shape[1] != cache.dim("high")
+    ):
+        raise InputError(
+            f"{cache.path}: {cache.dim('high')}-channel features, run {model.spec.run}'s centres have "
+            f"{model.centres.shape[1]}"
+        )
 
 
 def image_logits(

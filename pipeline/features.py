@@ -161,6 +161,7 @@ def extract_split(
         "images": [lo, hi],
         "threads": torch.get_num_threads(),
         "device": device.type,
+        "orientation": "exif",  # images read as displayed (datasets.read_rgb); older caches read them as stored
         **(extra_attrs or {}),
     }
     path = shard_path(out, *shard)

@@ -184,6 +184,12 @@ def table_config(config: dict, folder: str, table: str) -> dict:
             raise InputError(f"tables.{folder}.{table}: dataset {folder} declares no protocols to evaluate with")
         merged["protocol"] = protocols[0]
     view_config(config, folder, merged["protocol"])  # fails early on an unknown protocol
+    evaluated = dataset_spec(config, folder)
+    if evaluated.get("adapter") == "folder" and not evaluated.get("label_dir"):
+        raise InputError(
+            f"tables.{folder}.{table}: dataset {folder} is a folder of images without label_dir: nothing to score "
+            "a table against (segment it with `segmentations:` instead)"
+        )
     return merged
 
 

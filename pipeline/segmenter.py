@@ -62,10 +62,20 @@ class ClassMapping:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: cannot read a cluster -> class mapping ({exc})") from None
-        if "mapping" in data and "class_names" in data:
-            return cls(np.asarray(data["mapping"], dtype=np.int64), list(data["class_names"]), str(path))
-        if "mapping" in data and "per_class_iou" in data:
-            return cls.from_metrics(data, str(path))
+        if isinstance(data, dict) and "mapping" in data and ("class_names" in data or "per_class_iou" in data):
+            names = data.get("class_names", list(data.get("per_class_iou") or []))
+            mapping = data["mapping"]
+            if (
+                not isinstance(mapping, list)
+                or not all(isinstance(i, int) and -1 <= i < len(names) for i in mapping)
+                or not isinstance(names, list)
+                or not all(isinstance(n, str) for n in names)
+            ):
+                raise InputError(
+                    f"{path}: 'mapping' must list a class id (0..{len(names) - 1}, or -1) per cluster and "
+                    "'class_names' the classes' names"
+                )
+            return cls(np.asarray(mapping, dtype=np.int64), list(names), str(path))
         raise InputError(f"{path}: expected 'mapping' and 'class_names' (or an evaluation's metrics.json)")
 
     def save(self, path: Path) -> None:
@@ -77,6 +87,14 @@ class ClassMapping:
         """Cluster ids -> class ids, unmatched clusters -> UNMATCHED."""
         table = np.where(self.mapping >= 0, self.mapping, UNMATCHED)
         return table[clusters]
+
+
+def check_image(image: Any) -> None:
+    """What the segmenter takes: an HxWx3 uint8 RGB array (as datasets.read_rgb returns); a float
+    image in [0, 1] would be read as near-black and segmented into garbage."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise InputError(f"expected an HxWx3 uint8 RGB image (values 0-255), got a {got}")
 
 
 def run_mapping(run_dir: Path) -> ClassMapping | None:
@@ -137,6 +155,8 @@ class Segmenter:
         list of images)."""
         single = isinstance(images, np.ndarray)
         batch: list[np.ndarray] = [images] if isinstance(images, np.ndarray) else list(images)
+        for image in batch:
+            check_image(image)
         out: list[torch.Tensor] = []
         for start in range(0, len(batch), self.batch_size):
             out += [
@@ -159,6 +179,7 @@ class Segmenter:
         """Labels at the image's size and, when asked, its first n eigenfunction maps (at the
         image's size, or smaller for images above `max_elements`), without holding (K, H, W)
         logits of a large image."""
+        check_image(image)
         height, width = image.shape[:2]
         if self.num_clusters * height * width <= self.max_elements:
             logits = self.predict_logits(image)

@@ -448,3 +448,76 @@ def test_a_full_disk_is_named_with_the_path(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: no space left on device writing /data/out/metrics.json (table)"
+
+
+def test_a_cache_of_another_backbone_is_not_scored_with_a_run(tmp_path):
+    """`nes evaluate --features` with a cache of another backbone (same dimensions) would score
+    silently, other dimensions would crash inside psi: both refused naming what differs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fixtures import run_spec, train_settings
+    from pipeline.evaluate import check_cache_for_run
+    from pipeline.models import RunModel, build_psi
+
+    lite0 = {"kind": "cnn", "model": "tf_efficientnet_lite0", "stride": 16, "weights": "efficientnet-lite0-pypi"}
+    train = train_settings(K=6, depth=1)
+    model = RunModel(run_spec("nes", train=train, backbone_spec=lite0), build_psi(32, train), input_dim=32)
+
+    def cache(backbone, input_dim=32):
+        dims = {"input": input_dim, "high": 24}
+        return SimpleNamespace(path=tmp_path / "val.zarr", attrs={"backbone": backbone}, dim=dims.__getitem__)
+
+    check_cache_for_run(model, cache({**lite0, "weights_dir": "/elsewhere"}))  # same backbone, other folder
+    with pytest.raises(InputError, match=r"another backbone than run .*model: 'vit_small_patch14_dinov2' \(cache\)"):
+        check_cache_for_run(model, cache({**lite0, "model": "vit_small_patch14_dinov2"}))
+    with pytest.raises(InputError, match=r"psi's input has 40 channels, run .* expects 32"):
+        check_cache_for_run(model, cache(lite0, input_dim=40))
+    kmeans = RunModel(run_spec("kmeans", K=2, backbone_spec=lite0), centres=torch.zeros(2, 16))
+    with pytest.raises(InputError, match=r"24-channel features, run .*centres have 16"):
+        check_cache_for_run(kmeans, cache(lite0))
+
+
+def test_inputs_are_checked_at_the_door(tmp_path):
+    """Counts below their minimum, a YAML key given twice, a mapping file of the wrong shape, a
+    float image, a table over images without labels: each a one-line error naming what and where."""
+    import numpy as np
+    import yaml
+
+    from pipeline.cli import build_parser
+    from pipeline.configcheck import load_yaml
+    from pipeline.plan import table_config
+    from pipeline.segmenter import ClassMapping, check_image
+
+    for args in (["--batch-size", "0"], ["--overlays", "-1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["evaluate", "--run", "r", *args])
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "segment", "--run", "r", "--out", "o", "--eigenfunctions", "-3"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--eigenfunctions: expected an integer >= 0, got -3" in result.stderr
+    (tmp_path / "twice.yaml").write_text("train:\n  K: 64\n  epochs: 3\n  K: 128\n")
+    with pytest.raises(InputError, match=r"twice\.yaml:4:3: YAML syntax error: key 'K' is given twice"):
+        load_yaml(tmp_path / "twice.yaml")
+    (tmp_path / "mapping.json").write_text('{"mapping": [0, 7], "class_names": ["sky", "road"]}')
+    with pytest.raises(InputError, match=r"mapping\.json: 'mapping' must list a class id \(0\.\.1, or -1\)"):
+        ClassMapping.load(tmp_path / "mapping.json")
+    with pytest.raises(
+        InputError, match=r"expected an HxWx3 uint8 RGB image .*got a float32 array of shape \(4, 4, 3\)"
+    ):
+        check_image(np.zeros((4, 4, 3), np.float32))
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["datasets"]["photos"] = {
+        "adapter": "folder",
+        "data_root": str(tmp_path),
+        "train_split": "all",
+        "eval_split": "all",
+        "train_view": {"mode": "resize", "size": [64, 64]},
+        "protocols": {"native": {"mode": "resize", "size": [64, 64]}},
+    }
+    config["tables"]["photos"] = {"t": {"backbones": ["lite0"]}}
+    with pytest.raises(InputError, match=r"tables\.photos\.t: dataset photos is a folder of images without label_dir"):
+        table_config(config, "photos", "t")

@@ -207,3 +207,22 @@ def test_a_directory_that_is_not_a_cache_is_never_removed(tmp_path):
     with pytest.raises(InputError, match="exists and is not a feature cache; not removing it"):
         extract_split(ds, backbone, tmp_path / "train.zarr", view)
     assert (shard / "notes.txt").read_text() == "mine"
+
+
+def test_corrupt_or_missing_chunks_are_detected_naming_cache_and_item(tmp_path):
+    """Flipped bytes in a chunk would decode to other finite features and a deleted chunk reads
+    back as zeros: the checksum of every chunk and a completeness check on opening catch both."""
+    ds, backbone, view = _tiny_split(tmp_path)
+    out = tmp_path / "train.zarr"
+    extract_split(ds, backbone, out, view)
+    chunk = next(p for p in (out / "shard-0-of-1" / "high" / "c" / "1").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    cache = FeatureCache(out)
+    cache.read([0, 2])  # other items are fine
+    with pytest.raises(InputError, match=r"train\.zarr: high of item\(s\) 1 fail their checksum"):
+        cache.read([0, 1])
+    chunk.unlink()
+    with pytest.raises(InputError, match=r"shard-0-of-1/high: 1 of 3 items are missing \(deleted chunks\)"):
+        FeatureCache(out)

@@ -97,3 +97,27 @@ def test_two_files_with_one_id_are_refused_and_symlinked_files_are_not(tmp_path)
     (folder / "z.png").symlink_to(elsewhere / "z.png")
     ds = load_dataset({"name": "mine", "adapter": "folder", "data_root": str(folder)}, "all")
     assert [s.id for s in ds.samples] == ["x", "y", "z"]
+
+
+def test_images_and_labels_are_read_as_displayed(tmp_path):
+    """A phone photo stored sideways with an EXIF orientation (6: rotate 90 degrees clockwise) is
+    read upright, everywhere images are read, and its label with it."""
+    from PIL import ImageOps
+
+    from pipeline.datasets import read_label, read_rgb
+
+    stored = np.zeros((4, 8, 3), np.uint8)
+    stored[0, :, 0] = 255  # the stored top row is red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    label = np.zeros((4, 8), np.uint8)
+    label[0] = 3
+    Image.fromarray(label).save(tmp_path / "photo_label.png", exif=exif)
+    upright = read_rgb(tmp_path / "photo.png")
+    assert upright.shape == (8, 4, 3) and (upright[:, -1, 0] == 255).all()  # top row -> right column
+    np.testing.assert_array_equal(upright, np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "photo.png"))))
+    assert (
+        read_label(tmp_path / "photo_label.png").shape == (8, 4)
+        and (read_label(tmp_path / "photo_label.png")[:, -1] == 3).all()
+    )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
 
@@ -138,10 +138,12 @@ def _lexical(path: Path | str) -> Path:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 uint8, or a clear error naming the file. 16-bit greyscale images are scaled to 8 bits
-    (PIL's RGB conversion would clip them to white)."""
+    """HxWx3 uint8 as every viewer shows the image (its EXIF orientation applied: phone photos
+    are stored sideways), or a clear error naming the file. 16-bit greyscale images are scaled to
+    8 bits (PIL's RGB conversion would clip them to white)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as stored:
+            im = ImageOps.exif_transpose(stored)
             if im.mode.startswith("I;16") or im.mode == "I":
                 wide = np.asarray(im).astype(np.float64)
                 depth = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
@@ -155,9 +157,10 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
+    """Class ids as displayed (EXIF orientation applied, as for the image it labels)."""
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
+        with Image.open(path) as stored:
+            arr = np.asarray(ImageOps.exif_transpose(stored))
     except FileNotFoundError:
         raise InputError(f"{path}: label file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
