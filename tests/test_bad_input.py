@@ -521,3 +521,15 @@ def test_inputs_are_checked_at_the_door(tmp_path):
     config["tables"]["photos"] = {"t": {"backbones": ["lite0"]}}
     with pytest.raises(InputError, match=r"tables\.photos\.t: dataset photos is a folder of images without label_dir"):
         table_config(config, "photos", "t")
+
+
+def test_folders_given_to_segment_name_the_files_they_skip(tmp_path, caplog):
+    import logging
+
+    from pipeline.cli import expand_inputs
+
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    with caplog.at_level(logging.INFO, logger="nes"):
+        assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.png"]
+    assert "skipped 1 file(s) that are not images: notes.txt" in caplog.text
