@@ -22,6 +22,10 @@ envvars:
 include: "workflow/rules/common.smk"
 
 
+onstart:
+    hold_results_lock()
+
+
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
     backbone=r"[A-Za-z0-9_]+",

@@ -1,5 +1,6 @@
 """Each bad input stops with one clear message naming the file or key; nothing cached is lost."""
 
+import json
 import os
 import re
 import shutil
@@ -533,3 +534,24 @@ def test_folders_given_to_segment_name_the_files_they_skip(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="nes"):
         assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.png"]
     assert "skipped 1 file(s) that are not images: notes.txt" in caplog.text
+
+
+def test_a_second_workflow_on_one_results_folder_is_refused_before_any_job(tmp_path, camvid_root):
+    """Snakemake locks per working directory; two runs from two folders on one `results:` would
+    rerun (and on failure delete) each other's outputs. A real run takes results/.workflow.lock
+    before its first job; dry runs do not."""
+    from filelock import FileLock
+
+    results = tmp_path / "results"
+    results.mkdir()
+    config = tmp_path / "config.yaml"
+    camvid = {"data_root": str(camvid_root)}
+    config.write_text(json.dumps({"results": str(results), "datasets": {"camvid": camvid}}))  # JSON is YAML
+    target = str(results / "camvid" / "features" / "lite0" / "native" / "val.json")
+    command = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", str(config)]
+    with FileLock(results / ".workflow.lock"):
+        dry = subprocess.run([*command, "-n"], capture_output=True, text=True, cwd=REPO)
+        real = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert real.returncode != 0 and "another snakemake run is writing this results folder" in real.stderr
+    assert not (results / "camvid" / "features").exists()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from pipeline.formats import write_text
+from snakemake.exceptions import WorkflowError
 from pipeline.plan import (
     alignment_spec,
     all_eigen,
@@ -33,6 +34,30 @@ os.environ["PATH"] = (
 )
 
 RESULTS = config["results"]
+
+
+RESULTS_LOCK = []
+
+
+def hold_results_lock():
+    """One running workflow per results folder: a second one (from another working directory,
+    which Snakemake's own lock does not see) would rerun, and on failure delete, the first one's
+    outputs. Called by `onstart` (a real run's main process, before any job; not dry runs, not
+    cluster jobs) and held until the process exits."""
+    from filelock import FileLock, Timeout
+
+    Path(RESULTS).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(Path(RESULTS) / ".workflow.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise WorkflowError(
+            f"{RESULTS}: another snakemake run is writing this results folder (lock {lock.lock_file}); "
+            "wait for it to finish, or give this run its own `results:`"
+        ) from None
+    RESULTS_LOCK.append(lock)
+
+
 RUNS = all_runs(config)
 TABLES = all_tables(config)
 EIGEN = all_eigen(config)
