@@ -138,6 +138,12 @@ def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: s
 NUMBER = (int, float)
 
 
+def _precision(value: str, where: str) -> str:
+    if value not in ("float32", "bfloat16"):
+        raise InputError(f"{where}.precision: expected float32 or bfloat16, got {value!r}")
+    return value
+
+
 def _pairs(data: dict[str, Any], key: str, where: str) -> tuple[tuple[int, float], ...]:
     """[[k, weight], ...] as tuples, numbers as given (2 stays 2: the JSON form must not change)."""
     pairs = _get(data, key, (list, tuple), where)
@@ -171,11 +177,13 @@ class TrainSettings:
     graph: str = "batch"
     monitor: int = 0
     image_centred: bool = False
+    precision: str = "float32"  # psi's forward in training: float32, or bfloat16 autocast (the objective stays float32)
     # keys the config left out (graph, monitor) stay out of the JSON form
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("graph", "monitor")  # absent in some configs: written only when given
-    BEYOND_PAPER: ClassVar[dict[str, Any]] = {"image_centred": False}  # written only when off this value
+    # written only when off this value
+    BEYOND_PAPER: ClassVar[dict[str, Any]] = {"image_centred": False, "precision": "float32"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train") -> TrainSettings:
@@ -204,6 +212,7 @@ class TrainSettings:
             graph=graph,
             monitor=_get(data, "monitor", int, where, 0) or 0,
             image_centred=_get(data, "image_centred", bool, where, False),
+            precision=_precision(_get(data, "precision", str, where, "float32"), where),
             given=frozenset(k for k in cls.OPTIONAL if k in data),
         )
 

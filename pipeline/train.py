@@ -143,7 +143,9 @@ def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.d
             lr = cosine(step, total, cfg.lr, cfg.lr_min)
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+                logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
+            logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
             outputs = training_output(logits, tau)
             if cfg.image_centred:
                 outputs = centre_per_image(outputs, h * w)

@@ -20,6 +20,7 @@ from pipeline.plan import (
     table_metrics,
     table_runs,
 )
+from pipeline.spec import TrainSettings
 from pipeline.tables import build_runs, to_markdown, write_table
 
 
@@ -77,6 +78,7 @@ OTHER_VALUES = {
     "graph": "dataset",
     "monitor": 0,
     "image_centred": True,
+    "precision": "bfloat16",
 }
 
 
@@ -101,7 +103,9 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
         default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
     )
     for key in sweepable:
-        specs = _sweep(config, key, [config["train"].get(key, False), OTHER_VALUES[key]], methods)
+        specs = _sweep(
+            config, key, [config["train"].get(key, TrainSettings.BEYOND_PAPER.get(key)), OTHER_VALUES[key]], methods
+        )
         for method in methods:
             runs = [s for s in specs if s.method == method]
             depends = key in DEPENDS_ON.get(method, {key})
