@@ -160,7 +160,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from .fit import fit_run
     from .spec import RunSpec
 
-    fit_run(RunSpec.from_dict(json_option(args.spec, "--spec"), "--spec"), Path(args.run_dir))
+    fit_run(RunSpec.from_dict(json_option(args.spec, "--spec"), "--spec"), Path(args.run_dir), args.resident)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -520,6 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(sub, "fit", "fit a run (nes, kmeans, nes_star, spectral) from its cache")
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")
     s.add_argument("--run-dir", required=True, help="where model.pt, config.yaml and the training log go")
+    s.add_argument(
+        "--resident",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("NES_RESIDENT", "auto"),
+        help="hold the training cache in (device) memory: auto when it takes at most half of what is free "
+        "(default; $NES_RESIDENT); results are the same either way",
+    )
     s.set_defaults(func=cmd_fit)
 
     s = command(sub, "evaluate", "score a run on a labelled split; prints one JSON object")

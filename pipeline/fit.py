@@ -51,7 +51,7 @@ def sample_tokens(
     return points
 
 
-def fit_run(spec: RunSpec, run_dir: Path) -> RunModel:
+def fit_run(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
     """Fit a run into `run_dir`, holding its lock: a second fit of the same folder is refused
     at once, and so is a folder this project did not make (or one of another run)."""
     run_dir = Path(run_dir)
@@ -64,7 +64,7 @@ def fit_run(spec: RunSpec, run_dir: Path) -> RunModel:
             f"{run_dir}: another fit is writing this run folder (lock {lock.lock_file}); wait for it or stop it"
         ) from None
     try:
-        return _fit_locked(spec, run_dir)
+        return _fit_locked(spec, run_dir, resident)
     finally:
         lock.release()
 
@@ -93,10 +93,10 @@ def claim_run_dir(run_dir: Path, spec: RunSpec) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _fit_locked(spec: RunSpec, run_dir: Path) -> RunModel:
+def _fit_locked(spec: RunSpec, run_dir: Path, resident: str) -> RunModel:
     write_text(run_dir / "config.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     with measured() as stats:
-        model = _fit(spec, run_dir)
+        model = _fit(spec, run_dir, resident)
     model.fit = {"train": stats, **upstream_costs(spec)}
     if "eigsh" in model.fit:  # a spectral run's training: eigendecomposition (+ Nystrom extension), then K-means
         eig = model.fit.pop("eigsh")
@@ -128,7 +128,7 @@ def upstream_costs(spec: RunSpec) -> dict[str, Any]:
     return out
 
 
-def _fit(spec: RunSpec, run_dir: Path) -> RunModel:
+def _fit(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
     method = spec.method
     if method.traits.eigen:
         from .reference import fit_spectral
@@ -136,7 +136,7 @@ def _fit(spec: RunSpec, run_dir: Path) -> RunModel:
         return fit_spectral(spec)
     cache = cache_for(spec.features)
     if method.traits.learns_psi:
-        return train_psi(cache, spec, run_dir, resolve_device(spec.device))
+        return train_psi(cache, spec, run_dir, resolve_device(spec.device), resident)
     if spec.kmeans is None:
         raise InputError(f"{spec.run}: a {method} run needs kmeans settings")
     km, k = spec.kmeans, spec.K

@@ -18,12 +18,12 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .batches import batches
 from .cache import FeatureCache, cache_for
 from .eigenfunctions import centre_per_image, neuralef_objective, training_output
 from .errors import InputError
@@ -66,8 +66,11 @@ def epoch_schedule(
     return schedule
 
 
-def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.device) -> RunModel:
-    """Train psi; writes the log and curves to `out_dir` (the caller saves the model)."""
+def train_psi(
+    cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.device, resident: str = "auto"
+) -> RunModel:
+    """Train psi; writes the log and curves to `out_dir` (the caller saves the model).
+    `resident`: where batches come from (batches.py; never changes a result)."""
     cfg = spec.psi
     generator = seed_everything(spec.seed)
     psi = build_psi(cache.dim("input"), cfg).to(device)
@@ -112,69 +115,59 @@ def train_psi(cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.d
     started = time.time() - (rows[-1]["seconds"] if rows else 0.0)
     saved_at = time.time()
     bar = progress(total=total, initial=first, desc=f"train {spec.run}", unit="step")
-    # the next batch is read and decompressed in a thread while this one trains
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(cache.read, schedule[first][1]) if first < total else None
-        for step, (epoch, items) in enumerate(schedule):
-            if step < first:
-                continue
-            assert pending is not None  # submitted before the loop or by the previous step
-            arrays = pending.result()
-            if step + 1 < total:
-                pending = reader.submit(cache.read, schedule[step + 1][1])
-            data = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
-            bsz, h, w, _ = data["high"].shape
-            if dataset_graph is None:
-                kernel = build_kernel(
-                    data["high"].reshape(bsz, h * w, -1),
-                    data["pixels"].reshape(bsz, h * w, 5),
-                    k=cfg.knn_k,
-                    alpha=cfg.alpha,
-                    pixel_knn=cfg.pixel_knn,
-                )
-            else:
-                pixel = (
-                    block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn))
-                    if cfg.alpha
-                    else None
-                )
-                kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha)
-            tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
-            lr = cosine(step, total, cfg.lr, cfg.lr_min)
-            for group in optimiser.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
-                logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
-            logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
-            outputs = training_output(logits, tau)
-            if cfg.image_centred:
-                outputs = centre_per_image(outputs, h * w)
-            objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t)
-            optimiser.zero_grad(set_to_none=True)
-            objective.loss.backward()
-            optimiser.step()
-            monitor(step, psi, logits, kernel)
-            rows.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": objective.loss.item(),
-                    "trace": objective.trace.item(),
-                    "penalty": objective.penalty.item(),
-                    "tau": tau,
-                    "lr": lr,
-                    "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
-                    "usage": cluster_usage(logits.detach()),
-                    "seconds": time.time() - started,
-                }
+    # streamed from the cache one batch ahead, or gathered from the cache held in memory
+    source = batches(cache, [items for _, items in schedule[first:]], device, resident)
+    for step, (epoch, items), data in zip(range(first, total), schedule[first:], source):
+        bsz, h, w, _ = data["high"].shape
+        if dataset_graph is None:
+            kernel = build_kernel(
+                data["high"].reshape(bsz, h * w, -1),
+                data["pixels"].reshape(bsz, h * w, 5),
+                k=cfg.knn_k,
+                alpha=cfg.alpha,
+                pixel_knn=cfg.pixel_knn,
             )
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
-            bar.update()
-            epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
-            if epoch_ends or time.time() - saved_at > CHECKPOINT_SECONDS:
-                save_checkpoint(out_dir / CHECKPOINT, fingerprint, step, psi, optimiser, rows, monitor)
-                write_log(rows, out_dir / "train_log.csv")
-                saved_at = time.time()
+        else:
+            pixel = (
+                block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
+            )
+            kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha)
+        tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
+        lr = cosine(step, total, cfg.lr, cfg.lr_min)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+            logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
+        logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
+        outputs = training_output(logits, tau)
+        if cfg.image_centred:
+            outputs = centre_per_image(outputs, h * w)
+        objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t)
+        optimiser.zero_grad(set_to_none=True)
+        objective.loss.backward()
+        optimiser.step()
+        monitor(step, psi, logits, kernel)
+        rows.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "loss": objective.loss.item(),
+                "trace": objective.trace.item(),
+                "penalty": objective.penalty.item(),
+                "tau": tau,
+                "lr": lr,
+                "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
+                "usage": cluster_usage(logits.detach()),
+                "seconds": time.time() - started,
+            }
+        )
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
+        bar.update()
+        epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
+        if epoch_ends or time.time() - saved_at > CHECKPOINT_SECONDS:
+            save_checkpoint(out_dir / CHECKPOINT, fingerprint, step, psi, optimiser, rows, monitor)
+            write_log(rows, out_dir / "train_log.csv")
+            saved_at = time.time()
     bar.close()
     if not np.isfinite(rows[-1]["loss"]):
         raise FloatingPointError(f"training diverged: final loss {rows[-1]['loss']}")
