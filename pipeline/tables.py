@@ -48,19 +48,7 @@ RUN_COLUMNS = [
     "run",
 ]
 # `settings`: every other setting a run has off the defaults (`epochs=10 knn_k=64`; "" for default runs)
-SETTING = [
-    "dataset",
-    "protocol",
-    "train_dataset",
-    "backbone",
-    "method",
-    "K",
-    "alpha",
-    "beta",
-    "graph",
-    "settings",
-    "crf",
-]
+SETTING = [c for c in RUN_COLUMNS if c not in ("seed", "split", *SCORES, *ALIGNMENT, *COSTS, "run")]
 METHOD_NAMES = {str(method): method.traits.label for method in Method}
 
 

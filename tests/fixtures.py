@@ -16,6 +16,7 @@ import timm
 import torch
 from PIL import Image
 
+from pipeline.backbones import Backbone, BackboneSpec
 from pipeline.spec import Method, RunSpec, TrainSettings
 
 TINY_TRAIN = {
@@ -153,3 +154,10 @@ def write_tiny_vit(path: Path, model: str = "vit_small_patch16_384", seed: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def tiny_vit_backbone(path: Path) -> Backbone:
+    """The pipeline's Backbone over a tiny random ViT-S/16 layout, written to `path` if missing."""
+    weights = path if Path(path).is_file() else write_tiny_vit(path)
+    spec = BackboneSpec(model="vit_small_patch16_384", kind="vit", stride=16, model_args=TINY_VIT_ARGS)
+    return Backbone(dataclasses.replace(spec, weights=str(weights)))

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from fixtures import (
-    TINY_VIT_ARGS,
     run_spec,
+    tiny_vit_backbone,
     train_settings,
     write_ade20k,
     write_cityscapes,
@@ -16,7 +16,6 @@ from fixtures import (
     write_pascal,
     write_tiny_vit,
 )
-from pipeline.backbones import Backbone, BackboneSpec
 from pipeline.datasets import load_dataset
 from pipeline.errors import InputError
 from pipeline.evaluate import image_logits
@@ -117,9 +116,7 @@ def test_sliding_windows_are_placed_as_mmsegmentation():
 @pytest.fixture(scope="module")
 def tiny_vit_model(tmp_path_factory):
     path = write_tiny_vit(tmp_path_factory.mktemp("w") / "tiny.pth")
-    backbone = Backbone(
-        BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16, model_args=TINY_VIT_ARGS)
-    )
+    backbone = tiny_vit_backbone(path)
     torch.manual_seed(0)
     train = train_settings(K=6, depth=1)
     model = RunModel(

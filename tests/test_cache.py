@@ -83,21 +83,12 @@ def test_pixel_colours_undo_any_normalisation():
 def test_sharded_extraction_equals_one_job(tmp_path):
     """Shards (one job each) read back as one cache identical to a single-job extraction,
     augmented views included; a changed shard count drops the stale shards."""
-    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
-    from pipeline.backbones import Backbone, BackboneSpec
+    from fixtures import tiny_vit_backbone, write_pascal
     from pipeline.datasets import load_dataset
 
     root = write_pascal(tmp_path / "pascal", n_train=5)
     ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "train")
-    backbone = Backbone(
-        BackboneSpec(
-            model="vit_small_patch16_384",
-            kind="vit",
-            stride=16,
-            model_args=TINY_VIT_ARGS,
-            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
-        )
-    )
+    backbone = tiny_vit_backbone(tmp_path / "vit.pth")
     view = View.from_config({"mode": "centre_crop", "short_side": 72, "crop": 64})
     extract_split(ds, backbone, tmp_path / "one.zarr", view, views=2, batch_size=3, seed=1)
     for shard in range(3):
@@ -130,21 +121,12 @@ def test_sharded_extraction_equals_one_job(tmp_path):
 
 
 def _tiny_split(tmp_path):
-    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
-    from pipeline.backbones import Backbone, BackboneSpec
+    from fixtures import tiny_vit_backbone, write_pascal
     from pipeline.datasets import load_dataset
 
     root = write_pascal(tmp_path / "pascal", n_train=3)
     ds = load_dataset({"name": "pascal", "adapter": "pascal", "data_root": str(root)}, "train")
-    backbone = Backbone(
-        BackboneSpec(
-            model="vit_small_patch16_384",
-            kind="vit",
-            stride=16,
-            model_args=TINY_VIT_ARGS,
-            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
-        )
-    )
+    backbone = tiny_vit_backbone(tmp_path / "vit.pth")
     return ds, backbone, View.from_config({"mode": "centre_crop", "short_side": 72, "crop": 64})
 
 

@@ -97,8 +97,7 @@ def test_neighbour_batches_fill_the_kernel_random_batches_do_not(graph):
 
 
 def test_training_on_the_dataset_graph(tmp_path):
-    from fixtures import TINY_VIT_ARGS, run_spec, write_pascal, write_tiny_vit
-    from pipeline.backbones import Backbone, BackboneSpec
+    from fixtures import run_spec, tiny_vit_backbone, write_pascal
     from pipeline.cache import FeatureCache
     from pipeline.datasets import load_dataset
     from pipeline.features import extract_split
@@ -108,15 +107,7 @@ def test_training_on_the_dataset_graph(tmp_path):
     ds = load_dataset(
         {"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "p", n_train=6))}, "train"
     )
-    backbone = Backbone(
-        BackboneSpec(
-            model="vit_small_patch16_384",
-            kind="vit",
-            stride=16,
-            model_args=TINY_VIT_ARGS,
-            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
-        )
-    )
+    backbone = tiny_vit_backbone(tmp_path / "vit.pth")
     extract_split(ds, backbone, tmp_path / "train.zarr", View("resize", (64, 64)), views=2)
     cache = FeatureCache(tmp_path / "train.zarr")
     high = cache.read(np.arange(len(cache)), ("high",))["high"]

@@ -58,14 +58,11 @@ def test_device_auto_picks_cuda():
 
 
 def test_bf16_backbone_is_finite_and_close_to_fp32(tmp_path):
-    from fixtures import TINY_VIT_ARGS, write_tiny_vit
-    from pipeline.backbones import Backbone, BackboneSpec
+    from fixtures import tiny_vit_backbone, write_tiny_vit
     from pipeline.features import encode_crops
 
     path = write_tiny_vit(tmp_path / "vit.pth")
-    backbone = Backbone(
-        BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16, model_args=TINY_VIT_ARGS)
-    )
+    backbone = tiny_vit_backbone(path)
     crops = list(torch.randint(0, 255, (2, 3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
     cpu = encode_crops(backbone, crops, torch.device("cpu"))
     gpu = encode_crops(backbone, crops, CUDA)  # bf16 autocast on CUDA
@@ -76,16 +73,13 @@ def test_bf16_backbone_is_finite_and_close_to_fp32(tmp_path):
 
 
 def test_sliding_window_evaluation_on_cuda_equals_cpu(tmp_path):
-    from fixtures import TINY_VIT_ARGS, run_spec, train_settings, write_tiny_vit
-    from pipeline.backbones import Backbone, BackboneSpec
+    from fixtures import run_spec, tiny_vit_backbone, train_settings, write_tiny_vit
     from pipeline.evaluate import sliding_logits
     from pipeline.models import RunModel, build_psi
     from pipeline.views import View
 
     path = write_tiny_vit(tmp_path / "vit.pth")
-    backbone = Backbone(
-        BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(path), stride=16, model_args=TINY_VIT_ARGS)
-    )
+    backbone = tiny_vit_backbone(path)
     torch.manual_seed(0)
     train = train_settings(K=6, depth=1)
     psi = build_psi(backbone.input_dim, train).eval()

@@ -186,8 +186,7 @@ def test_graph_command_on_a_cached_split(tmp_path):
 
     import zarr
 
-    from fixtures import TINY_VIT_ARGS, write_pascal, write_tiny_vit
-    from pipeline.backbones import Backbone, BackboneSpec
+    from fixtures import tiny_vit_backbone, write_pascal
     from pipeline.datasets import load_dataset
     from pipeline.features import extract_split
     from pipeline.views import View
@@ -195,15 +194,7 @@ def test_graph_command_on_a_cached_split(tmp_path):
     ds = load_dataset(
         {"name": "pascal", "adapter": "pascal", "data_root": str(write_pascal(tmp_path / "pascal"))}, "val"
     )
-    backbone = Backbone(
-        BackboneSpec(
-            model="vit_small_patch16_384",
-            kind="vit",
-            stride=16,
-            model_args=TINY_VIT_ARGS,
-            weights=str(write_tiny_vit(tmp_path / "vit.pth")),
-        )
-    )
+    backbone = tiny_vit_backbone(tmp_path / "vit.pth")
     extract_split(ds, backbone, tmp_path / "features" / "val.zarr", View("resize", (48, 64)))
     (tmp_path / "features" / "val.json").write_text("{}")
     out = tmp_path / "graphs" / "val.json"
