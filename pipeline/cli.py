@@ -365,7 +365,12 @@ def cmd_segment(args: argparse.Namespace) -> None:
             log.error("skipped: %s", exc)
             failed.append(str(path))
             continue
-        labels, maps = seg.labels(image, args.eigenfunctions)
+        try:
+            labels, maps = seg.labels(image, args.eigenfunctions)
+        except InputError as exc:
+            log.error("skipped %s: %s", path, exc)
+            failed.append(str(path))
+            continue
         files = planned[path]
         save_labels(labels, files["labels"])
         present = [i for i in np.unique(labels) if i != UNMATCHED]

@@ -174,6 +174,11 @@ def resample_rows(logits: torch.Tensor, out_hw: tuple[int, int], reduce, max_ele
     return torch.cat(bands, dim=-2)
 
 
+def max_canvas_values() -> int:
+    """Logit values a sliding-window canvas may hold (default 2^30: 4 GiB in float32)."""
+    return int(os.environ.get("NES_MAX_CANVAS_VALUES", 2**30))
+
+
 def sliding_logits(
     model: RunModel,
     backbone: Backbone,
@@ -184,9 +189,19 @@ def sliding_logits(
     resize: bool = True,
 ) -> torch.Tensor:
     """Protocol B: short side resized, windows of the crop size at the view's stride, logits of
-    overlapping windows averaged, then (with `resize`) resized to the original image size."""
-    resized = view.resize(image)
-    height, width = resized.shape[1:]
+    overlapping windows averaged, then (with `resize`) resized to the original image size.
+    The averaged logits live at the resized image's size, which extreme aspect ratios blow up
+    (10 x 10000 at short side 512: 512 x 512000): above `max_canvas_values()` the image is
+    refused, naming its sizes, before anything is allocated."""
+    height, width = view.resized_shape(*image.shape[:2])
+    needed = model.num_clusters * height * width
+    if needed > max_canvas_values():
+        raise InputError(
+            f"a {image.shape[0]}x{image.shape[1]} image under this sliding view is averaged on a {height}x{width} "
+            f"canvas of {model.num_clusters} logits: {needed * 4 / 2**30:.1f} GiB, over the bound of "
+            f"{max_canvas_values() * 4 / 2**30:.1f} GiB ($NES_MAX_CANVAS_VALUES); crop the image or use a resize view"
+        )
+    resized = view.resize(image, (height, width))
     windows = view.windows(height, width)
     canvas = torch.zeros(model.num_clusters, height, width, device=device)
     count = torch.zeros(1, height, width, device=device)

@@ -555,3 +555,29 @@ def test_a_second_workflow_on_one_results_folder_is_refused_before_any_job(tmp_p
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert real.returncode != 0 and "another snakemake run is writing this results folder" in real.stderr
     assert not (results / "camvid" / "features").exists()
+
+
+def test_sliding_windows_refuse_a_canvas_beyond_the_memory_bound(tmp_path, monkeypatch):
+    """An extreme aspect ratio blows up the resized canvas (4 x 400 at short side 96: 96 x 9600):
+    above the bound it is refused with its sizes before anything is allocated; ordinary images
+    are unaffected."""
+    import numpy as np
+    import torch
+
+    from fixtures import run_spec, tiny_vit_backbone, train_settings
+    from pipeline.evaluate import sliding_logits
+    from pipeline.models import RunModel, build_psi
+    from pipeline.views import View
+
+    backbone = tiny_vit_backbone(tmp_path / "vit.pth")
+    train = train_settings(K=6, depth=1)
+    model = RunModel(
+        run_spec("nes", train=train), build_psi(backbone.input_dim, train).eval(), input_dim=backbone.input_dim
+    )
+    view = View.from_config({"mode": "sliding", "short_side": 96, "crop": 64, "stride": 32})
+    monkeypatch.setenv("NES_MAX_CANVAS_VALUES", str(10**6))
+    wide = np.zeros((4, 400, 3), np.uint8)
+    with pytest.raises(InputError, match=r"a 4x400 image .* on a 96x9600 canvas of 6 logits"):
+        sliding_logits(model, backbone, wide, view, torch.device("cpu"))
+    ordinary = np.zeros((48, 64, 3), np.uint8)
+    assert sliding_logits(model, backbone, ordinary, view, torch.device("cpu")).shape == (6, 48, 64)
