@@ -84,16 +84,20 @@ class RunModel(nn.Module):
     def num_clusters(self) -> int:
         return int(self.centres.shape[0]) if self.method is not Method.NES else self.spec.K
 
-    @torch.no_grad()
-    def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
-        b, h, w, _ = high.shape
+    def check_labels_new_images(self) -> None:
+        """Runs whose labels come from a stored embedding of one split cannot label other images."""
         if self.item_lookup:
             raise InputError(
                 f"{self.spec.run}: a {self.method} run labels only the tokens of the split its embedding "
                 f"covers ({self.lookup_features}; transductive eigenvectors of that split, or their Nystrom "
                 "extension to it); it cannot segment other images"
             )
+
+    @torch.no_grad()
+    def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
+        b, h, w, _ = high.shape
+        self.check_labels_new_images()
         if self.psi is None:  # kmeans, kmeans_transductive
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:

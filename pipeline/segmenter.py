@@ -117,6 +117,7 @@ class Segmenter:
         max_elements: int = 2**27,
         weights_dir: str | Path | None = None,
     ):
+        model.check_labels_new_images()
         self.max_elements = max_elements  # resized logit values held at once (2^27 floats = 512 MB)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device)
