@@ -23,13 +23,12 @@ import yaml
 
 from pipeline.cache import FeatureCache
 from pipeline.eigenfunctions import neuralef_objective, training_output
-from pipeline.graph.batch import build_kernel
 from pipeline.models import build_psi
 from pipeline.monitor import KernelReference
 from pipeline.plan import check_files
 from pipeline.runtime import seed_everything
 from pipeline.spec import TrainSettings
-from pipeline.train import cosine
+from pipeline.train import batch_kernel, cosine
 
 
 def main() -> None:
@@ -56,13 +55,7 @@ def main() -> None:
     items = np.sort(torch.randperm(len(cache), generator=generator)[:b].numpy())
     data = {k: torch.from_numpy(v) for k, v in cache.read(items).items()}
     _, h, w, _ = data["high"].shape
-    kernel = build_kernel(
-        data["high"].reshape(b, h * w, -1),
-        data["pixels"].reshape(b, h * w, 5),
-        k=cfg.knn_k,
-        alpha=cfg.alpha,
-        pixel_knn=cfg.pixel_knn,
-    )
+    kernel = batch_kernel(data, cfg)
     k = cfg.K
     reference = KernelReference.of(kernel, k, args.seed)
     print(

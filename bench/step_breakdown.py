@@ -18,10 +18,10 @@ import torch
 
 from pipeline.cache import cache_for
 from pipeline.eigenfunctions import neuralef_objective, training_output
-from pipeline.graph.batch import build_kernel
 from pipeline.models import build_psi
 from pipeline.plan import check_files
 from pipeline.spec import TrainSettings
+from pipeline.train import batch_kernel
 
 PHASES = ("read", "kernel", "knn search", "psi forward", "backward", "optimiser")
 
@@ -47,9 +47,7 @@ def run(cache, cfg: TrainSettings, steps: int, bf16: bool, seed: int = 0) -> dic
         b, h, w, _ = data["high"].shape
         high = data["high"].reshape(b, h * w, -1)
         started = time.perf_counter()
-        kernel = build_kernel(
-            high, data["pixels"].reshape(b, h * w, 5), k=cfg.knn_k, alpha=cfg.alpha, pixel_knn=cfg.pixel_knn
-        )
+        kernel = batch_kernel(data, cfg)
         times["kernel"] = time.perf_counter() - started
         started = time.perf_counter()
         similarity_topk(torch.nn.functional.normalize(high.reshape(b * h * w, -1), dim=1), cfg.knn_k, bf16)

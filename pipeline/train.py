@@ -33,7 +33,7 @@ from .graph.spectral import perplexity
 from .models import RunModel, build_psi
 from .monitor import CaptureMonitor
 from .runtime import progress, seed_everything
-from .spec import RunSpec
+from .spec import RunSpec, TrainSettings
 
 log = logging.getLogger(__name__)
 # same_image: share of the batch's feature-graph weight inside single images (dataset-wide graph
@@ -120,13 +120,7 @@ def train_psi(
     for step, (epoch, items), data in zip(range(first, total), schedule[first:], source):
         bsz, h, w, _ = data["high"].shape
         if dataset_graph is None:
-            kernel = build_kernel(
-                data["high"].reshape(bsz, h * w, -1),
-                data["pixels"].reshape(bsz, h * w, 5),
-                k=cfg.knn_k,
-                alpha=cfg.alpha,
-                pixel_knn=cfg.pixel_knn,
-            )
+            kernel = batch_kernel(data, cfg)
         else:
             pixel = (
                 block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
@@ -250,14 +244,15 @@ def heldout_kernel(spec: RunSpec, device: torch.device) -> tuple[torch.Tensor, B
     items = np.unique(np.linspace(0, len(cache) - 1, min(cfg.batch_size, len(cache))).round().astype(int))
     data = {k: torch.from_numpy(v).to(device) for k, v in cache.read(items).items()}
     b, h, w, _ = data["high"].shape
-    kernel = build_kernel(
-        data["high"].reshape(b, h * w, -1),
-        data["pixels"].reshape(b, h * w, 5),
-        k=cfg.knn_k,
-        alpha=cfg.alpha,
-        pixel_knn=cfg.pixel_knn,
-    )
-    return data["input"].reshape(b, h * w, -1), kernel
+    return data["input"].reshape(b, h * w, -1), batch_kernel(data, cfg)
+
+
+def batch_kernel(data: dict[str, torch.Tensor], cfg: TrainSettings) -> BatchKernel:
+    """G of one batch of (B, h, w, C) cache arrays (method.md section 2): the cosine k-NN graph of
+    its kernel features plus alpha times each image's pixel graph."""
+    b, h, w, _ = data["high"].shape
+    high, pixels = data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5)
+    return build_kernel(high, pixels, k=cfg.knn_k, alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
 
 
 def write_log(rows: list[dict], path: Path) -> None:
