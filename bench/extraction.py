@@ -23,6 +23,7 @@ import zarr
 from common import measure
 from pipeline.backbones import Backbone, BackboneSpec
 from pipeline.cache import FeatureCache, compressors
+from pipeline.dataindex import update_index
 from pipeline.datasets import load_dataset
 from pipeline.features import extract_split, normalise_batch
 from pipeline.views import View, resize_image
@@ -67,6 +68,7 @@ def main() -> None:
             extract_split(ds, backbone, tmp / "bench.zarr", View("resize", size), batch_size=args.batch_size)
         cache_mb = sum(f.stat().st_size for f in (tmp / "bench.zarr").rglob("*") if f.is_file()) / 2**20
         checksum_costs(FeatureCache(tmp / "bench.zarr"), tmp, results)
+        data_index_costs(ds, tmp, results)
     finally:
         shutil.rmtree(tmp)
     base = results["bare backbone forward"]["seconds"]
@@ -87,6 +89,18 @@ def main() -> None:
             results[f"zarr {step}, with checksums"]["seconds"] - results[f"zarr {step}, without checksums"]["seconds"]
         )
         print(f"checksums: {step} {extra:+.2f} s, {100 * extra / extraction:+.1f} % of the extraction stage")
+    for state in ("first plan", "later plans"):
+        extra = results[f"data index, {state}"]["seconds"]
+        print(f"data index ({state}): {extra:.3f} s, {100 * extra / extraction:.2f} % of the extraction stage")
+
+
+def data_index_costs(ds, tmp: Path, results: dict) -> None:
+    """What planning adds per split for data tracking: hashing every image once (first plan),
+    then only a stat per file (later plans, hashes cached by size and time)."""
+    with measure(results, "data index, first plan"):
+        update_index(ds, "images", tmp / "index")
+    with measure(results, "data index, later plans"):
+        update_index(ds, "images", tmp / "index")
 
 
 def checksum_costs(cache: FeatureCache, tmp: Path, results: dict) -> None:

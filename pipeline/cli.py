@@ -35,6 +35,7 @@ def json_option(text: str, option: str) -> Any:
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from .backbones import Backbone, BackboneSpec
+    from .dataindex import digests
     from .datasets import load_dataset
     from .features import extract_split
     from .runtime import resolve_device
@@ -57,6 +58,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         extra_attrs={"backbone": spec["backbone_spec"]},
         shard=tuple(args.shard),
         overwrite=args.overwrite,
+        data=digests(args.data) if args.data else None,
     )
     log.info(
         "%s: shard %d of %d complete (%d items)",
@@ -233,6 +235,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays
     )
     full = metrics_record(model, dataset, spec, result)
+    if args.data:
+        from .dataindex import digests
+
+        full["data"] = digests(args.data)
     if args.out:
         write_json(Path(args.out), full)
     if args.report:
@@ -388,6 +394,11 @@ def cmd_segment(args: argparse.Namespace) -> None:
         "labels": "classes" if seg.mapping is not None else "clusters",
     }
     log.info("segmented %d image(s), skipped %d", summary["segmented"], summary["skipped"])
+    if args.data:
+        from .dataindex import digests
+        from .formats import write_json
+
+        write_json(out / "summary.json", {**summary, "data": digests(args.data)})
     print(json.dumps(summary))
     if failed:
         raise SystemExit(1)
@@ -454,6 +465,12 @@ def count(least: int) -> Any:
     return parse
 
 
+DATA_HELP = (
+    "a data index of the split ({split}.images.json / .labels.json, written by the workflow's plan); "
+    "its digest is recorded in the output (repeatable)"
+)
+
+
 def command(sub, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose --help shows its summary and an example."""
     return sub.add_parser(
@@ -487,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace a shard written with other settings (default: refuse, naming what differs)",
     )
+    s.add_argument("--data", action="append", help=DATA_HELP)
     s.set_defaults(func=cmd_extract)
 
     s = command(sub, "gather", "check that a cache's shards are complete and write its manifest")
@@ -564,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=count(1), default=8, help="images per forward pass (default 8)")
     s.add_argument("--weights-dir", help=WEIGHTS_DIR_HELP)
     s.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda or cuda:N")
+    s.add_argument("--data", action="append", help=DATA_HELP)
     s.set_defaults(func=cmd_evaluate)
 
     s = command(sub, "table", "metrics.json files -> table CSV + Markdown")
@@ -614,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--split", default="val", help="the split of --dataset")
     s.add_argument("--weights-dir", help=WEIGHTS_DIR_HELP)
+    s.add_argument("--data", action="append", help=DATA_HELP + "; with it, summary.json is written into --out")
     s.add_argument("images", nargs="*", help="image files, folders of images, or glob patterns (quoted)")
     s.set_defaults(func=cmd_segment)
     return p

@@ -129,13 +129,15 @@ def extract_split(
     extra_attrs: dict[str, Any] | None = None,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
+    data: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write (or resume) shard `shard = (index, count)` of the cache at `out`; returns its manifest.
 
     Items are numbered image * views + view over the whole split and augmentations are seeded by
     (seed, image, view), so any shard count gives the same cache. The shard is locked while it is
     written (a second writer is refused, not interleaved); a cache of other settings is refused
-    unless `overwrite`."""
+    unless `overwrite`. `data` ({part: digest} of the split's data index, see `dataindex`) is
+    recorded in the cache and the manifest: which files the cache was made from."""
     if view.mode == "sliding":
         raise ValueError("sliding-window views are evaluated live, not cached")
     device = device or torch.device("cpu")
@@ -163,6 +165,7 @@ def extract_split(
         "device": device.type,
         "orientation": "exif",  # images read as displayed (datasets.read_rgb); older caches read them as stored
         **(extra_attrs or {}),
+        **({"data": data} if data is not None else {}),
     }
     path = shard_path(out, *shard)
     with shard_lock(path):
@@ -192,6 +195,7 @@ def extract_split(
             "high_dim": backbone.high_dim,
             "input_dim": backbone.input_dim,
             "views": views,
+            **({"data": data} if data is not None else {}),
         }
         writer.mark(manifest)
     return manifest

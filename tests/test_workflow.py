@@ -487,3 +487,87 @@ def test_graph_table_compares_batch_dataset_and_exact_spectral(workflow):
         cwd=REPO,
     )
     assert result.returncode == 2 and "transductive" in result.stderr
+
+
+def test_data_changes_rerun_what_reads_them_and_nothing_else(camvid_root, tmp_path):
+    """A split's content is an input (reliability: data changes): relabelling re-evaluates,
+    replacing or adding an image re-extracts; touching a file, or a plan, reruns nothing."""
+    from pipeline.datasets.camvid import CLASS_NAMES
+
+    data, labels = tmp_path / "data", tmp_path / "labels"
+    for split, n in (("train", 3), ("val", 2)):
+        (data / split).mkdir(parents=True)
+        for path in sorted((camvid_root / split).glob("*.png"))[: n + 1]:
+            (data / split / path.name).write_bytes(path.read_bytes())
+        labels.mkdir(exist_ok=True)
+        for path in sorted((camvid_root / f"{split}annot").glob("*.png"))[: n + 1]:
+            (labels / path.name).write_bytes(path.read_bytes())
+    spare = sorted((data / "train").iterdir())[-1]
+    spare.rename(tmp_path / spare.name)  # added later
+    spare_val = sorted((data / "val").iterdir())[-1]
+    spare_val.rename(tmp_path / "spare_val.png")  # replaces an image later
+    results = tmp_path / "results"
+    cfg = {
+        "results": str(results),
+        "datasets": {
+            "mine": {
+                "adapter": "folder",
+                "data_root": str(data),
+                "label_dir": str(labels),
+                "class_names": CLASS_NAMES,
+                "unknown_labels": "ignore",
+                "train_split": "train",
+                "eval_split": "val",
+                "train_view": {"mode": "resize", "size": [180, 240]},
+                "protocols": {"native": {"mode": "resize", "size": [180, 240]}},
+            }
+        },
+        "train": {"K": 4},
+        "kmeans": {"niter": 5, "max_points": 1000},
+        "evaluate": {"overlays": 1},
+        "tables": {"mine": {"table1": {"backbones": ["lite0"], "methods": ["kmeans"], "seeds": [0]}}},
+    }
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    target = str(results / "mine" / "table1.csv")
+
+    def planned():
+        out = snakemake("-n", target, "--cores", "2", "--configfile", str(config))
+        if "Nothing to be done" in out:
+            return {}
+        return dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M))
+
+    snakemake(target, "--cores", "2", "--configfile", str(config))
+    index = results / "mine" / "data" / "val.labels.json"
+    manifest = results / "mine" / "features" / "lite0" / "native" / "val.zarr" / "shard-0-of-1" / "extracted.json"
+    metrics = results / "mine" / "runs" / "kmeans-lite0-K4-s0" / "mine-native" / "metrics.json"
+    assert set(json.loads(manifest.read_text())["data"]) == {"images"}
+    assert set(json.loads(metrics.read_text())["data"]) == {"images", "labels"}
+    # touched (a copy, a checkout): same content, nothing to do
+    first = sorted((data / "train").iterdir())[0]
+    os.utime(first, (first.stat().st_atime + 100, first.stat().st_mtime + 100))
+    assert planned() == {}
+    # relabelled: re-evaluated, not re-extracted
+    label = labels / sorted((data / "val").iterdir())[0].name
+    arr = np.asarray(Image.open(label)).copy()
+    arr[:40] = 3
+    Image.fromarray(arr).save(label)
+    assert planned() == {"evaluate": "1", "table": "1", "total": "2"}
+    assert json.loads(index.read_text())["files"].keys() == {p.stem for p in (data / "val").iterdir()}
+    # an image replaced: that split re-extracted
+    (tmp_path / "spare_val.png").replace(sorted((data / "val").iterdir())[-1])
+    assert planned() == {"extract_features": "1", "gather_features": "1", "evaluate": "1", "table": "1", "total": "4"}
+    # an image added to the training split: its cache, the clustering and what follows
+    (tmp_path / spare.name).rename(spare)
+    jobs = planned()
+    assert jobs["extract_features"] == "2" and jobs["fit_kmeans"] == "1" and jobs["evaluate"] == "1", jobs
+    snakemake(target, "--cores", "2", "--configfile", str(config))
+    assert planned() == {}
+    # outputs from before data tracking (no `data` record, no recorded index input) are kept as they are
+    for path in (manifest, metrics):
+        record, times = json.loads(path.read_text()), (path.stat().st_atime, path.stat().st_mtime)
+        del record["data"]
+        path.write_text(json.dumps(record))
+        os.utime(path, times)
+    snakemake("--cleanup-metadata", str(manifest), str(metrics), "--configfile", str(config))
+    assert planned() == {}

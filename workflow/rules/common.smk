@@ -113,13 +113,63 @@ def cache_markers(manifest):
     return [f"{stem}.zarr/shard-{i}-of-{n}/extracted.json" for i in range(n)]
 
 
-def dataset_present(w):
-    """No input: checks while the jobs are planned that the split's images are where the config
-    says (the error names the layout expected), so a dry run finds a missing dataset."""
+DATASETS = {}
+DATA_INDEXES = {}
+
+
+def loaded_dataset(dataset, split):
+    """The split as its adapter reads it, once per plan; loading checks that the images are where
+    the config says (the error names the layout expected), so a dry run finds a missing dataset."""
     from pipeline.datasets import load_dataset
 
-    load_dataset(source_spec(config, w.dataset), w.split)
-    return []
+    if (dataset, split) not in DATASETS:
+        DATASETS[(dataset, split)] = load_dataset(source_spec(config, dataset), split)
+    return DATASETS[(dataset, split)]
+
+
+def data_index(dataset, split, parts, outputs):
+    """The split's data index files (pipeline.dataindex) for `parts`, brought up to date while the
+    jobs are planned: an input of every job that reads the data, so an added, removed, replaced or
+    relabelled file reruns it. A job whose JSON output exists from before data tracking gets no
+    index (a new input would rerun all finished work once): rerun it by hand to track it."""
+    from pipeline.dataindex import tracked, update_index
+
+    ds = loaded_dataset(dataset, split)
+    if not tracked(outputs):
+        return []
+    paths = []
+    for part in parts:
+        if (dataset, split, part) not in DATA_INDEXES:
+            DATA_INDEXES[(dataset, split, part)] = str(
+                update_index(ds, part, f"{RESULTS}/{dataset}/data")
+            )
+        paths.append(DATA_INDEXES[(dataset, split, part)])
+    return paths
+
+
+def extraction_data(w):
+    shard = f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr/shard-{w.shard}-of-{w.shards}"
+    return data_index(w.dataset, w.split, ["images"], [f"{shard}/extracted.json"])
+
+
+def evaluation_data(w):
+    dataset = w.evaluation.rsplit("-", 1)[0]
+    metrics = f"{RESULTS}/{w.dataset}/runs/{w.run}/{w.evaluation}/metrics.json"
+    return data_index(dataset, evaluation(w).split, ["images", "labels"], [metrics])
+
+
+def segmentation_data(w):
+    folder = Path(f"{RESULTS}/{w.dataset}/runs/{w.run}/segment")
+    if folder.is_dir() and not (folder / "summary.json").is_file():
+        return []  # segmented before data tracking
+    return data_index(
+        w.dataset, segmentation_for(w)["split"], ["images"], [str(folder / "summary.json")]
+    )
+
+
+def data_option(paths):
+    """The commands' `--data` options for a job's data index inputs (none when untracked)."""
+    return [x for p in paths for x in ("--data", p)]
 
 
 def run_spec(w):

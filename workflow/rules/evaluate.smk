@@ -9,6 +9,7 @@ rule evaluate:
             cache_markers(evaluation(w).features) if evaluation(w).features else []
         ),
         twin=lambda w: [f"{kmeans_twin(w)}/metrics.json"] if kmeans_twin(w) else [],
+        data=evaluation_data,
     output:
         metrics=f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/metrics.json",
         overlays=report(
@@ -60,6 +61,7 @@ rule evaluate:
         compare=lambda w: ["--compare", kmeans_twin(w)] if kmeans_twin(w) else [],
         out_dir=lambda w, output: str(Path(output.metrics).parent),
         weights_dir=lambda w, output: config.get("weights_dir", "weights"),
+        data=lambda w, input: data_option(input.data),
     shell:
         f"{NES} evaluate --run {{params.run_dir:q}} --spec {{params.spec_file:q}} "
-        "--out-dir {params.out_dir:q} {params.compare:q} --weights-dir {params.weights_dir:q} > /dev/null"
+        "--out-dir {params.out_dir:q} {params.compare:q} --weights-dir {params.weights_dir:q} {params.data:q} > /dev/null"

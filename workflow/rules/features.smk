@@ -3,7 +3,7 @@ rule extract_features:
     {split}.zarr/shard-{shard}-of-{shards}; its manifest extracted.json is written into the shard
     once it is complete (a rerun resumes an interrupted shard)."""
     input:
-        dataset_present,
+        data=extraction_data,
     output:
         # the shard's manifest, written into it once complete: a deleted cache is re-extracted
         f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.zarr/shard-{{shard}}-of-{{shards}}/extracted.json",
@@ -30,9 +30,10 @@ rule extract_features:
             extraction_spec(config, w.dataset, w.backbone, w.view, w.split)
         ),
         cache=lambda w: f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr",
+        data=lambda w, input: data_option(input.data),
     shell:
         f"{NES} extract --spec {{params.spec_file:q}} --cache {{params.cache:q}} "
-        "--shard {wildcards.shard} {wildcards.shards} --overwrite"
+        "--shard {wildcards.shard} {wildcards.shards} --overwrite {params.data:q}"
 
 
 rule gather_features:

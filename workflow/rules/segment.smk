@@ -4,6 +4,7 @@ rule segment_images:
     """
     input:
         model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
+        data=segmentation_data,
     output:
         directory(f"{RESULTS}/{{dataset}}/runs/{{run}}/segment"),
     log:
@@ -26,7 +27,8 @@ rule segment_images:
         ),
         run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
         weights_dir=lambda w, output: config.get("weights_dir", "weights"),
+        data=lambda w, input: data_option(input.data),
     shell:
         f"{NES} segment --run {{params.run_dir:q}} --out {{output:q}} --dataset {{params.dataset:q}} "
         "--split {params.split:q} --eigenfunctions {params.eigenfunctions} --weights-dir {params.weights_dir:q} "
-        "> /dev/null"
+        "{params.data:q} > /dev/null"
