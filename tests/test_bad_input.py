@@ -557,15 +557,15 @@ def test_a_second_workflow_on_one_results_folder_is_refused_before_any_job(tmp_p
     assert not (results / "camvid" / "features").exists()
 
 
-def test_sliding_windows_refuse_a_canvas_beyond_the_memory_bound(tmp_path, monkeypatch):
+def test_sliding_windows_beyond_the_memory_bound_are_built_in_bands(tmp_path, monkeypatch):
     """An extreme aspect ratio blows up the resized canvas (4 x 400 at short side 96: 96 x 9600):
-    above the bound it is refused with its sizes before anything is allocated; ordinary images
-    are unaffected."""
+    above the bound the canvas is built in bands of its long axis, with the same logits as one
+    canvas; a bound too small for even one window's band is refused with its sizes."""
     import numpy as np
     import torch
 
     from fixtures import run_spec, tiny_vit_backbone, train_settings
-    from pipeline.evaluate import sliding_logits
+    from pipeline.evaluate import _banded_sliding_logits, sliding_logits
     from pipeline.models import RunModel, build_psi
     from pipeline.views import View
 
@@ -575,9 +575,24 @@ def test_sliding_windows_refuse_a_canvas_beyond_the_memory_bound(tmp_path, monke
         run_spec("nes", train=train), build_psi(backbone.input_dim, train).eval(), input_dim=backbone.input_dim
     )
     view = View.from_config({"mode": "sliding", "short_side": 96, "crop": 64, "stride": 32})
-    monkeypatch.setenv("NES_MAX_CANVAS_VALUES", str(10**6))
-    wide = np.zeros((4, 400, 3), np.uint8)
-    with pytest.raises(InputError, match=r"a 4x400 image .* on a 96x9600 canvas of 6 logits"):
-        sliding_logits(model, backbone, wide, view, torch.device("cpu"))
-    ordinary = np.zeros((48, 64, 3), np.uint8)
-    assert sliding_logits(model, backbone, ordinary, view, torch.device("cpu")).shape == (6, 48, 64)
+    cpu = torch.device("cpu")
+    rng = np.random.default_rng(0)
+    for shape in ((4, 400, 3), (400, 4, 3)):  # wide and tall: bands along either axis
+        image = rng.integers(0, 255, shape, dtype=np.uint8)
+        whole = sliding_logits(model, backbone, image, view, cpu)  # one 96 x 9600 canvas: 5.5 M values
+        monkeypatch.setenv("NES_MAX_CANVAS_VALUES", str(10**6))
+        banded = sliding_logits(model, backbone, image, view, cpu)
+        monkeypatch.delenv("NES_MAX_CANVAS_VALUES")
+        assert banded.shape == whole.shape == (6, *shape[:2])
+        torch.testing.assert_close(banded, whole, atol=1e-5, rtol=1e-5)
+    # ordinary images forced into bands: the same logits, up- and down-sampled
+    for shape in ((48, 64, 3), (200, 150, 3)):
+        image = rng.integers(0, 255, shape, dtype=np.uint8)
+        whole = sliding_logits(model, backbone, image, view, cpu)
+        banded = _banded_sliding_logits(model, backbone, image, view, cpu, 8, budget=3 * 10**5)
+        torch.testing.assert_close(banded, whole, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv("NES_MAX_CANVAS_VALUES", str(10**4))
+    with pytest.raises(InputError, match=r"a 4x400 image .* on a 96x9600 canvas of 6 logits: not even bands"):
+        sliding_logits(model, backbone, np.zeros((4, 400, 3), np.uint8), view, cpu)
+    with pytest.raises(InputError, match=r"its logits at the image's size exceed the bound of 10,000"):
+        sliding_logits(model, backbone, np.zeros((40, 400, 3), np.uint8), view, cpu)

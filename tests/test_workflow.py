@@ -148,7 +148,8 @@ def test_changing_beta_retrains_but_never_reextracts(workflow):
     # the plan reads like commands: settings travel in a file holding exactly the rule's params
     commands = re.findall(r"^(?:Shell command: )?(nes --threads .*)$", out, flags=re.M)
     lengths = [len(c.replace(str(workflow["results"]), "results")) for c in commands]  # as with the default results/
-    assert len(commands) == 5 and max(lengths) < 400, commands
+    # paths only (run folder, spec file, K-means twin, weights, data index): inlined settings were kilobytes
+    assert len(commands) == 5 and max(lengths) < 450, commands
     fit = next(c for c in commands if " fit --spec " in c)
     spec_file = Path(re.search(r"--spec (\S+\.json)", fit).group(1).strip("'"))
     assert json.loads(spec_file.read_text())["train"]["beta"] == 0.5
@@ -542,7 +543,7 @@ def test_data_changes_rerun_what_reads_them_and_nothing_else(camvid_root, tmp_pa
     manifest = results / "mine" / "features" / "lite0" / "native" / "val.zarr" / "shard-0-of-1" / "extracted.json"
     metrics = results / "mine" / "runs" / "kmeans-lite0-K4-s0" / "mine-native" / "metrics.json"
     assert set(json.loads(manifest.read_text())["data"]) == {"images"}
-    assert set(json.loads(metrics.read_text())["data"]) == {"images", "labels"}
+    assert set(json.loads(metrics.read_text())["data"]) == {"labels"}  # its images are in the cache
     # touched (a copy, a checkout): same content, nothing to do
     first = sorted((data / "train").iterdir())[0]
     os.utime(first, (first.stat().st_atime + 100, first.stat().st_mtime + 100))

@@ -153,9 +153,12 @@ def extraction_data(w):
 
 
 def evaluation_data(w):
+    """Labels always; images too when the protocol reads them live (a cached one reads the
+    cache, whose shards are inputs already)."""
     dataset = w.evaluation.rsplit("-", 1)[0]
     metrics = f"{RESULTS}/{w.dataset}/runs/{w.run}/{w.evaluation}/metrics.json"
-    return data_index(dataset, evaluation(w).split, ["images", "labels"], [metrics])
+    parts = ["labels"] if evaluation(w).features else ["images", "labels"]
+    return data_index(dataset, evaluation(w).split, parts, [metrics])
 
 
 def segmentation_data(w):
