@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-fast lint format gpu-check bench clean-results
+.PHONY: install demo test test-fast lint format gpu-check pascal-size bench clean-results
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ format: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu -rs tests/test_gpu.py
 	$(BIN)/python bench/gpu_step.py
+
+# the whole pipeline at Pascal Context's size (synthetic data, random ViT-S): the README's GPU hours
+pascal-size: $(STAMP)
+	$(BIN)/python bench/pascal_size.py --cores $$(nproc)
 
 bench: $(STAMP)
 	$(BIN)/python bench/kernel_step.py

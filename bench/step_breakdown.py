@@ -1,7 +1,8 @@
 """Where a training step's time goes on this machine, from a real feature cache: reading the
 batch, the kernel (k-NN search, graph, pixel graph), psi's forward, the backward, the optimiser;
-and what bf16 (autocast for psi, bf16 products for the similarity search) would save, measured in
-the same process against the float32 step. Timing only: nothing is trained to the end.
+and what the bf16 switches save (`train.precision`: autocast for psi; `train.search_precision`:
+bf16 products for the k-NN search), measured in the same process against the float32 step.
+Timing only: nothing is trained to the end.
 
     python bench/step_breakdown.py --features results/camvid/features/lite0/train/train.json \
         [--steps 6] [--threads 2]
@@ -18,6 +19,7 @@ import torch
 
 from pipeline.cache import cache_for
 from pipeline.eigenfunctions import neuralef_objective, training_output
+from pipeline.graph.batch import knn_cosine
 from pipeline.models import build_psi
 from pipeline.plan import check_files
 from pipeline.spec import TrainSettings
@@ -26,13 +28,14 @@ from pipeline.train import batch_kernel
 PHASES = ("read", "kernel", "knn search", "psi forward", "backward", "optimiser")
 
 
-def similarity_topk(x: torch.Tensor, k: int, bf16: bool) -> torch.Tensor:
-    """The exact k-NN search's arithmetic: all cosine similarities, then the top k per row."""
-    a = x.bfloat16() if bf16 else x
-    return (a @ a.T).float().topk(k + 1, dim=1).indices
+SETTINGS = {
+    "float32": {},
+    "bf16 psi": {"precision": "bfloat16"},
+    "bf16 psi + search": {"precision": "bfloat16", "search_precision": "bfloat16"},
+}
 
 
-def run(cache, cfg: TrainSettings, steps: int, bf16: bool, seed: int = 0) -> dict[str, float]:
+def run(cache, cfg: TrainSettings, steps: int, seed: int = 0) -> dict[str, float]:
     torch.manual_seed(seed)
     psi = build_psi(cache.dim("input"), cfg)
     optimiser = torch.optim.Adam(psi.parameters(), lr=cfg.lr)
@@ -50,10 +53,10 @@ def run(cache, cfg: TrainSettings, steps: int, bf16: bool, seed: int = 0) -> dic
         kernel = batch_kernel(data, cfg)
         times["kernel"] = time.perf_counter() - started
         started = time.perf_counter()
-        similarity_topk(torch.nn.functional.normalize(high.reshape(b * h * w, -1), dim=1), cfg.knn_k, bf16)
+        knn_cosine(high.reshape(b * h * w, -1).float(), cfg.knn_k, cfg.search_precision)
         times["knn search"] = time.perf_counter() - started
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
             logits = psi(data["input"].reshape(b, h * w, -1)).reshape(b * h * w, -1)
         objective = neuralef_objective(training_output(logits.float(), cfg.tau_max), kernel, cfg.beta, cfg.t)
         times["psi forward"] = time.perf_counter() - started
@@ -79,28 +82,33 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     config = check_files([])
-    cfg = TrainSettings.from_dict({**config["train"], **(config["datasets"][args.dataset].get("train") or {})})
+    base = {**config["train"], **(config["datasets"][args.dataset].get("train") or {})}
     cache = cache_for(args.features)
-    fp32 = run(cache, cfg, args.steps, bf16=False)
-    bf16 = run(cache, cfg, args.steps, bf16=True)
+    cfg = TrainSettings.from_dict(base)
+    results = {
+        name: run(cache, TrainSettings.from_dict({**base, **extra}), args.steps) for name, extra in SETTINGS.items()
+    }
     h, w = cache.grid
     print(
         f"{platform.processor() or platform.machine()}, {args.threads} threads; batch {cfg.batch_size} x {h * w} "
         f"tokens, K {cfg.K}, k {cfg.knn_k}, psi input {cache.dim('input')}, {args.steps} steps\n"
     )
-    print("| phase | float32 (s) | bf16 (s) | float32 / bf16 |")
-    print("|---|---|---|---|")
-    for phase in PHASES:
-        print(f"| {phase} | {fp32[phase]:.3f} | {bf16[phase]:.3f} | {fp32[phase] / max(bf16[phase], 1e-9):.2f}x |")
+    names = list(SETTINGS)
+    print(
+        "| phase | "
+        + " | ".join(f"{n} (s)" for n in names)
+        + " | "
+        + " | ".join(f"float32 / {n}" for n in names[1:])
+        + " |"
+    )
+    print("|---" * (2 * len(names)) + "|")
     step = ("kernel", "psi forward", "backward", "optimiser")
-    print(
-        f"| step (kernel + psi + optimiser) | {sum(fp32[k] for k in step):.3f} | {sum(bf16[k] for k in step):.3f} | "
-        f"{sum(fp32[k] for k in step) / sum(bf16[k] for k in step):.2f}x |"
-    )
-    print(
-        "\n(`knn search` times the similarity products + top-k alone, float32 vs bf16 products; the kernel row "
-        "is the current float32 kernel in both columns.)"
-    )
+    rows = {phase: {n: results[n][phase] for n in names} for phase in PHASES}
+    rows["step (kernel + psi + optimiser)"] = {n: sum(results[n][p] for p in step) for n in names}
+    for phase, row in rows.items():
+        ratios = [f"{row['float32'] / max(row[n], 1e-9):.2f}x" for n in names[1:]]
+        print(f"| {phase} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " | " + " | ".join(ratios) + " |")
+    print("\n(`knn search` times the k-NN search alone (knn_cosine), part of the kernel row.)")
 
 
 if __name__ == "__main__":

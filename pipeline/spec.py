@@ -138,9 +138,10 @@ def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: s
 NUMBER = (int, float)
 
 
-def _precision(value: str, where: str) -> str:
+def _precision(data: dict[str, Any], key: str, where: str) -> str:
+    value = _get(data, key, str, where, "float32")
     if value not in ("float32", "bfloat16"):
-        raise InputError(f"{where}.precision: expected float32 or bfloat16, got {value!r}")
+        raise InputError(f"{where}.{key}: expected float32 or bfloat16, got {value!r}")
     return value
 
 
@@ -178,12 +179,17 @@ class TrainSettings:
     monitor: int = 0
     image_centred: bool = False
     precision: str = "float32"  # psi's forward in training: float32, or bfloat16 autocast (the objective stays float32)
+    search_precision: str = "float32"  # the batch k-NN search's similarity products: float32, or bfloat16
     # keys the config left out (graph, monitor) stay out of the JSON form
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("graph", "monitor")  # absent in some configs: written only when given
     # written only when off this value
-    BEYOND_PAPER: ClassVar[dict[str, Any]] = {"image_centred": False, "precision": "float32"}
+    BEYOND_PAPER: ClassVar[dict[str, Any]] = {
+        "image_centred": False,
+        "precision": "float32",
+        "search_precision": "float32",
+    }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train") -> TrainSettings:
@@ -212,7 +218,8 @@ class TrainSettings:
             graph=graph,
             monitor=_get(data, "monitor", int, where, 0) or 0,
             image_centred=_get(data, "image_centred", bool, where, False),
-            precision=_precision(_get(data, "precision", str, where, "float32"), where),
+            precision=_precision(data, "precision", where),
+            search_precision=_precision(data, "search_precision", where),
             given=frozenset(k for k in cls.OPTIONAL if k in data),
         )
 

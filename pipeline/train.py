@@ -252,7 +252,9 @@ def batch_kernel(data: dict[str, torch.Tensor], cfg: TrainSettings) -> BatchKern
     its kernel features plus alpha times each image's pixel graph."""
     b, h, w, _ = data["high"].shape
     high, pixels = data["high"].reshape(b, h * w, -1), data["pixels"].reshape(b, h * w, 5)
-    return build_kernel(high, pixels, k=cfg.knn_k, alpha=cfg.alpha, pixel_knn=cfg.pixel_knn)
+    return build_kernel(
+        high, pixels, k=cfg.knn_k, alpha=cfg.alpha, pixel_knn=cfg.pixel_knn, search_precision=cfg.search_precision
+    )
 
 
 def write_log(rows: list[dict], path: Path) -> None:

@@ -64,6 +64,35 @@ def test_knn_excludes_self_even_with_duplicates():
     torch.testing.assert_close(vals[0, 0], torch.tensor(1.0))
 
 
+def test_bfloat16_search_finds_the_float32_neighbours_but_for_near_ties():
+    """`train.search_precision: bfloat16`: the products in bf16 (accumulated in float32) change a
+    similarity by about 1e-3, so only neighbours that close to the k-th one may swap, and the
+    kernel built from them has the float32 kernel's top eigenvectors."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 64, generator=gen)
+    feats = centres[torch.randint(0, 6, (600,), generator=gen)] + 0.8 * torch.randn(600, 64, generator=gen)
+    k = 32
+    v32, i32 = knn_cosine(feats, k)
+    v16, i16 = knn_cosine(feats, k, "bfloat16")
+    assert not (i16 == torch.arange(600)[:, None]).any()  # still no self-loops
+    x = torch.nn.functional.normalize(feats, dim=1)
+    torch.testing.assert_close(v16, (x[:, None] * x[i16]).sum(-1), atol=1e-2, rtol=0)  # values of those pairs
+    kth = v32[:, -1:]
+    for row in range(600):
+        missed = set(i32[row].tolist()) - set(i16[row].tolist())
+        # a float32 neighbour missed by bf16 lies within rounding of the k-th similarity
+        assert all(float(x[row] @ x[j]) - float(kth[row]) < 1e-2 for j in missed)
+    overlap = np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(i32, i16)])
+    assert overlap > 0.95
+    # what psi learns, the top eigenvectors (here the 6 clusters), is the same
+    e32, v32 = torch.linalg.eigh(feature_graph(feats, k).to_dense().double())
+    e16, v16 = torch.linalg.eigh(feature_graph(feats, k, "bfloat16").to_dense().double())
+    torch.testing.assert_close(e16[-8:], e32[-8:], atol=5e-3, rtol=0)
+    assert torch.linalg.svdvals(v32[:, -6:].T @ v16[:, -6:]).min() > 0.999
+    with pytest.raises(ValueError, match="expected float32 or bfloat16"):
+        knn_cosine(feats, k, "float16")
+
+
 def test_feature_graph_is_symmetric_and_normalised_by_hand():
     # three tokens: 0 and 1 similar (cos 0.8), 2 orthogonal to 0 and cos 0.6 with 1; k = 1
     feats = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])

@@ -79,6 +79,7 @@ OTHER_VALUES = {
     "monitor": 0,
     "image_centred": True,
     "precision": "bfloat16",
+    "search_precision": "bfloat16",
 }
 
 

@@ -78,24 +78,31 @@ def build_kernel(
     k: int = 256,
     alpha: float = 0.3,
     pixel_knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN,
+    search_precision: str = "float32",
 ) -> BatchKernel:
     """high: (B, hw, C) kernel features; pixels: (B, hw, 5) [r, g, b, x, y] with everything in [0, 1]."""
     b, hw, c = high.shape
-    feature = feature_graph(high.reshape(b * hw, c).float(), k)
+    feature = feature_graph(high.reshape(b * hw, c).float(), k, search_precision)
     pixel = block_sparse(pixel_graph(pixels.float(), pixel_knn)) if alpha else None
     return BatchKernel(feature, pixel, float(alpha))
 
 
-def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_cosine(feats: torch.Tensor, k: int, precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k cosine neighbours of every row among the other rows: (values, indices), each (N, k).
 
-    FAISS exact inner-product search (on the GPU with faiss-gpu for a GPU tensor); chunked
-    matmul + topk for a GPU tensor without faiss-gpu.
+    float32: FAISS exact inner-product search (on the GPU with faiss-gpu for a GPU tensor);
+    chunked matmul + topk for a GPU tensor without faiss-gpu. bfloat16 (`train.search_precision`):
+    the similarities are bf16 products accumulated in float32 (2-4x faster products on CPUs with
+    AMX-BF16 and on GPUs), then the same top-k; near-ties at the k-th neighbour may swap.
     """
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"search precision: expected float32 or bfloat16, got {precision!r}")
     n = feats.shape[0]
     k = min(k, n - 1)
-    x = torch.nn.functional.normalize(feats, dim=1)
-    if x.is_cuda and not faiss_gpus():
+    x = torch.nn.functional.normalize(feats.float(), dim=1)
+    if precision == "bfloat16":
+        vals, idx = _knn_torch(x.bfloat16(), k + 1)
+    elif x.is_cuda and not faiss_gpus():
         vals, idx = _knn_torch(x, k + 1)
     else:
         import faiss
@@ -103,7 +110,7 @@ def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
         index: Any = faiss.IndexFlatIP(x.shape[1])
         if x.is_cuda:
             index = faiss.index_cpu_to_gpu(faiss_gpu_resources(), x.device.index or 0, index)
-        xn = np.ascontiguousarray(x.float().cpu().numpy(), dtype=np.float32)
+        xn = np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)
         index.add(xn)
         v, i = index.search(xn, k + 1)
         vals, idx = torch.from_numpy(v).to(x.device), torch.from_numpy(i).long().to(x.device)
@@ -115,21 +122,20 @@ def knn_cosine(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarities of row blocks in x's dtype (accumulated in float32), compared in float32."""
     vals, idx = [], []
     for start in range(0, x.shape[0], block):
-        v, i = (x[start : start + block] @ x.T).topk(k, dim=1)
+        v, i = (x[start : start + block] @ x.T).float().topk(k, dim=1, sorted=False)
         vals.append(v)
         idx.append(i)
     return torch.cat(vals), torch.cat(idx)
 
 
-def feature_graph(feats: torch.Tensor, k: int) -> torch.Tensor:
+def feature_graph(feats: torch.Tensor, k: int, search_precision: str = "float32") -> torch.Tensor:
     """Degree-normalised symmetric cosine k-NN graph as a sparse CSR (N, N) tensor."""
     n = feats.shape[0]
-    vals, idx = knn_cosine(feats, k)
-    vals = vals.clamp_min(0)
-    rows = torch.arange(n, device=idx.device).repeat_interleave(idx.shape[1])
-    crow, col, val = _symmetrise(rows, idx.reshape(-1), vals.reshape(-1), n)
+    vals, idx = knn_cosine(feats, k, search_precision)
+    crow, col, val = _symmetrise(idx, vals.clamp_min(0), n)
     row_of = torch.arange(n, device=val.device).repeat_interleave(crow.diff())
     inv_sqrt_deg = (
         torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row_of, val).clamp_min(1e-12).rsqrt()
@@ -138,15 +144,20 @@ def feature_graph(feats: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False)
 
 
-def _symmetrise(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int):
-    """(A + A^T) / 2 in CSR parts (crow, col, val), mutual neighbours summed, zeros dropped.
+def _symmetrise(idx: torch.Tensor, vals: torch.Tensor, n: int):
+    """(A + A^T) / 2 in CSR parts (crow, col, val) for A given as k neighbours per row (`idx`,
+    `vals`: (N, k)), mutual neighbours summed, zeros dropped.
 
-    scipy does this about 6x faster than torch's CPU coalesce; on a GPU torch's is fast.
+    On the CPU scipy does this from A's CSR form (k entries per row, no sort of all entries):
+    about 6x faster than torch's CPU coalesce; on a GPU torch's is fast.
     """
+    k = idx.shape[1]
     if vals.is_cuda:
+        rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+        cols, flat = idx.reshape(-1), vals.reshape(-1)
         sym = torch.sparse_coo_tensor(
             torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
-            torch.cat([vals, vals]) * 0.5,
+            torch.cat([flat, flat]) * 0.5,
             (n, n),
             check_invariants=False,
         ).coalesce()
@@ -156,8 +167,16 @@ def _symmetrise(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: i
         return crow, c, sym.values()
     import scipy.sparse as sp
 
-    a = sp.csr_matrix((vals.numpy(), (rows.numpy(), cols.numpy())), shape=(n, n))
-    sym = ((a + a.T) * 0.5).tocsr()
+    a = sp.csr_matrix(
+        (
+            vals.numpy().astype(np.float32, copy=True).ravel(),  # a copy: sort_indices permutes it in place
+            idx.numpy().astype(np.int32).ravel(),
+            np.arange(0, n * k + 1, k, dtype=np.int32),
+        ),
+        shape=(n, n),
+    )
+    a.sort_indices()
+    sym = ((a + a.T.tocsr()) * 0.5).tocsr()
     sym.eliminate_zeros()
     sym.sort_indices()
     return (
