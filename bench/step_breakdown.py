@@ -28,16 +28,37 @@ from pipeline.train import batch_kernel
 PHASES = ("read", "kernel", "knn search", "psi forward", "backward", "optimiser")
 
 
+# (train keys over the config's, whether psi's head is torch's own orthogonal parametrisation):
+# the first column is the step as it was before the WY head, the reference of every ratio
 SETTINGS = {
-    "float32": {},
-    "bf16 psi": {"precision": "bfloat16"},
-    "bf16 psi + search": {"precision": "bfloat16", "search_precision": "bfloat16"},
+    "float32, torch's head": ({}, True),
+    "float32": ({}, False),
+    "bf16 psi + search": ({"precision": "bfloat16", "search_precision": "bfloat16"}, False),
 }
 
 
-def run(cache, cfg: TrainSettings, steps: int, seed: int = 0) -> dict[str, float]:
+def with_torch_head(psi: torch.nn.Module) -> torch.nn.Module:
+    """psi with torch.nn.utils.parametrizations.orthogonal's head (the reflector-by-reflector
+    Householder product) instead of pipeline.orthogonal's WY form: the same initial weights."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import orthogonal
+
+    weight = psi.head.weight.detach().clone()
+    bias = psi.head.bias.detach().clone()
+    parametrize.remove_parametrizations(psi.head, "weight")
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    psi.head = orthogonal(head)
+    return psi
+
+
+def run(cache, cfg: TrainSettings, steps: int, torch_head: bool, seed: int = 0) -> dict[str, float]:
     torch.manual_seed(seed)
     psi = build_psi(cache.dim("input"), cfg)
+    if torch_head:
+        psi = with_torch_head(psi)
     optimiser = torch.optim.Adam(psi.parameters(), lr=cfg.lr)
     order = np.random.default_rng(seed).permutation(len(cache))
     totals = dict.fromkeys(PHASES, 0.0)
@@ -86,7 +107,8 @@ def main() -> None:
     cache = cache_for(args.features)
     cfg = TrainSettings.from_dict(base)
     results = {
-        name: run(cache, TrainSettings.from_dict({**base, **extra}), args.steps) for name, extra in SETTINGS.items()
+        name: run(cache, TrainSettings.from_dict({**base, **extra}), args.steps, torch_head)
+        for name, (extra, torch_head) in SETTINGS.items()
     }
     h, w = cache.grid
     print(
@@ -98,7 +120,7 @@ def main() -> None:
         "| phase | "
         + " | ".join(f"{n} (s)" for n in names)
         + " | "
-        + " | ".join(f"float32 / {n}" for n in names[1:])
+        + " | ".join(f"{names[0]} / {n}" for n in names[1:])
         + " |"
     )
     print("|---" * (2 * len(names)) + "|")
@@ -106,7 +128,7 @@ def main() -> None:
     rows = {phase: {n: results[n][phase] for n in names} for phase in PHASES}
     rows["step (kernel + psi + optimiser)"] = {n: sum(results[n][p] for p in step) for n in names}
     for phase, row in rows.items():
-        ratios = [f"{row['float32'] / max(row[n], 1e-9):.2f}x" for n in names[1:]]
+        ratios = [f"{row[names[0]] / max(row[n], 1e-9):.2f}x" for n in names[1:]]
         print(f"| {phase} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " | " + " | ".join(ratios) + " |")
     print("\n(`knn search` times the k-NN search alone (knn_cosine), part of the kernel row.)")
 

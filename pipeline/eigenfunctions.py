@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import orthogonal
+
+from .orthogonal import orthogonal
 
 
 class LinearAttention(nn.Module):
