@@ -76,11 +76,19 @@ def _resident(cache: FeatureCache, schedule: list[np.ndarray], device: torch.dev
 
 
 def _streamed(cache: FeatureCache, schedule: list[np.ndarray], device: torch.device) -> Iterator[Batch]:
-    """The next batch is read and decompressed in a thread while this one trains."""
+    """The next batch is read and decompressed in a thread while this one trains; for a GPU it is
+    also copied into pinned (page-locked) host memory there, so the copy to the device runs
+    asynchronously."""
+    pinned = device.type == "cuda"
+
+    def read(items: np.ndarray) -> dict[str, torch.Tensor]:
+        arrays = {name: torch.from_numpy(values) for name, values in cache.read(items).items()}
+        return {name: t.pin_memory() for name, t in arrays.items()} if pinned else arrays
+
     with ThreadPoolExecutor(max_workers=1) as reader:
-        pending: Future | None = reader.submit(cache.read, schedule[0]) if schedule else None
+        pending: Future | None = reader.submit(read, schedule[0]) if schedule else None
         for step in range(len(schedule)):
             assert pending is not None
             arrays = pending.result()
-            pending = reader.submit(cache.read, schedule[step + 1]) if step + 1 < len(schedule) else None
-            yield {name: torch.from_numpy(values).to(device) for name, values in arrays.items()}
+            pending = reader.submit(read, schedule[step + 1]) if step + 1 < len(schedule) else None
+            yield {name: values.to(device, non_blocking=pinned) for name, values in arrays.items()}

@@ -1,7 +1,8 @@
 """GPU paths, checked the moment a GPU is there (`make gpu-check`; skipped without CUDA): a training
 step on CUDA equals the CPU step, faiss-gpu (or torch top-k) k-NN equals exact CPU search, the
 bf16 backbone gives finite features close to fp32, `device: auto` picks CUDA, and a
-sliding-window evaluation on CUDA equals the CPU one."""
+sliding-window evaluation on CUDA equals the CPU one, and batches streamed through pinned memory or
+resident on the GPU are the CPU's."""
 
 import numpy as np
 import pytest
@@ -92,3 +93,35 @@ def test_sliding_window_evaluation_on_cuda_equals_cpu(tmp_path):
     assert gpu.shape == cpu.shape == (6, 120, 160)
     # bf16 backbone on CUDA: the same clusters almost everywhere
     assert (gpu.argmax(0).cpu() == cpu.argmax(0)).float().mean() > 0.95
+
+
+def test_batches_on_cuda_equal_the_cpu_batches(tmp_path):
+    """Streamed (through pinned memory, copied asynchronously) or resident in GPU memory, the
+    batches are the CPU's, bit for bit."""
+    from PIL import Image
+
+    from fixtures import tiny_vit_backbone
+    from pipeline.batches import batches
+    from pipeline.cache import FeatureCache
+    from pipeline.datasets.folder import load_folder
+    from pipeline.features import extract_split
+    from pipeline.views import View
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    backbone = tiny_vit_backbone(tmp_path / "vit.pth")
+    extract_split(
+        load_folder(tmp_path / "img", "x"), backbone, tmp_path / "c.zarr", View("resize", (64, 64)), batch_size=3
+    )
+    cache = FeatureCache(tmp_path / "c.zarr")
+    schedule = [np.array([0, 2]), np.array([1, 5]), np.array([3, 4])]
+    cpu = list(batches(cache, schedule, torch.device("cpu"), "off"))
+    for resident in ("off", "on"):
+        gpu = list(batches(cache, schedule, CUDA, resident))
+        assert len(gpu) == len(cpu)
+        for a, b in zip(cpu, gpu):
+            for name in a:
+                assert b[name].device.type == "cuda"
+                torch.testing.assert_close(b[name].cpu(), a[name], rtol=0, atol=0)
