@@ -131,7 +131,7 @@ def data_index(dataset, split, parts, outputs):
     """The split's data index files (pipeline.dataindex) for `parts`, brought up to date while the
     jobs are planned: an input of every job that reads the data, so an added, removed, replaced or
     relabelled file reruns it. A job whose JSON output exists from before data tracking gets no
-    index (a new input would rerun all finished work once): rerun it by hand to track it."""
+    index (a new input would rerun all finished work once): an output made afresh is tracked."""
     from pipeline.dataindex import tracked, update_index
 
     ds = loaded_dataset(dataset, split)
