@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _Orthogonal, _OrthMaps
+from torch.nn.utils.parametrizations import _OrthMaps, _Orthogonal
 
 
 def householder_product(a: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
