@@ -31,11 +31,13 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/rules/*.smk
 	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix pipeline tests bench
 	$(BIN)/ruff format pipeline tests bench
+	$(BIN)/snakefmt Snakefile workflow/rules/*.smk
 
 # GPU paths (skipped without CUDA) and the timings behind the README's table of GPU hours; < 5 min
 gpu-check: $(STAMP)

@@ -119,7 +119,8 @@ DATA_INDEXES = {}
 
 def loaded_dataset(dataset, split):
     """The split as its adapter reads it, once per plan; loading checks that the images are where
-    the config says (the error names the layout expected), so a dry run finds a missing dataset."""
+    the config says (the error names the layout expected), so a dry run finds a missing dataset.
+    """
     from pipeline.datasets import load_dataset
 
     if (dataset, split) not in DATASETS:
@@ -131,7 +132,8 @@ def data_index(dataset, split, parts, outputs):
     """The split's data index files (pipeline.dataindex) for `parts`, brought up to date while the
     jobs are planned: an input of every job that reads the data, so an added, removed, replaced or
     relabelled file reruns it. A job whose JSON output exists from before data tracking gets no
-    index (a new input would rerun all finished work once): an output made afresh is tracked."""
+    index (a new input would rerun all finished work once): an output made afresh is tracked.
+    """
     from pipeline.dataindex import tracked, update_index
 
     ds = loaded_dataset(dataset, split)
@@ -166,7 +168,10 @@ def segmentation_data(w):
     if folder.is_dir() and not (folder / "summary.json").is_file():
         return []  # segmented before data tracking
     return data_index(
-        w.dataset, segmentation_for(w)["split"], ["images"], [str(folder / "summary.json")]
+        w.dataset,
+        segmentation_for(w)["split"],
+        ["images"],
+        [str(folder / "summary.json")],
     )
 
 
