@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from cluster_spread import token_labels
-from layer_probe import scores, tokens
+from layer_probe import nearest_centre, scores, tokens
 
 from common import append_rows
 from pipeline.cache import FeatureCache
@@ -167,12 +167,6 @@ def neighbours(
     if kind == "snn":
         return Neighbours(shared_neighbours(idx, idx if base_idx is None else base_idx, len(fb)), idx)
     return Neighbours(sims, idx)
-
-
-def nearest_centre(centres: np.ndarray, x: np.ndarray) -> np.ndarray:
-    index = faiss.IndexFlatIP(centres.shape[1])
-    index.add(np.ascontiguousarray(centres, dtype=np.float32))
-    return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
 
 
 def same_image_share(a: sp.spmatrix, image: np.ndarray) -> float:

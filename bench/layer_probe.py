@@ -48,6 +48,12 @@ def tokens(cache: FeatureCache, array: str, start: int | None, end: int | None) 
     return np.ascontiguousarray(np.concatenate(out))
 
 
+def nearest_centre(centres: np.ndarray, x: np.ndarray) -> np.ndarray:
+    index = faiss.IndexFlatIP(centres.shape[1])
+    index.add(np.ascontiguousarray(centres, dtype=np.float32))
+    return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1][:, 0]
+
+
 def scores(
     predicted: np.ndarray, labels: np.ndarray, k: int, class_names: list[str], mapping: np.ndarray | None = None
 ) -> tuple[float, float]:
@@ -96,13 +102,9 @@ def main() -> None:
         xt, xv = tokens(train, array, start, end), tokens(val, array, start, end)
         sample = rng.choice(len(xt), min(args.max_points, len(xt)), replace=False)
         centres = fit_kmeans(xt[sample], args.K, 0)
-        index = faiss.IndexFlatIP(xt.shape[1])
-        index.add(centres)
-        km = index.search(xv, 1)[1][:, 0]
+        km = nearest_centre(centres, xv)
         labelled = np.flatnonzero(train_labels >= 0)
-        nn_index = faiss.IndexFlatIP(xt.shape[1])
-        nn_index.add(xt[labelled])
-        nn = train_labels[labelled][nn_index.search(xv, 1)[1][:, 0]]
+        nn = train_labels[labelled][nearest_centre(xt[labelled], xv)]
         km_acc, km_miou = scores(km, val_labels, args.K, val_set.class_names)
         nn_acc, nn_miou = scores(
             nn, val_labels, val_set.num_classes, val_set.class_names, np.arange(val_set.num_classes)
