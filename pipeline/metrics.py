@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .graph.spectral import perplexity
+
 UNMATCHED = -1
 
 
@@ -66,6 +68,23 @@ def scores(conf: np.ndarray, mapping: np.ndarray) -> dict:
         "acc": float(tp.sum() / total) if total else float("nan"),
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
         "iou": iou.tolist(),
+    }
+
+
+def partition_anatomy(conf: np.ndarray) -> dict:
+    """Where a partition's score goes, from its confusion matrix alone: per class, how many
+    clusters it is the majority of (a class split over several clusters keeps only one under
+    Hungarian matching) and the best IoU any single cluster reaches (matching without the
+    one-to-one constraint); the cluster sizes' perplexity against the classes' (a balanced
+    partition of imbalanced classes must split the large ones)."""
+    iou = cluster_class_iou(conf)
+    used = conf.sum(1) > 0
+    majority = iou.argmax(1)[used]
+    return {
+        "clusters_per_class": np.bincount(majority, minlength=conf.shape[1]).tolist(),
+        "best_cluster_iou": iou.max(0).tolist(),
+        "cluster_perplexity": perplexity(conf.sum(1)),
+        "class_perplexity": perplexity(conf.sum(0)),
     }
 
 

@@ -72,3 +72,18 @@ def test_remap_sends_unmatched_to_fill():
     clusters = np.array([[0, 1], [2, 2]])
     out = M.remap(clusters, np.array([3, M.UNMATCHED, 0]), fill=255)
     np.testing.assert_array_equal(out, [[3, 255], [0, 0]])
+
+
+def test_partition_anatomy_counts_split_classes_and_balance():
+    # class 0 (10 px) split over clusters 0 and 1; class 1 (4 px) mostly in cluster 2; cluster 3 empty
+    conf = np.array([[6, 0], [4, 1], [0, 3], [0, 0]])
+    a = M.partition_anatomy(conf)
+    assert a["clusters_per_class"] == [2, 1]  # cluster 1: IoU 4/11 with class 0 against 1/8 with class 1
+    assert a["best_cluster_iou"] == pytest.approx([6 / 10, 3 / 4])
+
+    def perplexity(counts):
+        p = np.array(counts, dtype=float) / sum(counts)
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    assert a["cluster_perplexity"] == pytest.approx(perplexity([6, 5, 3]))
+    assert a["class_perplexity"] == pytest.approx(perplexity([10, 4]))
