@@ -37,6 +37,19 @@ from pipeline.views import View
 FIELDS = ["dataset", "backbone", "layer", "dims", "K", "kmeans_acc", "kmeans_miou", "nn_acc", "nn_miou"]
 
 
+def split_caches(dataset: str, backbone: str, protocol: str | None) -> tuple[dict, FeatureCache, FeatureCache]:
+    """The dataset's config entry, its training cache and its evaluation cache under `protocol`
+    (default: the dataset's first), as the workflow lays them out."""
+    config = check_files([])
+    ds = {"name": dataset, **config["datasets"][dataset]}
+    protocol = protocol or next(iter(ds["protocols"]))
+    train = FeatureCache(
+        Path(features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])).with_suffix(".zarr")
+    )
+    val = FeatureCache(Path(features_path(config, dataset, backbone, protocol, ds["eval_split"])).with_suffix(".zarr"))
+    return ds, train, val
+
+
 def tokens(cache: FeatureCache, array: str, start: int | None, end: int | None) -> np.ndarray:
     """(N, D) L2-normalised tokens of the cache's plain items, image by image."""
     out = []
@@ -81,15 +94,7 @@ def main() -> None:
     parser.add_argument("--out", help="CSV the rows are appended to")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = check_files([])
-    ds = {"name": args.dataset, **config["datasets"][args.dataset]}
-    protocol = args.protocol or next(iter(ds["protocols"]))
-    train = FeatureCache(
-        Path(features_path(config, args.dataset, args.backbone, TRAIN_VIEW, ds["train_split"])).with_suffix(".zarr")
-    )
-    val = FeatureCache(
-        Path(features_path(config, args.dataset, args.backbone, protocol, ds["eval_split"])).with_suffix(".zarr")
-    )
+    ds, train, val = split_caches(args.dataset, args.backbone, args.protocol)
     train_set, val_set = load_dataset(ds, ds["train_split"]), load_dataset(ds, ds["eval_split"])
     train_labels = token_labels(train_set, View.from_config(train.attrs["view_spec"]), train.grid).reshape(-1)
     val_labels = token_labels(val_set, View.from_config(val.attrs["view_spec"]), val.grid).reshape(-1)

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from cluster_spread import token_labels
-from layer_probe import nearest_centre
+from layer_probe import nearest_centre, split_caches
 
 from common import append_rows
 from pipeline import metrics as M
-from pipeline.cache import FeatureCache
 from pipeline.clustering import fit_kmeans
 from pipeline.datasets import load_dataset
 from pipeline.models import RunModel
-from pipeline.plan import TRAIN_VIEW, check_files, features_path
 from pipeline.reference import psi_outputs
 from pipeline.views import View
 
@@ -47,15 +45,7 @@ def main() -> None:
     ap.add_argument("--out", help="CSV the rows are appended to")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = check_files([])
-    ds = {"name": args.dataset, **config["datasets"][args.dataset]}
-    protocol = args.protocol or next(iter(ds["protocols"]))
-    train = FeatureCache(
-        Path(features_path(config, args.dataset, args.backbone, TRAIN_VIEW, ds["train_split"])).with_suffix(".zarr")
-    )
-    val = FeatureCache(
-        Path(features_path(config, args.dataset, args.backbone, protocol, ds["eval_split"])).with_suffix(".zarr")
-    )
+    ds, train, val = split_caches(args.dataset, args.backbone, args.protocol)
     val_set = load_dataset(ds, ds["eval_split"])
     labels = token_labels(val_set, View.from_config(val.attrs["view_spec"]), val.grid).reshape(-1)
     keep = labels >= 0
