@@ -41,7 +41,7 @@ def anatomy_rows(run_dirs: list[Path], split: str | None) -> list[dict]:
                 raise SystemExit(f"{path}: no 'confusion' (evaluated by an older version? rerun its evaluation)")
             conf = np.asarray(metrics["confusion"], dtype=np.int64)
             hung = M.scores(conf, M.hungarian(conf))
-            row = {"eval": path.parent.name, "acc_hungarian": hung["acc"], "iou_hungarian": hung["iou"]}
+            row = {"acc_hungarian": hung["acc"], "iou_hungarian": hung["iou"]}
             row.update(M.partition_anatomy(conf))
             groups[f"{run_group(run_dir)}/{path.parent.name}"].append((row, list(metrics["per_class_iou"])))
     out = []
