@@ -4,8 +4,11 @@ majority class of its pixels): psi's argmax against K-means (K clusters, fitted 
 cache's tokens, assigned to val by nearest centre) on psi's row-normalised logits, the read-out
 spectral clustering uses on eigenvectors (Ng-Jordan-Weiss), and on its row-normalised softmax at
 the inference temperature. Hungarian and majority-voting mIoU, and the clusters' size perplexity.
+With --clusters C the K-means read-outs make C clusters instead of psi's K: a psi trained with K
+128 read out as C = 11 clusters for the K = C protocol (overclustering, then merging).
 
     python bench/readout.py --dataset camvid --backbone lite0 results/camvid/runs/nes-lite0-K11-*
+    python bench/readout.py --clusters 11 results/camvid/runs/nes-lite0-K128-*
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pipeline.models import RunModel
 from pipeline.reference import psi_outputs
 from pipeline.views import View
 
-FIELDS = ["run", "readout", "miou_hungarian", "miou", "cluster_perplexity"]
+FIELDS = ["run", "readout", "clusters", "miou_hungarian", "miou", "cluster_perplexity"]
 
 
 def row_normalised(logits: np.ndarray) -> np.ndarray:
@@ -41,6 +44,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="camvid")
     ap.add_argument("--backbone", default="lite0")
     ap.add_argument("--protocol", help="cached evaluation protocol (default: the dataset's first)")
+    ap.add_argument("--clusters", type=int, help="clusters the K-means read-outs make (default: the run's K)")
     ap.add_argument("--max-points", type=int, default=150000, help="training tokens sampled for K-means")
     ap.add_argument("--out", help="CSV the rows are appended to")
     args = ap.parse_args()
@@ -55,6 +59,7 @@ def main() -> None:
         return {
             "run": run,
             "readout": readout,
+            "clusters": k,
             "miou_hungarian": round(100 * M.scores(conf, M.hungarian(conf))["miou"], 2),
             "miou": round(100 * M.scores(conf, M.majority_vote(conf))["miou"], 2),
             "cluster_perplexity": round(M.partition_anatomy(conf)["cluster_perplexity"], 2),
@@ -78,8 +83,9 @@ def main() -> None:
                 row_normalised(x if temperature is None else torch.from_numpy(x / temperature).softmax(1).numpy())
                 for x in (train_logits, val_logits)
             )
-            centres = fit_kmeans(np.ascontiguousarray(fitted[sample]), k, seed)
-            rows.append(row(run_dir.name, name, nearest_centre(centres, assigned), k))
+            clusters = args.clusters or k
+            centres = fit_kmeans(np.ascontiguousarray(fitted[sample]), clusters, seed)
+            rows.append(row(run_dir.name, name, nearest_centre(centres, assigned), clusters))
         for r in rows[-3:]:
             print(r, flush=True)
     if args.out:
