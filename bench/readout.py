@@ -71,6 +71,7 @@ def main() -> None:
         if model.spec.train is None:
             raise SystemExit(f"{run_dir}: not a nes run (no train settings)")
         k, seed, tau = model.spec.K, model.spec.seed, model.spec.train.tau_min
+        clusters = args.clusters or k
         with torch.no_grad():
             train_logits, _ = psi_outputs(model, train)
             val_logits, _ = psi_outputs(model, val)
@@ -83,7 +84,6 @@ def main() -> None:
                 row_normalised(x if temperature is None else torch.from_numpy(x / temperature).softmax(1).numpy())
                 for x in (train_logits, val_logits)
             )
-            clusters = args.clusters or k
             centres = fit_kmeans(np.ascontiguousarray(fitted[sample]), clusters, seed)
             rows.append(row(run_dir.name, name, nearest_centre(centres, assigned), clusters))
         for r in rows[-3:]:
