@@ -89,11 +89,27 @@ class Psi(nn.Module):
             return self.head(hidden.float())
 
 
-def training_output(logits: torch.Tensor, tau: float) -> torch.Tensor:
+def training_output(logits: torch.Tensor, tau: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Soft one-hot assignments: Gumbel-softmax over K, then column L2 normalisation over all N
-    tokens of the batch, Psi = y / max(||y_col||, 1) (no running statistics)."""
+    tokens of the batch, Psi = y / max(||y_col||, 1) (no running statistics). `weights` (N,),
+    optional: each token's row is scaled by its weight before the normalisation
+    (`volume_weights`)."""
     y = F.gumbel_softmax(logits, tau=tau, hard=False, dim=-1)
+    if weights is not None:
+        y = y * weights.unsqueeze(1)
     return y / y.norm(dim=0, keepdim=True).clamp_min(1.0)
+
+
+def volume_weights(degree: torch.Tensor | None) -> torch.Tensor:
+    """sqrt(d / mean(d)) for the feature graph's degrees d: with these row weights a hard
+    partition S gives Psi = D^1/2 S (S^T D S)^-1/2, so trace(Psi^T D^-1/2 A D^-1/2 Psi) is the
+    partition's normalised association sum_c cut(C_c, C_c) / vol(C_c) (Shi & Malik), the
+    discrete problem whose relaxation the Ng-Jordan-Weiss embedding of the exact spectral methods
+    solves. Without them the one-hot columns have unit norm and the trace is a ratio
+    association of G, sum_c 1_c^T G 1_c / |C_c|. Beyond the paper (`train.normalised_cut`)."""
+    if degree is None:
+        raise ValueError("normalised_cut needs the feature graph's degrees; this kernel was built without them")
+    return (degree / degree.mean().clamp_min(1e-12)).sqrt()
 
 
 def centre_per_image(psi: torch.Tensor, tokens_per_image: int) -> torch.Tensor:

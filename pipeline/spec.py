@@ -178,6 +178,7 @@ class TrainSettings:
     graph: str = "batch"
     monitor: int = 0
     image_centred: bool = False
+    normalised_cut: bool = False
     precision: str = "float32"  # psi's forward in training: float32, or bfloat16 autocast (the objective stays float32)
     search_precision: str = "float32"  # the batch k-NN search's similarity products: float32, or bfloat16
     # keys the config left out (graph, monitor) stay out of the JSON form
@@ -187,6 +188,7 @@ class TrainSettings:
     # written only when off this value
     BEYOND_PAPER: ClassVar[dict[str, Any]] = {
         "image_centred": False,
+        "normalised_cut": False,
         "precision": "float32",
         "search_precision": "float32",
     }
@@ -218,6 +220,7 @@ class TrainSettings:
             graph=graph,
             monitor=_get(data, "monitor", int, where, 0) or 0,
             image_centred=_get(data, "image_centred", bool, where, False),
+            normalised_cut=_get(data, "normalised_cut", bool, where, False),
             precision=_precision(data, "precision", where),
             search_precision=_precision(data, "search_precision", where),
             given=frozenset(k for k in cls.OPTIONAL if k in data),

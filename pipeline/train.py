@@ -25,7 +25,7 @@ import torch
 
 from .batches import batches
 from .cache import FeatureCache, cache_for
-from .eigenfunctions import centre_per_image, neuralef_objective, training_output
+from .eigenfunctions import centre_per_image, neuralef_objective, training_output, volume_weights
 from .errors import InputError
 from .formats import save_torch
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
@@ -125,7 +125,8 @@ def train_psi(
             pixel = (
                 block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
             )
-            kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha)
+            degree = torch.from_numpy(dataset_graph.degrees[dataset_graph.item_tokens(items)]).to(device)
+            kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha, degree)
         tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
         lr = cosine(step, total, cfg.lr, cfg.lr_min)
         for group in optimiser.param_groups:
@@ -133,7 +134,8 @@ def train_psi(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
             logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
         logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
-        outputs = training_output(logits, tau)
+        weights = volume_weights(kernel.feature_degree) if cfg.normalised_cut else None
+        outputs = training_output(logits, tau, weights)
         if cfg.image_centred:
             outputs = centre_per_image(outputs, h * w)
         objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t)

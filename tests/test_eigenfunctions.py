@@ -172,6 +172,32 @@ def test_image_centring_is_the_objective_of_the_projected_kernel():
     assert neuralef_objective(centre_per_image(indicator, tokens), g, beta=0.5).trace.abs() < 1e-6
 
 
+def test_volume_weights_make_the_trace_the_normalised_association_of_a_partition():
+    """For one-hot assignments the weighted outputs give trace(Psi^T D^-1/2 A D^-1/2 Psi) =
+    sum_c cut(C_c, C_c) / vol(C_c) (Shi & Malik's normalised association), computed here from A
+    by hand; unweighted, the same trace is sum_c 1_c^T G 1_c / |C_c|."""
+    from pipeline.eigenfunctions import volume_weights
+
+    torch.manual_seed(0)
+    n, k = 40, 3
+    a = torch.rand(n, n, dtype=torch.float64) * (torch.rand(n, n) < 0.3)
+    a = (a + a.T) / 2
+    a.fill_diagonal_(0)
+    d = a.sum(1)
+    g = a / torch.sqrt(d[:, None] * d[None, :])
+    labels = torch.randint(0, k, (n,))
+    logits = torch.nn.functional.one_hot(labels, k).double() * 1e4  # a hard partition through the softmax
+    psi = training_output(logits, tau=1.0, weights=volume_weights(d))
+    by_hand = sum(a[labels == c][:, labels == c].sum() / d[labels == c].sum() for c in range(k))
+    assert torch.allclose(torch.trace(psi.T @ g @ psi), by_hand)
+    plain = training_output(logits, tau=1.0)
+    ratio = sum(g[labels == c][:, labels == c].sum() / (labels == c).sum() for c in range(k))
+    assert torch.allclose(torch.trace(plain.T @ g @ plain), ratio)
+    assert not torch.allclose(by_hand, ratio)
+    with pytest.raises(ValueError, match="degrees"):
+        volume_weights(None)
+
+
 def test_bfloat16_autocast_changes_loss_and_gradients_of_psi_by_little():
     """`train.precision: bfloat16`: psi's forward under autocast, the objective in float32. On a
     batch of 2 x 64 tokens the loss moves by under 1 % and the gradient keeps its direction

@@ -51,6 +51,12 @@ def test_kernel_matches_dense_reference(alpha):
     kernel = build_kernel(high, pixels, k=k, alpha=alpha, pixel_knn=pixel_knn)
     expected = dense_reference(high, pixels, k, alpha, pixel_knn)
     torch.testing.assert_close(kernel.to_dense().double(), expected, atol=1e-5, rtol=1e-5)
+    # D_f: the feature graph's degrees before normalisation, the row sums of (A + A^T) / 2
+    f = torch.nn.functional.normalize(high.reshape(b * h * w, c).double(), dim=1)
+    sim = (f @ f.T).fill_diagonal_(-np.inf)
+    a = torch.zeros_like(sim).scatter_(1, sim.topk(k, dim=1).indices, sim.topk(k, dim=1).values.clamp_min(0))
+    assert kernel.feature_degree is not None
+    torch.testing.assert_close(kernel.feature_degree.double(), ((a + a.T) / 2).sum(1), atol=1e-5, rtol=1e-5)
     x = torch.randn(b * h * w, 6, generator=gen)
     torch.testing.assert_close((kernel @ x).double(), expected @ x.double(), atol=1e-4, rtol=1e-4)
 

@@ -78,6 +78,7 @@ OTHER_VALUES = {
     "graph": "dataset",
     "monitor": 0,
     "image_centred": True,
+    "normalised_cut": True,
     "precision": "bfloat16",
     "search_precision": "bfloat16",
 }

@@ -37,6 +37,7 @@ class BatchKernel:
     feature: torch.Tensor  # sparse CSR (N, N), degree-normalised
     pixel: torch.Tensor | None  # sparse CSR (N, N), only in-image entries, degree-normalised per image
     alpha: float
+    feature_degree: torch.Tensor | None = None  # (N,) degrees of A_f before normalisation (`train.normalised_cut`)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,9 +83,9 @@ def build_kernel(
 ) -> BatchKernel:
     """high: (B, hw, C) kernel features; pixels: (B, hw, 5) [r, g, b, x, y] with everything in [0, 1]."""
     b, hw, c = high.shape
-    feature = feature_graph(high.reshape(b * hw, c).float(), k, search_precision)
+    feature, degree = normalised_feature_graph(high.reshape(b * hw, c).float(), k, search_precision)
     pixel = block_sparse(pixel_graph(pixels.float(), pixel_knn)) if alpha else None
-    return BatchKernel(feature, pixel, float(alpha))
+    return BatchKernel(feature, pixel, float(alpha), degree)
 
 
 def knn_cosine(feats: torch.Tensor, k: int, precision: str = "float32") -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,15 +134,21 @@ def _knn_torch(x: torch.Tensor, k: int, block: int = 4096) -> tuple[torch.Tensor
 
 def feature_graph(feats: torch.Tensor, k: int, search_precision: str = "float32") -> torch.Tensor:
     """Degree-normalised symmetric cosine k-NN graph as a sparse CSR (N, N) tensor."""
+    return normalised_feature_graph(feats, k, search_precision)[0]
+
+
+def normalised_feature_graph(
+    feats: torch.Tensor, k: int, search_precision: str = "float32"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`feature_graph` and the degrees it was normalised with, (N,): D_f of method.md section 2."""
     n = feats.shape[0]
     vals, idx = knn_cosine(feats, k, search_precision)
     crow, col, val = _symmetrise(idx, vals.clamp_min(0), n)
     row_of = torch.arange(n, device=val.device).repeat_interleave(crow.diff())
-    inv_sqrt_deg = (
-        torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row_of, val).clamp_min(1e-12).rsqrt()
-    )
+    degree = torch.zeros(n, dtype=val.dtype, device=val.device).index_add_(0, row_of, val)
+    inv_sqrt_deg = degree.clamp_min(1e-12).rsqrt()
     val = val * inv_sqrt_deg[row_of] * inv_sqrt_deg[col]
-    return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False)
+    return torch.sparse_csr_tensor(crow, col, val, (n, n), check_invariants=False), degree
 
 
 def _symmetrise(idx: torch.Tensor, vals: torch.Tensor, n: int):

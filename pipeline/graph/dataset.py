@@ -337,9 +337,13 @@ class DatasetGraph:
         values, counts = np.unique(nbr, return_counts=True)
         return values[np.argsort(-counts, kind="stable")[:top]]
 
+    def item_tokens(self, items: np.ndarray) -> np.ndarray:
+        """The global token ids of `items`, item by item."""
+        return (np.asarray(items)[:, None] * self.hw + np.arange(self.hw)).ravel()
+
     def feature_kernel(self, items: np.ndarray) -> torch.Tensor:
         """The degree-normalised feature graph restricted to the tokens of `items`, as CSR."""
-        tokens = (np.asarray(items)[:, None] * self.hw + np.arange(self.hw)).ravel()
+        tokens = self.item_tokens(items)
         local = np.full(len(self.indices), -1, dtype=np.int64)
         local[tokens] = np.arange(len(tokens))
         # neighbours outside the batch (or missing: -1) become -1: the same symmetrisation as the global graph
