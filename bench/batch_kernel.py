@@ -4,7 +4,11 @@ what those eigenfunctions say about content decides what psi can reach. For batc
 the evaluation split and kernel settings (k, alpha, B), exact spectral clustering of the batch's
 G (K clusters) against K-means with K clusters on the same tokens' kernel features, both scored by
 label purity of the tokens (val labels, diagnosis only), with the share of feature-graph weight
-that stays inside single images.
+that stays inside single images. How much the feature graph's degrees vary decides how far
+`train.normalised_cut` (volume instead of token counts) can move psi: `degree_cv` is their
+coefficient of variation over the batch's tokens, `cluster_degree_min`/`_max` the lowest and
+highest mean degree of the spectral clusters' tokens relative to the batch's mean (1 / 1: the two
+associations agree).
 
     python bench/batch_kernel.py --features results/msrc/features/lite0/A/val.json \
         --set knn_k=256 --set knn_k=64 --set knn_k=16,batch_size=16 --out docs/batch_kernel.csv
@@ -43,6 +47,9 @@ FIELDS = [
     "same_image",
     "purity_spectral",
     "purity_kmeans",
+    "degree_cv",
+    "cluster_degree_min",
+    "cluster_degree_max",
 ]
 
 
@@ -76,7 +83,7 @@ def main() -> None:
         b, k = int(cfg["batch_size"]), int(cfg["K"])
         rng = np.random.default_rng(0)
         order = rng.permutation(len(items))
-        shares, spec_p, km_p = [], [], []
+        shares, spec_p, km_p, degree_cv, cluster_degree = [], [], [], [], []
         for n in range(min(args.batches, len(items) // b)):
             chosen = np.sort(items[order[n * b : (n + 1) * b]])
             data = {key: torch.from_numpy(v) for key, v in cache.read(chosen).items()}
@@ -93,7 +100,13 @@ def main() -> None:
             tok = labels[cache.image_index[chosen]].reshape(-1)
             _, vectors = top_eigenvectors(kernel_to_scipy(kernel), k, 0)
             embedding = spectral_embedding(vectors)
-            spec_p.append(purity(nearest(embedding, fit_kmeans(embedding, k, 0)), tok, k, dataset.num_classes))
+            clusters = nearest(embedding, fit_kmeans(embedding, k, 0))
+            spec_p.append(purity(clusters, tok, k, dataset.num_classes))
+            assert kernel.feature_degree is not None
+            degree = kernel.feature_degree.numpy() / kernel.feature_degree.mean().item()
+            degree_cv.append(float(degree.std()))
+            per_cluster = [degree[clusters == c].mean() for c in np.unique(clusters)]
+            cluster_degree.append((min(per_cluster), max(per_cluster)))
             feats = F.normalize(high.reshape(b * h * w, -1).float(), dim=1).numpy()
             km_p.append(purity(nearest(feats, fit_kmeans(feats, k, 0)), tok, k, dataset.num_classes))
         rows.append(
@@ -108,6 +121,9 @@ def main() -> None:
                 "same_image": round(float(np.mean(shares)), 3),
                 "purity_spectral": round(float(np.mean(spec_p)), 3),
                 "purity_kmeans": round(float(np.mean(km_p)), 3),
+                "degree_cv": round(float(np.mean(degree_cv)), 3),
+                "cluster_degree_min": round(float(np.mean([lo for lo, _ in cluster_degree])), 3),
+                "cluster_degree_max": round(float(np.mean([hi for _, hi in cluster_degree])), 3),
             }
         )
         print(rows[-1], flush=True)
