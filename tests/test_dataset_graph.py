@@ -122,3 +122,15 @@ def test_training_on_the_dataset_graph(tmp_path):
     log = np.genfromtxt(tmp_path / "run" / "train_log.csv", delimiter=",", names=True)
     assert len(log) == 2 * (12 // 2) and np.isfinite(log["loss"]).all() and (log["trace"] > 0).all()  # 2 anchors a step
     assert model.psi is not None
+    # normalised_cut weights the rows by the dataset-wide degrees of each batch's tokens: same
+    # batches and seed, another objective, other weights
+    weighted = run_spec(
+        "nes",
+        run="nes-graph-ncut",
+        train={"batch_size": 4, "depth": 1, "graph": "dataset", "normalised_cut": True},
+        graph=str(tmp_path / "graph.json"),
+    )
+    other = train_psi(cache, weighted, tmp_path / "ncut", torch.device("cpu"))
+    assert other.psi is not None
+    ncut_log = np.genfromtxt(tmp_path / "ncut" / "train_log.csv", delimiter=",", names=True)
+    assert np.isfinite(ncut_log["loss"]).all() and not np.allclose(ncut_log["trace"], log["trace"])
