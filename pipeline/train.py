@@ -125,7 +125,11 @@ def train_psi(
             pixel = (
                 block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
             )
-            degree = torch.from_numpy(dataset_graph.degrees[dataset_graph.item_tokens(items)]).to(device)
+            degree = (
+                torch.from_numpy(dataset_graph.degrees[dataset_graph.item_tokens(items)]).to(device)
+                if cfg.normalised_cut
+                else None
+            )
             kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha, degree)
         tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
         lr = cosine(step, total, cfg.lr, cfg.lr_min)
