@@ -2,7 +2,7 @@
 
 Reads top to bottom like the paper: linear attention -> pre-norm block -> psi (two blocks, final
 LayerNorm = `hidden`, orthogonal head to K outputs) -> training-time output (Gumbel-softmax, column
-L2 normalisation) -> the objective.
+L2 normalisation; or, beyond the paper, NeuralEF's plain eigenfunctions) -> the objective.
 """
 
 from __future__ import annotations
@@ -100,6 +100,15 @@ def training_output(logits: torch.Tensor, tau: float, weights: torch.Tensor | No
     return y / y.norm(dim=0, keepdim=True).clamp_min(1.0)
 
 
+def eigenfunction_output(logits: torch.Tensor) -> torch.Tensor:
+    """NeuralEF's plain outputs (Deng et al. 2022): each column scaled to unit L2 norm over the
+    batch's N tokens, so R's diagonal holds Rayleigh quotients of G. With `deflation` in the
+    objective psi learns G's top-K eigenfunctions in order; clusters come from K-means on its
+    row-normalised outputs, the exact methods' read-out. Beyond the paper (`train.output:
+    eigenfunctions`)."""
+    return logits / logits.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+
 def volume_weights(degree: torch.Tensor | None) -> torch.Tensor:
     """sqrt(d / mean(d)) for the feature graph's degrees d: with these row weights a hard
     partition S gives Psi = D^1/2 S (S^T D S)^-1/2, so trace(Psi^T D^-1/2 A D^-1/2 Psi) is the
@@ -134,11 +143,16 @@ class Objective(NamedTuple):
     penalty: torch.Tensor  # sum_{i<j} R^_ij^2 / K (before beta)
 
 
-def neuralef_objective(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) -> Objective:
+def neuralef_objective(psi: torch.Tensor, kernel, beta: float, t: float = 0.01, deflation: bool = False) -> Objective:
     """NeuralEF with stop-gradient on the left factor of R^ (method.md section 4).
 
     psi: (N, K) outputs after normalisation; kernel: anything with `kernel @ (N, K)`: a dense or
     sparse (N, N) tensor, or a graph.BatchKernel. Psi is scaled by sqrt(t) before R and R^.
+    `deflation` divides each R^_ij^2 by sg(R^_ii), NeuralEF's own penalty for plain eigenfunctions
+    (`eigenfunction_output`): psi_j then maximises its Rayleigh quotient on G minus
+    beta * sum_{i<j} lambda_i u_i u_i^T, whatever t is (the paper's penalty is t times weaker
+    than its trace, which one-hot columns do not need). Quotients below 0.01 count as 0.01, so
+    a function whose quotient is near zero early in training does not blow the penalty up.
     """
     k = psi.shape[1]
     scaled = psi * math.sqrt(t)
@@ -146,10 +160,13 @@ def neuralef_objective(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) 
     r = scaled.T @ g_psi
     r_hat = scaled.detach().T @ g_psi
     trace = torch.diagonal(r).sum() / k
-    penalty = torch.triu(r_hat, diagonal=1).pow(2).sum() / k
+    off_diagonal = torch.triu(r_hat, diagonal=1).pow(2)
+    if deflation:
+        off_diagonal = off_diagonal / torch.diagonal(r_hat).detach().clamp_min(0.01 * t).unsqueeze(1)
+    penalty = off_diagonal.sum() / k
     return Objective(-trace + beta * penalty, trace.detach(), penalty.detach())
 
 
-def neuralef_loss(psi: torch.Tensor, kernel, beta: float, t: float = 0.01) -> torch.Tensor:
+def neuralef_loss(psi: torch.Tensor, kernel, beta: float, t: float = 0.01, deflation: bool = False) -> torch.Tensor:
     """-trace(R)/K + beta * sum_{i<j} R^_ij^2 / K; see `neuralef_objective`."""
-    return neuralef_objective(psi, kernel, beta, t).loss
+    return neuralef_objective(psi, kernel, beta, t, deflation).loss

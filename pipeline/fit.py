@@ -51,6 +51,22 @@ def sample_tokens(
     return points
 
 
+def eigenfunction_centres(cache: FeatureCache, spec: RunSpec, model: RunModel) -> torch.Tensor:
+    """The exact spectral methods' read-out applied to psi's plain eigenfunctions (`train.output:
+    eigenfunctions`): K-means into K clusters on the row-normalised outputs of training tokens."""
+    if spec.kmeans is None or model.psi is None:
+        raise InputError(f"{spec.run}: reading out eigenfunctions needs psi and kmeans settings")
+    psi = model.psi
+
+    @torch.no_grad()
+    def embed(d):
+        outputs = psi(torch.from_numpy(d["input"]).flatten(1, 2))
+        return F.normalize(outputs.flatten(0, 1), dim=1).numpy()
+
+    points = sample_tokens(cache, embed, ("input",), spec.kmeans.max_points, spec.seed)
+    return torch.from_numpy(fit_kmeans(points, spec.K, spec.seed, spec.kmeans.niter))
+
+
 def fit_run(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
     """Fit a run into `run_dir`, holding its lock: a second fit of the same folder is refused
     at once, and so is a folder this project did not make (or one of another run)."""
@@ -136,7 +152,10 @@ def _fit(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
         return fit_spectral(spec)
     cache = cache_for(spec.features)
     if method.traits.learns_psi:
-        return train_psi(cache, spec, run_dir, resolve_device(spec.device), resident)
+        model = train_psi(cache, spec, run_dir, resolve_device(spec.device), resident)
+        if spec.psi.output == "eigenfunctions":
+            return RunModel(spec, model.psi, eigenfunction_centres(cache, spec, model), input_dim=model.input_dim)
+        return model
     if spec.kmeans is None:
         raise InputError(f"{spec.run}: a {method} run needs kmeans settings")
     km, k = spec.kmeans, spec.K

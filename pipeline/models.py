@@ -7,6 +7,7 @@
   psi        psi's state dict (nes, nes_star)
   centres    (K, D) k-means centres (kmeans: on normalised high-level features of the training
              split, kmeans_transductive: of the evaluated split; nes_star: on normalised `hidden`;
+             nes with `train.output: eigenfunctions`: on psi's row-normalised outputs;
              spectral: on the row-normalised top-K eigenvectors of the evaluated split,
              spectral_inductive: of the training split)
   embedding  (N, K) float16, spectral methods only: the row-normalised eigenvectors of every token
@@ -81,6 +82,12 @@ class RunModel(nn.Module):
         return self.spec.lookup_features
 
     @property
+    def reads_out_eigenfunctions(self) -> bool:
+        """A nes run of plain eigenfunctions (`train.output: eigenfunctions`): its clusters are
+        K-means centres on psi's row-normalised outputs, not their argmax."""
+        return self.method is Method.NES and self.spec.psi.output == "eigenfunctions"
+
+    @property
     def num_clusters(self) -> int:
         return int(self.centres.shape[0]) if self.method is not Method.NES else self.spec.K
 
@@ -102,8 +109,11 @@ class RunModel(nn.Module):
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:
             tokens = inp.reshape(b, h * w, -1)
-            if self.method is Method.NES:
+            if self.method is Method.NES and not self.reads_out_eigenfunctions:
                 logits = inference_logits(self.psi, tokens, self.spec.psi.tau_min)
+            elif self.method is Method.NES:  # K-means centres on psi's row-normalised eigenfunctions
+                outputs = F.normalize(self.psi(tokens), dim=-1)
+                logits = centre_logits(outputs.reshape(b * h * w, -1), self.centres)
             else:
                 hidden = F.normalize(self.psi.hidden(tokens), dim=-1)
                 logits = centre_logits(hidden.reshape(b * h * w, -1), self.centres)
@@ -183,7 +193,8 @@ def _checked_tensors(
             ) from None
         psi.eval()
     centres, embedding = ckpt.get("centres"), ckpt.get("embedding")
-    if spec.method is not Method.NES and (not isinstance(centres, torch.Tensor) or centres.ndim != 2):
+    needs_centres = spec.method is not Method.NES or spec.psi.output == "eigenfunctions"
+    if needs_centres and (not isinstance(centres, torch.Tensor) or centres.ndim != 2):
         raise InputError(f"{path}: a {spec.method} model without a (K, D) tensor of centres")
     if centres is not None and centres.shape[0] != spec.K:
         raise InputError(f"{path}: {centres.shape[0]} centres, its config says K={spec.K}")

@@ -51,6 +51,7 @@ class KernelReference:
     g: sp.csr_matrix
     values: np.ndarray
     spectral_capture: float
+    seed: int = 0
 
     @classmethod
     def of(cls, kernel: BatchKernel, k: int, seed: int = 0) -> KernelReference | None:
@@ -62,22 +63,37 @@ class KernelReference:
         embedding = spectral_embedding(vectors)
         centres = fit_kmeans(embedding, k, seed)
         labels = centre_logits(torch.from_numpy(embedding), torch.from_numpy(centres)).argmax(1).numpy()
-        return cls(g, values, partition_measures(labels, g, values)["capture"])
+        return cls(g, values, partition_measures(labels, g, values)["capture"], seed)
 
-    def capture(self, logits: torch.Tensor) -> float:
-        return partition_measures(logits.argmax(-1).reshape(-1).cpu().numpy(), self.g, self.values)["capture"]
+    def capture(self, logits: torch.Tensor, output: str = "onehot") -> float:
+        """Capture of psi's partition: the argmax of its one-hot outputs, or for plain
+        eigenfunctions the exact method's read-out of them (K-means on the row-normalised outputs
+        of these tokens), so psi's eigenfunctions and G's exact ones are compared alike."""
+        if output == "eigenfunctions":
+            embedding = spectral_embedding(logits.reshape(-1, logits.shape[-1]).double().cpu().numpy())
+            centres = fit_kmeans(embedding, len(self.values), self.seed)
+            labels = centre_logits(torch.from_numpy(embedding), torch.from_numpy(centres)).argmax(1).numpy()
+        else:
+            labels = logits.argmax(-1).reshape(-1).cpu().numpy()
+        return partition_measures(labels, self.g, self.values)["capture"]
 
 
 class CaptureMonitor:
     """Checkpoints spread over training; rows go to `capture_log.csv`, the curve to `capture.png`."""
 
     def __init__(
-        self, total_steps: int, checkpoints: int, k: int, heldout: tuple[torch.Tensor, BatchKernel] | None, seed: int
+        self,
+        total_steps: int,
+        checkpoints: int,
+        k: int,
+        heldout: tuple[torch.Tensor, BatchKernel] | None,
+        seed: int,
+        output: str = "onehot",
     ):
         self.steps = (
             set(np.linspace(0, total_steps - 1, checkpoints).round().astype(int).tolist()) if checkpoints else set()
         )
-        self.k, self.seed = k, seed
+        self.k, self.seed, self.output = k, seed, output
         self.rows: list[dict[str, Any]] = []
         self.heldout_input, self.heldout = None, None
         if heldout is not None and self.steps:
@@ -101,7 +117,7 @@ class CaptureMonitor:
             return
         row = {
             "step": step,
-            "batch_psi": batch.capture(logits.detach()),
+            "batch_psi": batch.capture(logits.detach(), self.output),
             "batch_spectral": batch.spectral_capture,
             "heldout_psi": None,
             "heldout_spectral": None,
@@ -109,7 +125,7 @@ class CaptureMonitor:
         if self.heldout is not None:
             was_training = psi.training
             psi.eval()
-            row["heldout_psi"] = self.heldout.capture(psi(self.heldout_input))
+            row["heldout_psi"] = self.heldout.capture(psi(self.heldout_input), self.output)
             row["heldout_spectral"] = self.heldout.spectral_capture
             psi.train(was_training)
         row["seconds"] = round(time.time() - started, 2)

@@ -155,7 +155,7 @@ def run_id(
         backbone=backbone,
         K=train["K"],
         alpha=fmt(float(train["alpha"])) if "alpha" in train else "",
-        beta=fmt(resolved_beta(train.get("beta"), int(train["K"]))),
+        beta=fmt(resolved_beta(train.get("beta"), int(train["K"]), train.get("output", "onehot"))),
         graph=graph,
         protocol=protocol,
         extra=settings_suffix(settings or {}),
@@ -425,7 +425,10 @@ def make_spec(
         features=features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"]),
         alpha=psi.alpha if psi is not None else None,
         train=psi,
-        kmeans=KMeansSettings.from_dict(config["kmeans"]) if method is not Method.NES else None,
+        # nes runs need K-means only to read out plain eigenfunctions (`train.output`)
+        kmeans=KMeansSettings.from_dict(config["kmeans"])
+        if method is not Method.NES or (psi is not None and psi.output == "eigenfunctions")
+        else None,
         graph=graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
         if psi is not None and psi.graph == "dataset" and traits.learns_psi
         else None,

@@ -215,4 +215,9 @@ class Segmenter:
             raise InputError(
                 f"{self.model.spec.run}: a {self.model.method} run has no eigenfunction outputs; use a nes run"
             )
+        if self.model.reads_out_eigenfunctions:
+            raise InputError(
+                f"{self.model.spec.run}: its logits are K-means centre scores on its eigenfunctions "
+                "(train.output: eigenfunctions); maps are drawn for runs of one-hot outputs only"
+            )
         return (logits[:n] * self.model.spec.psi.tau_min).numpy()

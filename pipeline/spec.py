@@ -108,15 +108,19 @@ def fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def default_beta(num_eigenfunctions: int) -> float:
-    """beta * K = 20.48 in every published run (0.08 at K = 256)."""
-    return 20.48 / num_eigenfunctions
+OUTPUTS = ("onehot", "eigenfunctions")
 
 
-def resolved_beta(beta: float | None, K: int) -> float:
+def default_beta(num_eigenfunctions: int, output: str = "onehot") -> float:
+    """beta * K = 20.48 in every published run (0.08 at K = 256). With `output: eigenfunctions`
+    the penalty is NeuralEF's deflation, whose weight is 1 (any weight >= 1 deflates)."""
+    return 1.0 if output == "eigenfunctions" else 20.48 / num_eigenfunctions
+
+
+def resolved_beta(beta: float | None, K: int, output: str = "onehot") -> float:
     """The penalty weight a run uses, rounded as ids and params carry it: `beta: null` and
     `beta: 0.08` at K = 256 are one run."""
-    return round(float(beta) if beta is not None else default_beta(K), 6)
+    return round(float(beta) if beta is not None else default_beta(K, output), 6)
 
 
 def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
@@ -179,6 +183,9 @@ class TrainSettings:
     monitor: int = 0
     image_centred: bool = False
     normalised_cut: bool = False
+    # onehot: the paper's soft one-hot clusters; eigenfunctions: NeuralEF's plain eigenfunctions,
+    # read out by K-means on psi's row-normalised outputs as the exact spectral methods are
+    output: str = "onehot"
     precision: str = "float32"  # psi's forward in training: float32, or bfloat16 autocast (the objective stays float32)
     search_precision: str = "float32"  # the batch k-NN search's similarity products: float32, or bfloat16
     # keys the config left out (graph, monitor) stay out of the JSON form
@@ -189,6 +196,7 @@ class TrainSettings:
     BEYOND_PAPER: ClassVar[dict[str, Any]] = {
         "image_centred": False,
         "normalised_cut": False,
+        "output": "onehot",
         "precision": "float32",
         "search_precision": "float32",
     }
@@ -200,10 +208,17 @@ class TrainSettings:
         graph = _get(data, "graph", str, where, "batch")
         if graph not in ("batch", "dataset"):
             raise InputError(f"{where}.graph: expected batch or dataset, got {graph!r}")
+        output = _get(data, "output", str, where, "onehot")
+        if output not in OUTPUTS:
+            raise InputError(f"{where}.output: expected {' or '.join(OUTPUTS)}, got {output!r}")
+        if output == "eigenfunctions" and _get(data, "normalised_cut", bool, where, False):
+            raise InputError(
+                f"{where}: normalised_cut weights one-hot clusters; it does not apply to output eigenfunctions"
+            )
         return cls(
             K=K,
             alpha=float(_get(data, "alpha", NUMBER, where)),
-            beta=resolved_beta(_get(data, "beta", (*NUMBER, type(None)), where, None), K),
+            beta=resolved_beta(_get(data, "beta", (*NUMBER, type(None)), where, None), K, output),
             epochs=_get(data, "epochs", int, where),
             batch_size=_get(data, "batch_size", int, where),
             lr=_get(data, "lr", NUMBER, where),
@@ -221,6 +236,7 @@ class TrainSettings:
             monitor=_get(data, "monitor", int, where, 0) or 0,
             image_centred=_get(data, "image_centred", bool, where, False),
             normalised_cut=_get(data, "normalised_cut", bool, where, False),
+            output=output,
             precision=_precision(data, "precision", where),
             search_precision=_precision(data, "search_precision", where),
             given=frozenset(k for k in cls.OPTIONAL if k in data),

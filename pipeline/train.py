@@ -25,7 +25,13 @@ import torch
 
 from .batches import batches
 from .cache import FeatureCache, cache_for
-from .eigenfunctions import centre_per_image, neuralef_objective, training_output, volume_weights
+from .eigenfunctions import (
+    centre_per_image,
+    eigenfunction_output,
+    neuralef_objective,
+    training_output,
+    volume_weights,
+)
 from .errors import InputError
 from .formats import save_torch
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
@@ -37,7 +43,8 @@ from .spec import RunSpec, TrainSettings
 
 log = logging.getLogger(__name__)
 # same_image: share of the batch's feature-graph weight inside single images (dataset-wide graph
-# batches: nan); usage: clusters in effective use by psi's argmax on the batch (perplexity)
+# batches: nan); usage: clusters in effective use by psi's argmax on the batch (perplexity; nan
+# for plain eigenfunctions, `train.output: eigenfunctions`, whose argmax is not their clustering)
 LOG_FIELDS = ("step", "epoch", "loss", "trace", "penalty", "tau", "lr", "same_image", "usage", "seconds")
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_SECONDS = 300
@@ -105,7 +112,7 @@ def train_psi(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     monitor = CaptureMonitor(
-        total, cfg.monitor, cfg.K, heldout_kernel(spec, device) if cfg.monitor else None, spec.seed
+        total, cfg.monitor, cfg.K, heldout_kernel(spec, device) if cfg.monitor else None, spec.seed, cfg.output
     )
     fingerprint = json.dumps(
         {"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str
@@ -138,11 +145,15 @@ def train_psi(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
             logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
         logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
-        weights = volume_weights(kernel.feature_degree) if cfg.normalised_cut else None
-        outputs = training_output(logits, tau, weights)
+        eigen = cfg.output == "eigenfunctions"
+        if eigen:
+            outputs = eigenfunction_output(logits)
+        else:
+            weights = volume_weights(kernel.feature_degree) if cfg.normalised_cut else None
+            outputs = training_output(logits, tau, weights)
         if cfg.image_centred:
             outputs = centre_per_image(outputs, h * w)
-        objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t)
+        objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t, deflation=eigen)
         optimiser.zero_grad(set_to_none=True)
         objective.loss.backward()
         optimiser.step()
@@ -157,7 +168,7 @@ def train_psi(
                 "tau": tau,
                 "lr": lr,
                 "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
-                "usage": cluster_usage(logits.detach()),
+                "usage": float("nan") if eigen else cluster_usage(logits.detach()),
                 "seconds": time.time() - started,
             }
         )

@@ -79,6 +79,7 @@ OTHER_VALUES = {
     "monitor": 0,
     "image_centred": True,
     "normalised_cut": True,
+    "output": "eigenfunctions",
     "precision": "bfloat16",
     "search_precision": "bfloat16",
 }
@@ -91,6 +92,11 @@ DEPENDS_ON = {
     "spectral": {"K", "alpha", "pixel_knn"},
     "spectral_inductive": {"K", "alpha", "pixel_knn", "knn_k"},
 }
+
+
+def default_nes_spec(config):
+    (spec,) = _sweep(config, "K", [config["train"]["K"]], ["nes"])
+    return spec
 
 
 def test_a_sweep_over_any_training_key_keeps_every_value(config):
@@ -118,6 +124,10 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
                 assert key in other.run and other.settings.startswith(f"{key}="), other.run
         star = next(s for s in specs if s.method == "nes_star" and s.run != default["nes_star"])
         assert star.nes_run == star.run.replace("nes_star-", "nes-")
+    # plain eigenfunctions: NeuralEF's penalty weight 1 unless beta is given; K-means reads them out
+    (eigen,) = _sweep(config, "output", ["eigenfunctions"], ["nes"])
+    assert eigen.run == "nes-lite0-K128-a0.3-b1-outputeigenfunctions-s0" and eigen.psi.beta == 1.0
+    assert eigen.kmeans is not None and default_nes_spec(config).kmeans is None
     # readable ids: pixel_knn's pairs, floats as written
     runs = {s.run for s in _sweep(config, "pixel_knn", [[[20, 2.0], [10, 0.1]]], ["nes"])}
     assert runs == {"nes-lite0-K128-a0.3-b0.16-pixel_knn20x2_10x0.1-s0"}

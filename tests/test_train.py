@@ -149,3 +149,48 @@ def test_resident_and_streamed_batches_train_the_same_weights(tiny_cache, tmp_pa
     b = np.genfromtxt(tmp_path / "r" / "train_log.csv", delimiter=",", names=True)
     np.testing.assert_array_equal(a["loss"], b["loss"])
     assert cache_bytes(tiny_cache) > 0 and keep_resident(tiny_cache, torch.device("cpu"), "auto")  # a tiny cache fits
+
+
+def test_plain_eigenfunctions_are_read_out_by_kmeans_and_survive_a_reload(tiny_cache, tmp_path):
+    """`train.output: eigenfunctions`: psi trains without the Gumbel-softmax (no clusters to count
+    in the log), and its clusters are K-means centres on its row-normalised outputs, fitted on the
+    training tokens: a token's cluster is the nearest centre, not its argmax; model.pt keeps them."""
+    import csv
+
+    import torch.nn.functional as F
+
+    from pipeline.fit import eigenfunction_centres
+    from pipeline.formats import save_torch
+    from pipeline.models import RunModel
+    from pipeline.spec import KMeansSettings
+
+    eigen = dataclasses.replace(
+        spec(0, output="eigenfunctions", monitor=2),
+        kmeans=KMeansSettings(niter=10, max_points=2000),
+        heldout=str(tiny_cache.path.with_suffix(".json")),
+    )
+    assert eigen.psi.beta == 1.0  # NeuralEF's deflation weight unless beta is given
+    trained = train_psi(tiny_cache, eigen, tmp_path / "e", torch.device("cpu"))
+    log = np.genfromtxt(tmp_path / "e" / "train_log.csv", delimiter=",", names=True)
+    assert np.isfinite(log["loss"]).all() and np.isnan(log["usage"]).all()
+    # the monitor reads psi's eigenfunctions out as spectral clustering reads G's exact ones
+    for row in csv.DictReader((tmp_path / "e" / "capture_log.csv").read_text().splitlines()):
+        assert all(0 < float(row[key]) <= 1 + 1e-9 for key in ("batch_psi", "heldout_psi")), row
+    centres = eigenfunction_centres(tiny_cache, eigen, trained)
+    assert centres.shape == (eigen.K, eigen.K)
+    model = RunModel(eigen, trained.psi, centres, input_dim=trained.input_dim)
+    save_torch(model.checkpoint(), tmp_path / "e" / "model.pt")
+    loaded = RunModel.load(tmp_path / "e")
+    assert loaded.reads_out_eigenfunctions and loaded.num_clusters == eigen.K
+    data = tiny_cache.read(np.arange(2), ("high", "input"))
+    high, inp = torch.from_numpy(data["high"]), torch.from_numpy(data["input"])
+    clusters = loaded.token_logits(high, inp).argmax(1).reshape(-1)
+    outputs = F.normalize(loaded.psi(inp.flatten(1, 2)).reshape(-1, eigen.K), dim=1)
+    nearest = torch.cdist(outputs, centres).argmin(1)
+    assert torch.equal(clusters, nearest) and not torch.equal(clusters, outputs.argmax(1))
+    # a model.pt of such a run without its centres is refused
+    broken = model.checkpoint()
+    del broken["centres"]
+    save_torch(broken, tmp_path / "b" / "model.pt")
+    with pytest.raises(Exception, match="centres"):
+        RunModel.load(tmp_path / "b")
