@@ -109,11 +109,11 @@ class RunModel(nn.Module):
             logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
         else:
             tokens = inp.reshape(b, h * w, -1)
-            if self.method is Method.NES and not self.reads_out_eigenfunctions:
-                logits = inference_logits(self.psi, tokens, self.spec.psi.tau_min)
-            elif self.method is Method.NES:  # K-means centres on psi's row-normalised eigenfunctions
+            if self.reads_out_eigenfunctions:  # K-means centres on psi's row-normalised outputs
                 outputs = F.normalize(self.psi(tokens), dim=-1)
                 logits = centre_logits(outputs.reshape(b * h * w, -1), self.centres)
+            elif self.method is Method.NES:
+                logits = inference_logits(self.psi, tokens, self.spec.psi.tau_min)
             else:
                 hidden = F.normalize(self.psi.hidden(tokens), dim=-1)
                 logits = centre_logits(hidden.reshape(b * h * w, -1), self.centres)

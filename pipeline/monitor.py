@@ -44,6 +44,14 @@ def kernel_to_scipy(kernel: BatchKernel) -> sp.csr_matrix:
     return g.tocsr()
 
 
+def njw_clusters(functions: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Spectral clustering's read-out (Ng, Jordan and Weiss): K-means on the row-normalised
+    functions of the tokens, one cluster id per token."""
+    embedding = spectral_embedding(functions)
+    centres = fit_kmeans(embedding, k, seed)
+    return centre_logits(torch.from_numpy(embedding), torch.from_numpy(centres)).argmax(1).numpy()
+
+
 @dataclass
 class KernelReference:
     """G of one batch as scipy, its top-K eigenvalues and the capture of spectral clustering."""
@@ -60,19 +68,14 @@ class KernelReference:
         if g.shape[0] < 2 * k:
             return None
         values, vectors = top_eigenvectors(g, min(k, g.shape[0] - 2), seed)
-        embedding = spectral_embedding(vectors)
-        centres = fit_kmeans(embedding, k, seed)
-        labels = centre_logits(torch.from_numpy(embedding), torch.from_numpy(centres)).argmax(1).numpy()
-        return cls(g, values, partition_measures(labels, g, values)["capture"], seed)
+        return cls(g, values, partition_measures(njw_clusters(vectors, k, seed), g, values)["capture"], seed)
 
     def capture(self, logits: torch.Tensor, output: str = "onehot") -> float:
         """Capture of psi's partition: the argmax of its one-hot outputs, or for plain
         eigenfunctions the exact method's read-out of them (K-means on the row-normalised outputs
         of these tokens), so psi's eigenfunctions and G's exact ones are compared alike."""
         if output == "eigenfunctions":
-            embedding = spectral_embedding(logits.reshape(-1, logits.shape[-1]).double().cpu().numpy())
-            centres = fit_kmeans(embedding, len(self.values), self.seed)
-            labels = centre_logits(torch.from_numpy(embedding), torch.from_numpy(centres)).argmax(1).numpy()
+            labels = njw_clusters(logits.reshape(-1, logits.shape[-1]).cpu().numpy(), len(self.values), self.seed)
         else:
             labels = logits.argmax(-1).reshape(-1).cpu().numpy()
         return partition_measures(labels, self.g, self.values)["capture"]
