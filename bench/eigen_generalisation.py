@@ -35,7 +35,7 @@ from pipeline.models import RunModel
 from pipeline.plan import check_files, default_train, eigen_spec, nystrom_spec
 from pipeline.reference import psi_outputs, split_pixels
 
-FIELDS = ["run", "split", "functions", "K", "principal_cos", "matched_abs_cos", "kyfan_capture"]
+FIELDS = ["backbone", "run", "split", "functions", "K", "principal_cos", "matched_abs_cos", "kyfan_capture"]
 
 
 def reference(spec, cache):
@@ -46,8 +46,9 @@ def reference(spec, cache):
     return g, values, vectors
 
 
-def measures(run: str, split: str, name: str, functions: np.ndarray, g, values, vectors) -> dict:
+def measures(backbone: str, run: str, split: str, name: str, functions: np.ndarray, g, values, vectors) -> dict:
     return {
+        "backbone": backbone,
         "run": run,
         "split": split,
         "functions": name,
@@ -74,7 +75,8 @@ def main() -> None:
     nystrom = nystrom_spec(config, args.dataset, args.backbone, (args.dataset, protocol), train)
     val_ref = reference(eigen_spec(config, args.dataset, args.backbone, protocol, train), val_cache)
     train_ref = reference(nystrom.eigen, train_cache)
-    rows = [measures("exact", "val", "nystrom", read_nystrom(nystrom.path)[0][:, : args.K], *val_ref)]
+    b = args.backbone
+    rows = [measures(b, "exact", "val", "nystrom", read_nystrom(nystrom.path)[0][:, : args.K], *val_ref)]
     for run_dir in args.runs:
         model = RunModel.load(run_dir)
         if model.spec.K != args.K:
@@ -82,9 +84,9 @@ def main() -> None:
         with torch.no_grad():
             val_out, random = psi_outputs(model, val_cache)
             train_out, _ = psi_outputs(model, train_cache)
-        rows.append(measures(run_dir.name, "val", "psi", val_out, *val_ref))
-        rows.append(measures(run_dir.name, "val", "random_input", random, *val_ref))
-        rows.append(measures(run_dir.name, "train", "psi", train_out, *train_ref))
+        rows.append(measures(b, run_dir.name, "val", "psi", val_out, *val_ref))
+        rows.append(measures(b, run_dir.name, "val", "random_input", random, *val_ref))
+        rows.append(measures(b, run_dir.name, "train", "psi", train_out, *train_ref))
     for row in rows:
         print(row, flush=True)
     if args.out:
