@@ -153,7 +153,7 @@ def _fit(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
     cache = cache_for(spec.features)
     if method.traits.learns_psi:
         model = train_psi(cache, spec, run_dir, resolve_device(spec.device), resident)
-        if spec.psi.output == "eigenfunctions":
+        if spec.psi.plain_eigenfunctions:
             return RunModel(spec, model.psi, eigenfunction_centres(cache, spec, model), input_dim=model.input_dim)
         return model
     if spec.kmeans is None:

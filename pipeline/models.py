@@ -85,7 +85,7 @@ class RunModel(nn.Module):
     def reads_out_eigenfunctions(self) -> bool:
         """A nes run of plain eigenfunctions (`train.output: eigenfunctions`): its clusters are
         K-means centres on psi's row-normalised outputs, not their argmax."""
-        return self.method is Method.NES and self.spec.psi.output == "eigenfunctions"
+        return self.method is Method.NES and self.spec.psi.plain_eigenfunctions
 
     @property
     def num_clusters(self) -> int:
@@ -193,7 +193,7 @@ def _checked_tensors(
             ) from None
         psi.eval()
     centres, embedding = ckpt.get("centres"), ckpt.get("embedding")
-    needs_centres = spec.method is not Method.NES or spec.psi.output == "eigenfunctions"
+    needs_centres = spec.method is not Method.NES or spec.psi.plain_eigenfunctions
     if needs_centres and (not isinstance(centres, torch.Tensor) or centres.ndim != 2):
         raise InputError(f"{path}: a {spec.method} model without a (K, D) tensor of centres")
     if centres is not None and centres.shape[0] != spec.K:

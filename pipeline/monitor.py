@@ -70,11 +70,11 @@ class KernelReference:
         values, vectors = top_eigenvectors(g, min(k, g.shape[0] - 2), seed)
         return cls(g, values, partition_measures(njw_clusters(vectors, k, seed), g, values)["capture"], seed)
 
-    def capture(self, logits: torch.Tensor, output: str = "onehot") -> float:
+    def capture(self, logits: torch.Tensor, plain_eigenfunctions: bool = False) -> float:
         """Capture of psi's partition: the argmax of its one-hot outputs, or for plain
         eigenfunctions the exact method's read-out of them (K-means on the row-normalised outputs
         of these tokens), so psi's eigenfunctions and G's exact ones are compared alike."""
-        if output == "eigenfunctions":
+        if plain_eigenfunctions:
             labels = njw_clusters(logits.reshape(-1, logits.shape[-1]).cpu().numpy(), len(self.values), self.seed)
         else:
             labels = logits.argmax(-1).reshape(-1).cpu().numpy()
@@ -91,12 +91,12 @@ class CaptureMonitor:
         k: int,
         heldout: tuple[torch.Tensor, BatchKernel] | None,
         seed: int,
-        output: str = "onehot",
+        plain_eigenfunctions: bool = False,
     ):
         self.steps = (
             set(np.linspace(0, total_steps - 1, checkpoints).round().astype(int).tolist()) if checkpoints else set()
         )
-        self.k, self.seed, self.output = k, seed, output
+        self.k, self.seed, self.plain = k, seed, plain_eigenfunctions
         self.rows: list[dict[str, Any]] = []
         self.heldout_input, self.heldout = None, None
         if heldout is not None and self.steps:
@@ -120,7 +120,7 @@ class CaptureMonitor:
             return
         row = {
             "step": step,
-            "batch_psi": batch.capture(logits.detach(), self.output),
+            "batch_psi": batch.capture(logits.detach(), self.plain),
             "batch_spectral": batch.spectral_capture,
             "heldout_psi": None,
             "heldout_spectral": None,
@@ -128,7 +128,7 @@ class CaptureMonitor:
         if self.heldout is not None:
             was_training = psi.training
             psi.eval()
-            row["heldout_psi"] = self.heldout.capture(psi(self.heldout_input), self.output)
+            row["heldout_psi"] = self.heldout.capture(psi(self.heldout_input), self.plain)
             row["heldout_spectral"] = self.heldout.spectral_capture
             psi.train(was_training)
         row["seconds"] = round(time.time() - started, 2)

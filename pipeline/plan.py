@@ -427,7 +427,7 @@ def make_spec(
         train=psi,
         # nes runs need K-means only to read out plain eigenfunctions (`train.output`)
         kmeans=KMeansSettings.from_dict(config["kmeans"])
-        if method is not Method.NES or (psi is not None and psi.output == "eigenfunctions")
+        if method is not Method.NES or (psi is not None and psi.plain_eigenfunctions)
         else None,
         graph=graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
         if psi is not None and psi.graph == "dataset" and traits.learns_psi

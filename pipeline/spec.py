@@ -201,6 +201,12 @@ class TrainSettings:
         "search_precision": "float32",
     }
 
+    @property
+    def plain_eigenfunctions(self) -> bool:
+        """`output: eigenfunctions`: NeuralEF's deflated objective on plain outputs, clusters by
+        K-means on them (beyond the paper)."""
+        return self.output == "eigenfunctions"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "train") -> TrainSettings:
         K = _get(data, "K", int, where)

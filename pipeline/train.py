@@ -112,8 +112,14 @@ def train_psi(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     monitor = CaptureMonitor(
-        total, cfg.monitor, cfg.K, heldout_kernel(spec, device) if cfg.monitor else None, spec.seed, cfg.output
+        total,
+        cfg.monitor,
+        cfg.K,
+        heldout_kernel(spec, device) if cfg.monitor else None,
+        spec.seed,
+        cfg.plain_eigenfunctions,
     )
+    eigen = cfg.plain_eigenfunctions
     fingerprint = json.dumps(
         {"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str
     )
@@ -145,7 +151,6 @@ def train_psi(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
             logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
         logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
-        eigen = cfg.output == "eigenfunctions"
         if eigen:
             outputs = eigenfunction_output(logits)
         else:
