@@ -346,11 +346,6 @@ def cmd_segment(args: argparse.Namespace) -> None:
     )
     if args.eigenfunctions and not seg.model.method.traits.learns_psi:
         raise InputError(f"--eigenfunctions: {args.run} is a {seg.model.method} run; eigenfunction maps need a nes run")
-    if args.eigenfunctions and seg.model.reads_out_eigenfunctions:
-        raise InputError(
-            f"--eigenfunctions: {args.run} reads its clusters out of plain eigenfunctions by K-means "
-            "(train.output: eigenfunctions); maps are drawn for runs of one-hot outputs only"
-        )
     if seg.mapping is not None:
         names, colours = seg.mapping.class_names, palette(len(seg.mapping.class_names))
         log.info("class ids from %s", seg.mapping.source)

@@ -28,7 +28,7 @@ from .datasets import Dataset
 from .errors import InputError
 from .features import encode_crops
 from .formats import store_of
-from .models import RunModel
+from .models import RunModel, TokenScorer
 from .runtime import progress
 from .spec import EvaluationSpec
 from .views import View
@@ -131,7 +131,7 @@ def check_cache_for_run(model: RunModel, cache: FeatureCache) -> None:
 
 
 def image_logits(
-    model: RunModel,
+    model: TokenScorer,
     backbone: Backbone,
     images: list[np.ndarray],
     view: View,
@@ -181,7 +181,7 @@ def max_canvas_values() -> int:
 
 
 def sliding_logits(
-    model: RunModel,
+    model: TokenScorer,
     backbone: Backbone,
     image: np.ndarray,
     view: View,
@@ -212,7 +212,7 @@ def sliding_logits(
 
 
 def _window_logits(
-    model: RunModel,
+    model: TokenScorer,
     backbone: Backbone,
     resized: torch.Tensor,
     windows: list[tuple[int, int, int, int]],
@@ -230,7 +230,7 @@ def _window_logits(
 
 
 def _banded_sliding_logits(
-    model: RunModel,
+    model: TokenScorer,
     backbone: Backbone,
     image: np.ndarray,
     view: View,

@@ -23,7 +23,7 @@ logits come by item of its own split (`item_logits`), never from new features; s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,16 @@ from .clustering import centre_logits
 from .eigenfunctions import Psi, inference_logits
 from .errors import InputError
 from .spec import Method, RunSpec, TrainSettings
+
+
+class TokenScorer(Protocol):
+    """What turns a view's tokens into K maps per token (evaluate.image_logits draws either): a
+    run's cluster logits (RunModel) or psi's raw outputs (PsiOutputs)."""
+
+    @property
+    def num_clusters(self) -> int: ...
+
+    def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor: ...
 
 
 def build_psi(input_dim: int, train: TrainSettings) -> Psi:
@@ -203,3 +213,22 @@ def _checked_tensors(
     ):
         raise InputError(f"{path}: a {spec.method} model needs its (tokens, K={spec.K}) embedding")
     return psi, centres, input_dim, embedding
+
+
+class PsiOutputs:
+    """The first n of psi's outputs per token (the learned eigenfunctions, before any Gumbel-softmax
+    or read-out) in the place of a run's logits, for maps: a one-hot run's logits are all K of
+    them over tau_min, but a run of plain eigenfunctions (`train.output: eigenfunctions`) scores
+    K-means centres, so maps of either come from psi itself."""
+
+    def __init__(self, model: RunModel, n: int):
+        if model.psi is None:
+            raise InputError(f"{model.spec.run}: a {model.method} run has no psi; eigenfunction maps need a nes run")
+        self.psi, self.num_clusters = model.psi, max(1, min(n, model.spec.K))
+
+    @torch.no_grad()
+    def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """inp (B, h, w, C_in) -> psi's first n outputs (B, n, h, w); `high` is not used."""
+        b, h, w, _ = inp.shape
+        outputs = self.psi(inp.reshape(b, h * w, -1))[..., : self.num_clusters]
+        return outputs.reshape(b, h, w, -1).permute(0, 3, 1, 2)

@@ -27,7 +27,7 @@ import torch
 from .errors import InputError
 from .evaluate import backbone_for, image_logits, resample_rows
 from .formats import write_json
-from .models import RunModel
+from .models import PsiOutputs, RunModel
 from .runtime import resolve_device
 from .views import View
 
@@ -177,27 +177,16 @@ class Segmenter:
         return maps[0] if isinstance(images, np.ndarray) else maps
 
     def labels(self, image: np.ndarray, eigenfunctions: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-        """Labels at the image's size and, when asked, its first n eigenfunction maps (at the
-        image's size, or smaller for images above `max_elements`), without holding (K, H, W)
-        logits of a large image."""
+        """Labels at the image's size and, when asked, its first n eigenfunction maps
+        (`eigenfunctions`), without holding (K, H, W) logits of a large image."""
         check_image(image)
         height, width = image.shape[:2]
+        maps = self.eigenfunctions(image, eigenfunctions) if eigenfunctions else None
         if self.num_clusters * height * width <= self.max_elements:
-            logits = self.predict_logits(image)
-            return self.labels_from_logits(logits), self.eigenfunction_maps(
-                logits, eigenfunctions
-            ) if eigenfunctions else None
+            return self.labels_from_logits(self.predict_logits(image)), maps
         low = image_logits(self.model, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
         clusters = resample_rows(low, (height, width), lambda band: band.argmax(0), self.max_elements).numpy()
-        labels = self.mapping.apply(clusters) if self.mapping is not None else clusters
-        maps = None
-        if eigenfunctions:
-            scale = min(1.0, (self.max_elements / (eigenfunctions * height * width)) ** 0.5)
-            size = (max(1, int(height * scale)), max(1, int(width * scale)))
-            maps = self.eigenfunction_maps(
-                resample_rows(low[:eigenfunctions], size, lambda band: band, self.max_elements), eigenfunctions
-            )
-        return labels, maps
+        return (self.mapping.apply(clusters) if self.mapping is not None else clusters), maps
 
     def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         """Arg-max cluster per pixel, through the mapping when there is one."""
@@ -205,19 +194,14 @@ class Segmenter:
         return self.mapping.apply(clusters) if self.mapping is not None else clusters
 
     def eigenfunctions(self, image: np.ndarray, n: int) -> np.ndarray:
-        """The first n of psi's outputs (the learned eigenfunctions, before the Gumbel-softmax) at
-        the image's size: (n, H, W). Only nes runs have them (nes_star's logits are centre scores)."""
-        return self.eigenfunction_maps(self.predict_logits(image), n)
-
-    def eigenfunction_maps(self, logits: torch.Tensor, n: int) -> np.ndarray:
-        """The first n eigenfunctions from already computed logits (logits = psi / tau_min)."""
-        if not self.model.method.traits.learns_psi:
-            raise InputError(
-                f"{self.model.spec.run}: a {self.model.method} run has no eigenfunction outputs; use a nes run"
-            )
-        if self.model.reads_out_eigenfunctions:
-            raise InputError(
-                f"{self.model.spec.run}: its logits are K-means centre scores on its eigenfunctions "
-                "(train.output: eigenfunctions); maps are drawn for runs of one-hot outputs only"
-            )
-        return (logits[:n] * self.model.spec.psi.tau_min).numpy()
+        """The first n of psi's outputs (the learned eigenfunctions: before the Gumbel-softmax of a
+        one-hot run, before the K-means read-out of a run of plain eigenfunctions) as (n, H, W)
+        maps at the image's size, or smaller where n x H x W exceeds `max_elements`, for any run
+        with a psi (nes, nes_star)."""
+        check_image(image)
+        height, width = image.shape[:2]
+        outputs = PsiOutputs(self.model, n)
+        low = image_logits(outputs, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
+        scale = min(1.0, (self.max_elements / (outputs.num_clusters * height * width)) ** 0.5)
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        return resample_rows(low, size, lambda band: band, self.max_elements).numpy()

@@ -343,6 +343,35 @@ def test_segmenting_a_large_image_keeps_memory_bounded(workflow, monkeypatch):
     assert maps.shape[0] == 3 and maps.shape[1] * maps.shape[2] * 3 <= seg.max_elements
 
 
+def test_eigenfunction_maps_come_from_psi_whatever_reads_clusters_out(workflow):
+    """Maps are psi's outputs: a one-hot run's are its logits x tau_min, and the same psi read out
+    by K-means centres (`train.output: eigenfunctions`) draws the same maps though its labels
+    are the nearest centres, not the arg-max."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from pipeline.datasets import read_rgb
+    from pipeline.models import RunModel
+    from pipeline.segmenter import Segmenter
+
+    run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
+    onehot = Segmenter.from_run(run, device="cpu", mapping=None)
+    image = read_rgb(next((workflow["camvid_root"] / "val").glob("*.png")))
+    labels, maps = onehot.labels(image, eigenfunctions=3)
+    logits = onehot.predict_logits(image)
+    np.testing.assert_allclose(maps, logits[:3].numpy() * onehot.model.spec.psi.tau_min, rtol=1e-4, atol=1e-5)
+    model = onehot.model
+    spec = dataclasses.replace(model.spec, train=dataclasses.replace(model.spec.psi, output="eigenfunctions"))
+    centres = F.normalize(torch.randn(model.spec.K, model.spec.K, generator=torch.Generator().manual_seed(0)), dim=1)
+    eigen = Segmenter(
+        RunModel(spec, model.psi, centres, input_dim=model.input_dim), onehot.view, device=torch.device("cpu")
+    )
+    eigen_labels, eigen_maps = eigen.labels(image, eigenfunctions=3)
+    np.testing.assert_array_equal(eigen_maps, maps)
+    assert eigen_labels.shape == labels.shape and (eigen_labels != labels).mean() > 0.05
+
+
 def test_own_images_without_labels_train_and_segment_through_the_workflow(camvid_root, tmp_path):
     """README "Use your own images": a folder of images, no labels -> extract, train, segment."""
     images = tmp_path / "mine"
