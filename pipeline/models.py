@@ -98,6 +98,11 @@ class RunModel(nn.Module):
         return self.method is Method.NES and self.spec.psi.plain_eigenfunctions
 
     @property
+    def logits_are_psi_outputs(self) -> bool:
+        """A one-hot nes run: its logits are psi's outputs over tau_min (maps need no second pass)."""
+        return self.method is Method.NES and not self.spec.psi.plain_eigenfunctions
+
+    @property
     def num_clusters(self) -> int:
         return int(self.centres.shape[0]) if self.method is not Method.NES else self.spec.K
 

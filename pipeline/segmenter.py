@@ -178,14 +178,20 @@ class Segmenter:
 
     def labels(self, image: np.ndarray, eigenfunctions: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """Labels at the image's size and, when asked, its first n eigenfunction maps
-        (`eigenfunctions`), without holding (K, H, W) logits of a large image."""
+        (`eigenfunctions`), without holding (K, H, W) logits of a large image. A one-hot nes run's
+        maps are its logits x tau_min, so they cost no second pass; other runs' come from psi."""
         check_image(image)
         height, width = image.shape[:2]
-        maps = self.eigenfunctions(image, eigenfunctions) if eigenfunctions else None
+        n = eigenfunctions
+        from_logits = bool(n) and self.model.logits_are_psi_outputs
+        maps = self.eigenfunctions(image, n) if n and not from_logits else None
+        tau = self.model.spec.psi.tau_min if from_logits else 1.0
         if self.num_clusters * height * width <= self.max_elements:
-            return self.labels_from_logits(self.predict_logits(image)), maps
+            logits = self.predict_logits(image)
+            return self.labels_from_logits(logits), (logits[:n] * tau).numpy() if from_logits else maps
         low = image_logits(self.model, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
         clusters = resample_rows(low, (height, width), lambda band: band.argmax(0), self.max_elements).numpy()
+        maps = self._maps_at_image_size(low[:n] * tau, height, width) if from_logits else maps
         return (self.mapping.apply(clusters) if self.mapping is not None else clusters), maps
 
     def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
@@ -199,9 +205,13 @@ class Segmenter:
         maps at the image's size, or smaller where n x H x W exceeds `max_elements`, for any run
         with a psi (nes, nes_star)."""
         check_image(image)
-        height, width = image.shape[:2]
         outputs = PsiOutputs(self.model, n)
         low = image_logits(outputs, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
-        scale = min(1.0, (self.max_elements / (outputs.num_clusters * height * width)) ** 0.5)
+        return self._maps_at_image_size(low, *image.shape[:2])
+
+    def _maps_at_image_size(self, low: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """(n, h, w) maps at the view's resolution -> the image's size, or smaller where n x H x W
+        exceeds `max_elements`."""
+        scale = min(1.0, (self.max_elements / (low.shape[0] * height * width)) ** 0.5)
         size = (max(1, int(height * scale)), max(1, int(width * scale)))
         return resample_rows(low, size, lambda band: band, self.max_elements).numpy()
