@@ -222,9 +222,9 @@ def _checked_tensors(
 
 class PsiOutputs:
     """The first n of psi's outputs per token (the learned eigenfunctions, before any Gumbel-softmax
-    or read-out) in the place of a run's logits, for maps: a one-hot run's logits are all K of
-    them over tau_min, but a run of plain eigenfunctions (`train.output: eigenfunctions`) scores
-    K-means centres, so maps of either come from psi itself."""
+    or read-out) in the place of a run's logits, for maps: a one-hot nes run's logits are all K
+    of them over tau_min, but nes_star and runs of plain eigenfunctions (`train.output:
+    eigenfunctions`) score K-means centres, so their maps come from psi itself."""
 
     def __init__(self, model: RunModel, n: int):
         if model.psi is None:

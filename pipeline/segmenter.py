@@ -183,15 +183,17 @@ class Segmenter:
         check_image(image)
         height, width = image.shape[:2]
         n = eigenfunctions
-        from_logits = bool(n) and self.model.logits_are_psi_outputs
+        from_logits = bool(n) and self.model.logits_are_psi_outputs  # no second pass for these
         maps = self.eigenfunctions(image, n) if n and not from_logits else None
-        tau = self.model.spec.psi.tau_min if from_logits else 1.0
         if self.num_clusters * height * width <= self.max_elements:
             logits = self.predict_logits(image)
-            return self.labels_from_logits(logits), (logits[:n] * tau).numpy() if from_logits else maps
+            if from_logits:
+                maps = (logits[:n] * self.model.spec.psi.tau_min).numpy()
+            return self.labels_from_logits(logits), maps
         low = image_logits(self.model, self.backbone, [image], self.view, self.device, at_view=True)[0].cpu()
+        if from_logits:
+            maps = self._maps_at_image_size(low[:n] * self.model.spec.psi.tau_min, height, width)
         clusters = resample_rows(low, (height, width), lambda band: band.argmax(0), self.max_elements).numpy()
-        maps = self._maps_at_image_size(low[:n] * tau, height, width) if from_logits else maps
         return (self.mapping.apply(clusters) if self.mapping is not None else clusters), maps
 
     def labels_from_logits(self, logits: torch.Tensor) -> np.ndarray:
