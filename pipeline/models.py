@@ -100,7 +100,7 @@ class RunModel(nn.Module):
     @property
     def logits_are_psi_outputs(self) -> bool:
         """A one-hot nes run: its logits are psi's outputs over tau_min (maps need no second pass)."""
-        return self.method is Method.NES and not self.spec.psi.plain_eigenfunctions
+        return self.method is Method.NES and not self.reads_out_eigenfunctions
 
     @property
     def num_clusters(self) -> int:
