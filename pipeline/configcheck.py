@@ -38,7 +38,26 @@ def _message(error, prefix: str) -> str:
     where = key_path([*([prefix] if prefix else []), *error.absolute_path])
     if error.validator == "additionalProperties":
         return f"{where}: {error.message} (a typo? the allowed keys are in config/README.md)"
+    if error.validator == "type" and _reads_as_another_type(error.instance) and "." in where:
+        return f"{where}: {error.message} ({_NESTED_CONFIG_HINT})"
     return f"{where}: {error.message}"
+
+
+def _reads_as_another_type(value: Any) -> bool:
+    """A string that YAML would have read as a number or boolean: `'64'`, not `'a'`."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return not isinstance(yaml.safe_load(value), str)
+    except yaml.YAMLError:
+        return False
+
+
+# Snakemake reads the values of `--config train='{K: 64}'` with YAML's BaseLoader: every nested
+# scalar arrives as a string.
+_NESTED_CONFIG_HINT = (
+    "given with --config? Snakemake passes nested values as strings: put them in a file and pass it with --configfile"
+)
 
 
 def check_config(config: dict[str, Any]) -> None:

@@ -127,6 +127,23 @@ def test_config_errors_name_the_full_key_path_before_any_job(text, message):
     assert message in str(caught.value)
 
 
+def test_nested_values_given_with_snakemakes_config_option_are_pointed_to_a_config_file():
+    """`--config train='{K: 64}'` reaches the workflow with K as the string '64' (Snakemake reads
+    nested values with YAML's BaseLoader): the error says so and what to do instead."""
+    import yaml
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    from pipeline.configcheck import check_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    update_config(config, parse_config(["train={K: 64}"]))
+    with pytest.raises(
+        InputError, match=r"train\.K: '64' is not of type 'integer' \(given with --config\?.*--configfile"
+    ):
+        check_config(config)
+
+
 def test_check_config_names_the_file_and_line_of_a_yaml_syntax_error(tmp_path):
     """Snakemake's own message for a broken --configfile names neither file nor line; `nes
     check-config` does, then checks keys and every run as the workflow would."""
