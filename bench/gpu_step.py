@@ -8,7 +8,8 @@ torch.compile; and extraction throughput of a ViT-S/16 at the 480 x 480 training
 autocast. Random weights and data: timing only. Prints one JSON line with the device's name
 (`make gpu-check`). `--device cpu` with a small `--grid` checks the script itself anywhere.
 
-    python bench/gpu_step.py [--steps 20] [--batch 16] [--grid 30] [--K 256] [--compile]
+    python bench/gpu_step.py [--steps 20] [--batch 16] [--grid 30] [--K 256] [--heads 18] [--compile]
+    python bench/gpu_step.py --batch 8 --grid 29 --K 128 --heads 4 --no-extraction   # CamVid DINOv2's step
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--grid", type=int, default=30)
     parser.add_argument("--K", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=18, help="psi's attention heads (the CamVid demo's: 4)")
     parser.add_argument("--items", type=int, default=256, help="synthetic training items held in device memory")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--compile", action="store_true", help="also time the step with psi under torch.compile")
@@ -87,7 +89,7 @@ def main() -> None:
 
     def measure(precision: str, search_precision: str, compiled: bool) -> dict[str, float]:
         torch.manual_seed(0)
-        psi = Psi(1152, args.K, depth=2, heads=18, dim_head=64).to(device)
+        psi = Psi(1152, args.K, depth=2, heads=args.heads, dim_head=64).to(device)
         optimiser = torch.optim.Adam(psi.parameters(), lr=1e-3)
         forward = torch.compile(psi) if compiled else psi
         bf16 = precision == "bfloat16"
@@ -143,6 +145,7 @@ def main() -> None:
         "torch": torch.__version__,
         "tokens_per_step": b * hw,
         "K": args.K,
+        "heads": args.heads,
         "peak_bf16_tflops": peak,
         "steps": steps,
         "speedup_bf16": round(steps["float32"]["step"] / steps["bf16 psi + search"]["step"], 2),
