@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-fast lint format gpu-check pascal-size bench clean-results
+.PHONY: install demo test test-fast test-offline lint format gpu-check pascal-size bench clean-results \
+	wheelhouse install-offline
 
 install: $(STAMP)
 
@@ -21,22 +22,27 @@ demo: $(STAMP)
 	@echo; cat results/camvid/table1.md
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not offline_kit" tests
 
 # the unit tests, without Snakemake runs or whole stages on real data: under 2 minutes on 2 cores
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not workflow and not gpu" tests
+	$(BIN)/python -m pytest -q -m "not workflow and not gpu and not offline_kit" tests
+
+# the offline install kit end to end: build a wheelhouse, install it with the network cut (needs
+# root for `unshare -n`), make test-fast in that environment; about 4 minutes on 2 cores
+test-offline: $(STAMP)
+	$(BIN)/python -m pytest -q -m offline_kit -s tests/test_offline_kit.py
 
 # ruff (lint, and format as a check) on the code, mypy on the package; `make format` applies ruff's
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench tools
+	$(BIN)/ruff format --check pipeline tests bench tools
 	$(BIN)/snakefmt --check Snakefile workflow/rules/*.smk
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix pipeline tests bench
-	$(BIN)/ruff format pipeline tests bench
+	$(BIN)/ruff check --fix pipeline tests bench tools
+	$(BIN)/ruff format pipeline tests bench tools
 	$(BIN)/snakefmt Snakefile workflow/rules/*.smk
 
 # GPU paths (skipped without CUDA) and the timings behind the README's table of GPU hours; < 5 min
@@ -54,3 +60,19 @@ bench: $(STAMP)
 
 clean-results:
 	rm -rf results .snakemake
+
+# An offline install kit for nodes that reach no package index (docs/offline.md). On a machine
+# with the indexes: make wheelhouse [TARGET_PYTHON=3.12] [TORCH=node]; carry the repository and
+# the wheelhouse; on the node: make install-offline [TORCH_FROM=/path/to/python-with-torch]
+WHEELHOUSE    ?= wheelhouse
+TORCH         ?= include
+TARGET_PYTHON ?=
+TORCH_FROM    ?=
+
+wheelhouse: $(STAMP)
+	$(BIN)/python tools/offline_kit.py build --out $(WHEELHOUSE) --torch $(TORCH) \
+		$(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON))
+
+install-offline:
+	$(PYTHON) tools/offline_kit.py install --wheelhouse $(WHEELHOUSE) --venv $(VENV) --python $(PYTHON) \
+		$(if $(TORCH_FROM),--torch-from $(TORCH_FROM))
