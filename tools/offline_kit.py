@@ -2,15 +2,17 @@
 from it that never touches the network. GPU nodes of clusters often reach no package index.
 
     python tools/offline_kit.py build --out wheelhouse [--python-version 3.12] [--torch include|node]
-    python tools/offline_kit.py install --wheelhouse wheelhouse --venv .venv [--torch-from PYTHON]
+                                      [--node-packages FREEZE.txt]
+    python tools/offline_kit.py install --wheelhouse wheelhouse --venv .venv [--node-python PYTHON]
     python tools/offline_kit.py verify --wheelhouse wheelhouse
 
 `build` needs pip and the package indexes; it resolves the project's requirements (pyproject.toml)
 under constraints.txt for the target, builds wheels for what PyPI ships only as source, and writes
 the wheelhouse with `manifest.json` (target, every file's sha256 and size) and `requirements.lock`
 (pinned, hashed). `--torch node` leaves torch, torchvision, triton and the CUDA wheels out (about
-3.5 GB): `install --torch-from PYTHON` then links those of an interpreter that has them (a
-cluster's PyTorch module) into the new environment. A package that ships only as platform-specific
+3 GB), and `--node-packages` every package named in a `pip freeze` of the node: `install
+--node-python PYTHON` then links those of that interpreter's environment (a cluster's PyTorch
+module, a container's Python) into the new one, and nothing else of it. A package that ships only as platform-specific
 source (pydensecrf2) and cannot be built here for the target is kept as source with its build
 requirements, and built on the node (a C++ compiler is needed there); `--build-python` builds it
 here with an interpreter of the target's version instead.
@@ -43,12 +45,10 @@ MANIFEST = "manifest.json"
 LOCK = "requirements.lock"
 STAMP = ".installed"  # the Makefile's stamp: written last, so a cut-short install is never trusted
 FORMAT = 1
-# what `--torch node` leaves out and `--torch-from` links in: PyTorch and the CUDA runtime it brings
+# what `--torch node` leaves out and `--node-python` links in: PyTorch and the CUDA runtime it brings
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-.+|cuda-.+)$")
 # what `install` puts into the environment besides the lock: the build backend of `pip install -e .`
 BUILD_BACKEND = ["setuptools>=77", "wheel"]
-# 3.11's manylinux tags, newest first: what a current x86-64 or aarch64 Linux node accepts
-MANYLINUX = ("manylinux_2_28", "manylinux_2_17", "manylinux2014")
 
 
 PIP = [sys.executable, "-m", "pip"]
@@ -112,6 +112,19 @@ def requirement_name(requirement: str) -> str:
     return canonical(match.group(1))
 
 
+def manylinux_tags() -> list[str]:
+    """Every manylinux tag this machine's glibc accepts, newest first: the node is assumed to have
+    this glibc or a newer one (otherwise give --platform)."""
+    libc, version = platform.libc_ver()
+    if libc != "glibc":
+        raise KitError("this machine has no glibc: give the node's wheel tags with --platform")
+    major, minor = map(int, version.split(".")[:2])
+    machine = platform.machine()
+    tags = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 4, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    return tags + [f"{legacy[m]}_{machine}" for m in legacy if m <= minor]
+
+
 class Target:
     """The Python and platform the wheels are for; the host's own when nothing is asked."""
 
@@ -121,8 +134,7 @@ class Target:
         if not re.fullmatch(r"3\.\d+", self.python):
             raise KitError(f"--python-version: expected MAJOR.MINOR such as 3.12, got {self.python!r}")
         self.is_host = self.python == host and not platforms
-        machine = platform.machine()
-        self.platforms = platforms or [f"{tag}_{machine}" for tag in MANYLINUX]
+        self.platforms = platforms or manylinux_tags()
 
     def pip_flags(self) -> list[str]:
         if self.is_host:
@@ -213,9 +225,9 @@ def build(args: argparse.Namespace) -> None:
         for sdist in sources.iterdir():  # what building it on the node takes, where the lock lacks it
             for i in resolve(build_requirements(sdist), target.pip_flags(), built):
                 chosen.setdefault(canonical(i["metadata"]["name"]), i["metadata"]["version"])
-        pins = sorted(f"{name}=={version}" for name, version in chosen.items())
-        if args.torch == "node":
-            pins = [p for p in pins if not is_torch_family(requirement_name(p))]
+        node_has = node_packages(args.node_packages) if args.node_packages else set()
+        from_node = sorted(n for n in chosen if n in node_has or (args.torch == "node" and is_torch_family(n)))
+        pins = sorted(f"{name}=={version}" for name, version in chosen.items() if name not in from_node)
         lock_plain = tmp / "pins.txt"
         lock_plain.write_text("\n".join(pins) + "\n")
         wheels = tmp / "wheelhouse"
@@ -226,7 +238,7 @@ def build(args: argparse.Namespace) -> None:
             shutil.move(sdist, wheels / sdist.name)
         if args.weights:
             add_weights(wheels / "weights")
-        write_manifest(wheels, target, args.torch, extras, pins, kept)
+        write_manifest(wheels, target, args.torch, from_node, extras, pins, kept)
         wheels.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -235,6 +247,19 @@ def build(args: argparse.Namespace) -> None:
     print(
         f"{out}: {len(manifest['files'])} files, {size / 2**20:.0f} MiB, for Python {target.python}, torch {args.torch}"
     )
+
+
+def node_packages(freeze: str) -> set[str]:
+    """The distributions named in a `pip freeze` (or `pip list --format=freeze`) of the node."""
+    path = Path(freeze)
+    if not path.is_file():
+        raise KitError(f"--node-packages {path}: no such file (write it on the node with `python3 -m pip freeze`)")
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(requirement_name(line))
+    return names
 
 
 def add_weights(folder: Path) -> None:
@@ -248,7 +273,13 @@ def add_weights(folder: Path) -> None:
 
 
 def write_manifest(
-    wheels: Path, target: Target, torch: str, extras: list[str], pins: list[str], sources: list[str]
+    wheels: Path,
+    target: Target,
+    torch: str,
+    from_node: list[str],
+    extras: list[str],
+    pins: list[str],
+    sources: list[str],
 ) -> None:
     files = []
     pinned = {requirement_name(p): p for p in pins}
@@ -266,6 +297,7 @@ def write_manifest(
         "project": "neural-eigenseg",
         "target": target.describe(),
         "torch": torch,
+        "from_node": from_node,
         "extras": extras,
         "sources": sources,
         "pip": run([*PIP, "--version"], "pip --version", quiet=True).split()[1],
@@ -302,24 +334,28 @@ def interpreter_version(python: str) -> str:
     return run(cmd, f"asking {python} its version", quiet=True).strip()
 
 
-def link_torch(source_python: str, venv: Path) -> list[str]:
-    """Make the torch family of `source_python`'s environment importable in `venv`, and nothing
-    else of it: symlinks in `venv/torch-from-node`, named in a .pth file."""
+def link_from_node(node_python: str, manifest: dict, venv: Path) -> list[str]:
+    """Make what the kit left to the node importable in `venv` from `node_python`'s environment,
+    and nothing else of it: symlinks in `venv/from-node`, named in a .pth file."""
+    family = TORCH_FAMILY.pattern if manifest["torch"] == "node" else "(?!)"
     code = (
         "import importlib.metadata as m, json, re, sys\n"
-        f"family = re.compile({TORCH_FAMILY.pattern!r})\n"
+        f"family, wanted = re.compile({family!r}), set({manifest['from_node']!r})\n"
         "out = {}\n"
         "for d in m.distributions():\n"
         "    name = re.sub(r'[-_.]+', '-', d.metadata['Name']).lower()\n"
-        "    if family.match(name) and name not in out:\n"
+        "    if (family.match(name) or name in wanted) and name not in out:\n"
         "        tops = {str(d.locate_file(f.parts[0])) for f in (d.files or []) if f.parts and f.parts[0] != '..'}\n"
         "        out[name] = sorted(tops)\n"
         "print(json.dumps(out))\n"
     )
-    found = json.loads(run([source_python, "-c", code], f"listing torch in {source_python}", quiet=True))
-    if "torch" not in found:
-        raise KitError(f"--torch-from {source_python}: no torch installed there")
-    folder = venv / "torch-from-node"
+    found = json.loads(run([node_python, "-c", code], f"listing the packages of {node_python}", quiet=True))
+    missing = sorted(set(manifest["from_node"]) - set(found))
+    if missing:
+        raise KitError(
+            f"--node-python {node_python}: the kit leaves {', '.join(missing)} to the node, not installed there"
+        )
+    folder = venv / "from-node"
     folder.mkdir(exist_ok=True)
     for paths in found.values():
         for top in map(Path, paths):
@@ -331,7 +367,7 @@ def link_torch(source_python: str, venv: Path) -> list[str]:
         "finding the environment's site-packages",
         quiet=True,
     ).strip()
-    (Path(site) / "torch-from-node.pth").write_text(str(folder.resolve()) + "\n")
+    (Path(site) / "from-node.pth").write_text(str(folder.resolve()) + "\n")
     return sorted(found)
 
 
@@ -340,10 +376,11 @@ def install(args: argparse.Namespace) -> None:
     manifest = verify(wheelhouse)
     if (venv / STAMP).exists():
         raise KitError(f"{venv}: already installed ({venv / STAMP}); remove {venv} to install again")
-    python = args.torch_from or args.python
-    if manifest["torch"] == "node" and not args.torch_from:
+    python = args.node_python or args.python
+    if manifest["from_node"] and not args.node_python:
+        left = ", ".join(manifest["from_node"][:6]) + (", ..." if len(manifest["from_node"]) > 6 else "")
         raise KitError(
-            f"{wheelhouse}: built without torch (--torch node); give --torch-from PYTHON, one that has torch"
+            f"{wheelhouse}: leaves {left} to the node; give --node-python PYTHON, an interpreter that has them"
         )
     version, wanted = interpreter_version(python), manifest["target"]["python"]
     if version != wanted:
@@ -352,8 +389,8 @@ def install(args: argparse.Namespace) -> None:
     if not (venv / "bin" / "python").exists():
         run([python, "-m", "venv", str(venv)], f"creating {venv}")
     vpython = str(venv / "bin" / "python")
-    if args.torch_from:
-        print("torch from", args.torch_from, ":", ", ".join(link_torch(args.torch_from, venv)))
+    if args.node_python:
+        print("from", args.node_python, ":", ", ".join(link_from_node(args.node_python, manifest, venv)))
     offline = [vpython, "-m", "pip", "install", "--no-index", "--find-links", str(wheelhouse), "--quiet"]
     run([*offline, "--no-deps", "--require-hashes", "-r", str(wheelhouse / LOCK)], "installing the lock", env)
     for pin in manifest["sources"]:
@@ -415,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", default="wheelhouse")
     b.add_argument("--python-version", help="the node's Python as MAJOR.MINOR (default: this interpreter's)")
     b.add_argument("--platform", action="append", help="wheel platform tags (default: manylinux for this machine)")
-    b.add_argument("--torch", choices=["include", "node"], default="include")
+    b.add_argument("--torch", choices=["include", "node"], default="include", help="node: use the node's PyTorch")
+    b.add_argument("--node-packages", help="a `pip freeze` of the node: leave out what it lists, use the node's")
     b.add_argument("--extras", default="dev,crf,slurm", help="the project's extras, comma-separated")
     b.add_argument("--requirement", action="append", default=[], help="one more requirement to carry")
     b.add_argument("--build-python", help="an interpreter of the target's version to build source-only packages")
@@ -425,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     i.add_argument("--wheelhouse", default="wheelhouse")
     i.add_argument("--venv", default=".venv")
     i.add_argument("--python", default=sys.executable, help="the interpreter the environment is made from")
-    i.add_argument("--torch-from", help="an interpreter whose torch to use (wheelhouses built with --torch node)")
+    i.add_argument("--node-python", help="the interpreter whose packages the kit leaves to the node (torch, ...)")
     i.add_argument("--weights-dir", default="weights", help="where the carried weights go (config's weights_dir)")
     i.set_defaults(func=install)
     v = sub.add_parser("verify", help="check every file of a wheelhouse against its manifest")
