@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not workflow and not gpu and not offline_kit" tests
 
 # the offline install kit end to end: build a wheelhouse, install it with the network cut (needs
-# root for `unshare -n`), make test-fast in that environment; about 4 minutes on 2 cores
+# root for `unshare -n`), make test-fast in that environment; 3.5 minutes on 2 cores
 test-offline: $(STAMP)
 	$(BIN)/python -m pytest -q -m offline_kit -s tests/test_offline_kit.py
 
