@@ -11,7 +11,7 @@ highest mean degree of the spectral clusters' tokens relative to the batch's mea
 associations agree).
 
     python bench/batch_kernel.py --features results/msrc/features/lite0/A/val.json \
-        --set knn_k=256 --set knn_k=64 --set knn_k=16,batch_size=16 --out docs/batch_kernel.csv
+        --set knn_k=256 --set knn_k=64 --set knn_k=16,batch_size=16 --out docs/data/batch_kernel.csv
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ evaluation split (val only), from its token-level clusters:
 - `clusters_per_image`: effective number of clusters inside one image.
 
     python bench/cluster_spread.py --features results/msrc/features/lite0/A/val.json \
-        results/tuning/lite0-default/*/ --out docs/cluster_spread.csv
+        results/tuning/lite0-default/*/ --out docs/data/cluster_spread.csv
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Dataset-wide k-NN graph building against the number of tokens: FAISS exact, IVF and HNSW, with
 chunked torch matmul + topk as the reference, plus exact eigsh time; a log-log plot as PNG.
 
-    python bench/graph_scaling.py --sizes 10000 30000 100000 300000 1000000 --out docs/graph_scaling.png
+    python bench/graph_scaling.py --sizes 10000 30000 100000 300000 1000000 --out docs/data/graph_scaling.png
     python bench/graph_scaling.py --sizes 1000000 --methods hnsw --append   # add points to the table
 
-Measurements go to a CSV beside the PNG (docs/graph_scaling.csv); with --append, new points
+Measurements go to a CSV beside the PNG (docs/data/graph_scaling.csv); with --append, new points
 replace those of the same size and method and the plot shows them all.
 
 Synthetic clustered features of ViT-S's dimension (384) stand in above CamVid's size. Recall@k of
@@ -68,7 +68,7 @@ def main() -> None:
         "--methods", nargs="+", default=["torch", "exact", "ivf", "hnsw"], help="which of torch exact ivf hnsw"
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="docs/graph_scaling.png")
+    p.add_argument("--out", default="docs/data/graph_scaling.png")
     p.add_argument("--append", action="store_true", help="merge with the CSV beside --out instead of replacing it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@
 - the cluster sizes' perplexity against the classes': a balanced partition of imbalanced
   classes has to split the large ones.
 
-    python bench/partition_anatomy.py results/camvid/runs/*-lite0-K11-* --out docs/camvid_k11_anatomy.csv
+    python bench/partition_anatomy.py results/camvid/runs/*-lite0-K11-* --out docs/data/camvid_k11_anatomy.csv
 """
 
 from __future__ import annotations

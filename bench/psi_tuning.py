@@ -3,7 +3,7 @@ each on the evaluation split only (never a test split): capture of a held-out va
 exact spectral clustering of it, and val mIoU / accuracy (majority voting), with the time per step.
 
     python bench/psi_tuning.py --dataset camvid --backbone dinov2_s14 \
-        --set lr=1e-3 --set lr=3e-3 --set lr=3e-3,batch_size=4 --out docs/psi_tuning.csv
+        --set lr=1e-3 --set lr=3e-3 --set lr=3e-3,batch_size=4 --out docs/data/psi_tuning.csv
 
 Each `--set` is one setting: comma-separated train keys over the config's `train:` (values parsed
 as YAML). Rows are appended to `--out` (one per setting, method and seed) and printed. Runs are
@@ -13,7 +13,7 @@ the workflow's own (same specs, `fit_run`), under `{results}/tuning/{backbone}-{
 two caches where missing (for a machine without Snakemake). The paper's schedule on a GPU:
 
     python bench/psi_tuning.py --device cuda --threads 16 --extract --methods nes nes_star kmeans \
-        --set epochs=40 --seeds 0 1 2 --out docs/long_schedule.csv
+        --set epochs=40 --seeds 0 1 2 --out docs/data/long_schedule.csv
 
 Another training cache (e.g. 4 augmented views per image) is tried with a config override and a tag:
 
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument(
         "--extract", action="store_true", help="extract the training and evaluation caches first where missing"
     )
-    parser.add_argument("--out", default="docs/psi_tuning.csv", help="CSV the rows are appended to")
+    parser.add_argument("--out", default="docs/data/psi_tuning.csv", help="CSV the rows are appended to")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--tag",
