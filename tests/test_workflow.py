@@ -602,3 +602,41 @@ def test_data_changes_rerun_what_reads_them_and_nothing_else(camvid_root, tmp_pa
         os.utime(path, times)
     snakemake("--cleanup-metadata", str(manifest), str(metrics), "--configfile", str(config))
     assert planned() == {}
+
+
+def readme_examples() -> tuple[list[str], list[str]]:
+    """The README's Python blocks, and the `nes` commands of its shell blocks (the others, `make`
+    and `snakemake` runs, take minutes to hours and are exercised by the tests above)."""
+    text = (REPO / "README.md").read_text()
+    python = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    shell = [
+        line.split("  #")[0].strip()
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("nes ")
+    ]
+    return python, shell
+
+
+def test_the_readme_examples_run_as_written(workflow, tmp_path, camvid_root):
+    """Every Python block and `nes` command of the README, run as written in a folder holding what
+    they name: the demo's run (here the workflow's tiny run under the demo's name) and a photo."""
+    python, shell = readme_examples()
+    assert python and shell, "the README lost its examples"
+    demo_run = tmp_path / "results" / "camvid" / "runs" / "nes-lite0-K128-a0.3-b0.16-s0"
+    demo_run.parent.mkdir(parents=True)
+    demo_run.symlink_to(next((workflow["results"] / "camvid" / "runs").glob("nes-*")))
+    frame = sorted((camvid_root / "val").glob("*.png"))[0]
+    Image.open(frame).convert("RGB").save(tmp_path / "photo.jpg", quality=90)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "NES_WEIGHTS_DIR": str(REPO / "weights"),
+    }
+    for block in python:
+        done = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, block + done.stderr[-3000:]
+    for command in shell:
+        done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, command + done.stderr[-3000:]
+    assert Image.open(tmp_path / "seg" / "photo_labels.png").size == Image.open(frame).size
