@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-fast test-offline lint format gpu-check pascal-size bench clean-results \
+.PHONY: install demo figure test test-fast test-offline lint format gpu-check pascal-size bench clean-results \
 	wheelhouse install-offline gpu-session
 
 install: $(STAMP)
@@ -23,6 +23,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not offline_kit" tests
+
+# the README's figure from the demo's run: its evaluation's sample grid (image / ground truth / Ours /
+# K-means) and psi's first four eigenfunctions on the first of those frames, into docs/img/
+DEMO_RUN   := results/camvid/runs/nes-lite0-K128-a0.3-b0.16-s0
+DEMO_FRAME  = $(firstword $(wildcard $(DEMO_RUN)/camvid-native/overlays/samples/*_image.png))
+figure: $(STAMP)
+	test -n "$(DEMO_FRAME)" || { echo "figure: no evaluation of $(DEMO_RUN): run make demo first"; exit 2; }
+	mkdir -p docs/img
+	$(BIN)/python -c "from PIL import Image; Image.open('$(DEMO_RUN)/camvid-native/samples.png').convert('RGB').save('docs/img/camvid_samples.jpg', quality=85)"
+	$(BIN)/nes segment --run $(DEMO_RUN) --out $(VENV)/figure --eigenfunctions 4 $(DEMO_FRAME)
+	mv $(VENV)/figure/$(notdir $(basename $(DEMO_FRAME)))_eigenfunctions.png docs/img/camvid_eigenfunctions.png
+	rm -r $(VENV)/figure
 
 # the unit tests, without Snakemake runs or whole stages on real data: under 2 minutes on 2 cores
 test-fast: $(STAMP)
