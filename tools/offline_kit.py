@@ -49,8 +49,6 @@ FORMAT = 1
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-.+|cuda-.+)$")
 # what `install` puts into the environment besides the lock: the build backend of `pip install -e .`
 BUILD_BACKEND = ["setuptools>=77", "wheel"]
-
-
 PIP = [sys.executable, "-m", "pip"]
 
 
@@ -134,7 +132,7 @@ class Target:
         if not re.fullmatch(r"3\.\d+", self.python):
             raise KitError(f"--python-version: expected MAJOR.MINOR such as 3.12, got {self.python!r}")
         self.is_host = self.python == host and not platforms
-        self.platforms = platforms or manylinux_tags()
+        self.platforms = platforms or ([] if self.is_host else manylinux_tags())
 
     def pip_flags(self) -> list[str]:
         if self.is_host:
