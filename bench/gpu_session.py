@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -32,6 +33,9 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from pipeline.datasets import resolve_data_root
+from pipeline.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -98,9 +102,12 @@ def plan(args: argparse.Namespace, out: Path) -> list[Step]:
 
 
 def missing_data(datasets: list[str]) -> str | None:
+    """Why a step cannot run for want of data (`data_root: auto`, as the workflow looks), or None."""
     for name in datasets:
-        if not any((REPO / root / name).is_dir() for root in ("data", "../shared/datasets")):
-            return f"no {name} under data/ or ../shared/datasets/"
+        try:
+            resolve_data_root(name, "auto")
+        except InputError as err:
+            return str(err)
     return None
 
 
@@ -163,7 +170,8 @@ def main() -> None:
     p.add_argument("--pascal-scale", type=float, default=0.25, help="fraction of Pascal Context's image counts")
     p.add_argument("--rehearse", action="store_true", help="CPU, tiny sizes, 8 images a split: checks the script")
     args = p.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
+    os.chdir(REPO)  # the steps and `data_root: auto` read paths from the repository
     if (out / "session.json").exists():
         sys.exit(f"{out}: holds a finished session (session.json); choose another --out")
     (out / "steps").mkdir(parents=True, exist_ok=True)
