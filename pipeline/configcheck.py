@@ -5,6 +5,7 @@ definition of the training settings."""
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,22 @@ _NESTED_CONFIG_HINT = (
 )
 
 
+def _check_finite(value: Any, parts: list[str | int]) -> None:
+    """NaN and infinity fail no comparison, so the schema's ranges let them through: refuse them
+    anywhere in a configuration, naming the key (`.nan` in YAML is a number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{key_path(parts)}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, [*parts, key])
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, [*parts, i])
+
+
 def check_config(config: dict[str, Any]) -> None:
     """Raise InputError naming the first offending key path (the deepest error first)."""
+    _check_finite(config, [])
     errors = sorted(
         _validator({k: v for k, v in schema().items() if k != "$defs"}).iter_errors(config),
         key=lambda e: -len(e.absolute_path),
@@ -72,6 +87,7 @@ def check_config(config: dict[str, Any]) -> None:
 
 def check_train(train: dict[str, Any], where: str) -> None:
     """One run's merged training settings against the training definition."""
+    _check_finite(train, [where])
     errors = sorted(_validator(schema()["$defs"]["train"]).iter_errors(train), key=lambda e: -len(e.absolute_path))
     if errors:
         raise InputError(_message(errors[0], where))

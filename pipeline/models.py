@@ -217,6 +217,16 @@ def _checked_tensors(
         not isinstance(embedding, torch.Tensor) or embedding.ndim != 2 or embedding.shape[1] != spec.K
     ):
         raise InputError(f"{path}: a {spec.method} model needs its (tokens, K={spec.K}) embedding")
+    tensors = {
+        **{f"psi.{k}": v for k, v in (ckpt.get("psi") or {}).items()},
+        "centres": centres,
+        "embedding": embedding,
+    }
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(
+                f"{path}: {name} holds NaN or infinite values (a diverged fit or a damaged file); refit the run"
+            )
     return psi, centres, input_dim, embedding
 
 

@@ -177,6 +177,8 @@ def train_psi(
                 "seconds": time.time() - started,
             }
         )
+        if not math.isfinite(rows[-1]["loss"]):
+            diverged(out_dir, spec, step, rows[-1]["loss"])
         bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
         bar.update()
         epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
@@ -185,14 +187,22 @@ def train_psi(
             write_log(rows, out_dir / "train_log.csv")
             saved_at = time.time()
     bar.close()
-    if not np.isfinite(rows[-1]["loss"]):
-        raise FloatingPointError(f"training diverged: final loss {rows[-1]['loss']}")
     model = RunModel(spec, psi.eval().cpu(), input_dim=cache.dim("input"))
     write_log(rows, out_dir / "train_log.csv")
     plot_curves(rows, out_dir / "loss.png")
     monitor.write(out_dir)
     log.info("trained in %.1f s", time.time() - started)
     return model
+
+
+def diverged(out_dir: Path, spec: RunSpec, step: int, loss: float) -> None:
+    """Stop at the first non-finite loss: the steps after it and its checkpoint hold nothing worth
+    resuming, so the checkpoint goes too."""
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    raise FloatingPointError(
+        f"{spec.run}: training diverged at step {step} (loss {loss}); no checkpoint kept. "
+        "Settings that can cause it: train.lr, beta, t, tau_min"
+    )
 
 
 def cluster_usage(logits: torch.Tensor) -> float:

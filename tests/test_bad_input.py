@@ -103,6 +103,15 @@ def run_snakemake(*args, cwd=REPO):
             "tables.camvid.table1.sweep {'beta': -1} -> train.beta: -1 is less than the minimum",
         ),
         ("tables:\n  camvid:\n    table1: {sweep: {KK: [64]}}\n", "tables.camvid.table1.sweep: 'KK' is not one of"),
+        ("train:\n  alpha: .nan\n", "train.alpha: nan is not a finite number"),
+        (
+            "tables:\n  camvid:\n    table1: {train: {tau_min: .inf}}\n",
+            "tables.camvid.table1.train.tau_min: inf is not a finite number",
+        ),
+        (
+            "tables:\n  camvid:\n    table1: {sweep: {t: [.nan]}}\n",
+            "tables.camvid.table1.sweep.t[0]: nan is not a finite",
+        ),
         (
             "datasets:\n  ..: {adapter: camvid, train_split: train, eval_split: val, train_view: {mode: resize}}\n",
             "datasets: '..' does not match",
@@ -613,3 +622,19 @@ def test_sliding_windows_beyond_the_memory_bound_are_built_in_bands(tmp_path, mo
         sliding_logits(model, backbone, np.zeros((4, 400, 3), np.uint8), view, cpu)
     with pytest.raises(InputError, match=r"its logits at the image's size exceed the bound of 10,000"):
         sliding_logits(model, backbone, np.zeros((40, 400, 3), np.uint8), view, cpu)
+
+
+def test_a_model_with_non_finite_weights_is_refused_naming_the_file_and_tensor(tmp_path):
+    """A diverged or damaged model.pt would load and score everything as one cluster (mIoU 0.03,
+    an all-zero segmentation, exit 0): every reader refuses it instead, naming what is wrong."""
+    import torch
+
+    from pipeline.models import RunModel
+
+    ckpt = torch.load(REPO / "tests" / "data" / "model_nes_v0.pt", weights_only=True)
+    name = next(k for k, v in ckpt["psi"].items() if v.is_floating_point())
+    ckpt["psi"][name] = torch.full_like(ckpt["psi"][name], float("nan"))
+    torch.save(ckpt, tmp_path / "model.pt")
+    with pytest.raises(InputError, match=rf"model.pt: psi.{re.escape(name)} holds NaN or infinite values"):
+        RunModel.load(tmp_path)
+    RunModel.load(REPO / "tests" / "data" / "model_nes_v0.pt")  # the intact file still loads

@@ -194,3 +194,22 @@ def test_plain_eigenfunctions_are_read_out_by_kmeans_and_survive_a_reload(tiny_c
     save_torch(broken, tmp_path / "b" / "model.pt")
     with pytest.raises(Exception, match="centres"):
         RunModel.load(tmp_path / "b")
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_keeps_no_checkpoint(tiny_cache, tmp_path, monkeypatch):
+    """A loss that turns NaN in the second epoch stops training at that step, naming the step and
+    the settings that can cause it; the first epoch's checkpoint, which a rerun would resume from
+    straight back into the divergence, is removed."""
+    import pipeline.train as train
+
+    real, calls = train.neuralef_objective, {"n": 0}
+
+    def diverging(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out._replace(loss=out.loss * float("nan")) if calls["n"] == 3 else out
+
+    monkeypatch.setattr(train, "neuralef_objective", diverging)
+    with pytest.raises(FloatingPointError, match=r"nes-test-s0: training diverged at step 2 \(loss nan\).*train.lr"):
+        train_psi(tiny_cache, spec(0), tmp_path / "run", torch.device("cpu"))
+    assert calls["n"] == 3 and not (tmp_path / "run" / "checkpoint.pt").exists()
