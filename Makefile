@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # the demo's graph of jobs is two seeds wide: jobs of CORES / 2 threads let both seeds run at once
-# (6 min 44 s instead of 8 min 43 s on 2 cores: docs/benchmarks.md, "The demo")
+# (1.22-1.30x on 2 cores, two pairs of runs: docs/benchmarks.md, "The demo")
 DEMO_THREADS ?= $(shell n=$$(( $(CORES) / 2 )); echo $$(( n > 0 ? n : 1 )))
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --max-threads $(DEMO_THREADS) --printshellcmds results/camvid/table1.csv

@@ -645,8 +645,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     console = log_to_file(Path(args.log)) if args.log else sys.stderr
     setup_logging()
-    set_threads(args.threads)
     try:
+        set_threads(args.threads)
         args.func(args)
     except InputError as exc:
         _fail(f"error: {exc}", console)

@@ -93,6 +93,17 @@ def check_train(train: dict[str, Any], where: str) -> None:
         raise InputError(_message(errors[0], where))
 
 
+def check_view(view: Any, where: str) -> None:
+    """A view from anywhere (a config, `--view`, a model file) against the schema's view
+    definition: the command line's views get the ranges and key names the config's have."""
+    if not isinstance(view, dict):
+        raise InputError(f'{where}: expected a view as a mapping (e.g. {{"mode": "resize", "size": [360, 480]}})')
+    _check_finite(view, [where])
+    errors = sorted(_validator(schema()["$defs"]["view"]).iter_errors(view), key=lambda e: -len(e.absolute_path))
+    if errors:
+        raise InputError(_message(errors[0], where))
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (the last would silently win)."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import resource
 import time
 from collections.abc import Iterator
@@ -17,12 +18,18 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from .errors import InputError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise InputError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device: {name} asked for, but torch sees no CUDA GPU here (use auto or cpu)")
     return torch.device(name)
 
 
@@ -83,6 +90,8 @@ def progress(iterable=None, **kwargs):
 
 
 def set_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads: expected a positive number of threads, got {threads}")
     if threads:
         import torch
 

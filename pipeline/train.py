@@ -199,7 +199,7 @@ def diverged(out_dir: Path, spec: RunSpec, step: int, loss: float) -> None:
     """Stop at the first non-finite loss: the steps after it and its checkpoint hold nothing worth
     resuming, so the checkpoint goes too."""
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
-    raise FloatingPointError(
+    raise InputError(
         f"{spec.run}: training diverged at step {step} (loss {loss}); no checkpoint kept. "
         "Settings that can cause it: train.lr, beta, t, tau_min"
     )

@@ -39,6 +39,9 @@ class View:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], where: str = "view") -> View:
+        from .configcheck import check_view
+
+        check_view(cfg, where)
         mode = cfg.get("mode")
         if mode not in MODES:
             raise InputError(f"{where}.mode: expected one of {', '.join(MODES)}, got {mode!r}")

@@ -638,3 +638,37 @@ def test_a_model_with_non_finite_weights_is_refused_naming_the_file_and_tensor(t
     with pytest.raises(InputError, match=rf"model.pt: psi.{re.escape(name)} holds NaN or infinite values"):
         RunModel.load(tmp_path)
     RunModel.load(REPO / "tests" / "data" / "model_nes_v0.pt")  # the intact file still loads
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--view", '{"mode": "sliding", "short_side": 96, "crop": 64, "stride": 0}'], "view.stride: 0 is less than"),
+        (["--view", '{"mode": "resize", "size": [30000, 30000]}'], "view.size[0]: 30000 is greater than the maximum"),
+        (["--view", '{"mode": "resize", "size": [0, 64]}'], "view.size[0]: 0 is less than the minimum of 16"),
+        (["--view", '{"mode": "resize", "size": [64, 64], "crff": true}'], "Additional properties are not allowed"),
+        (["--device", "gpu"], "device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--device", "mps"], "device: expected auto, cpu, cuda or cuda:N, got 'mps'"),
+        (["--threads", "-1"], "--threads: expected a positive number of threads, got -1"),
+    ],
+)
+def test_command_line_settings_get_the_checks_config_values_get(tmp_path, capsys, options, message):
+    """`--view`, `--device` and `--threads` used to bypass the schema (a stride of 0 or a size of
+    0 gave tracebacks, a negative stride NaN logits, a misspelt key was ignored, 30000 x 30000 tried
+    to allocate 10.8 GB): each is refused in one line naming the option, before any work."""
+    import shutil
+
+    from PIL import Image
+
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(REPO / "tests" / "data" / "model_nes_v0.pt", run / "model.pt")
+    Image.new("RGB", (64, 48)).save(tmp_path / "img.png")
+    before, args = (options, []) if options[0] == "--threads" else ([], options)
+    with pytest.raises(SystemExit) as exit_code:
+        main([*before, "segment", "--run", str(run), "--out", str(tmp_path / "out"), str(tmp_path / "img.png"), *args])
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("error:") and not (tmp_path / "out").exists()

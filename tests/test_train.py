@@ -8,6 +8,7 @@ import torch
 
 from fixtures import run_spec
 from pipeline.cache import FeatureCache
+from pipeline.errors import InputError
 from pipeline.features import extract_split
 from pipeline.train import cosine, train_psi
 from pipeline.views import View
@@ -210,6 +211,6 @@ def test_training_stops_at_the_first_non_finite_loss_and_keeps_no_checkpoint(tin
         return out._replace(loss=out.loss * float("nan")) if calls["n"] == 3 else out
 
     monkeypatch.setattr(train, "neuralef_objective", diverging)
-    with pytest.raises(FloatingPointError, match=r"nes-test-s0: training diverged at step 2 \(loss nan\).*train.lr"):
+    with pytest.raises(InputError, match=r"nes-test-s0: training diverged at step 2 \(loss nan\).*train.lr"):
         train_psi(tiny_cache, spec(0), tmp_path / "run", torch.device("cpu"))
     assert calls["n"] == 3 and not (tmp_path / "run" / "checkpoint.pt").exists()
