@@ -74,23 +74,23 @@ def _check_finite(value: Any, parts: list[str | int]) -> None:
             _check_finite(item, [*parts, i])
 
 
+def _refuse_first_error(subschema: dict, instance: Any, where: str) -> None:
+    """InputError for the deepest schema error (the most specific key path), if any."""
+    errors = sorted(_validator(subschema).iter_errors(instance), key=lambda e: -len(e.absolute_path))
+    if errors:
+        raise InputError(_message(errors[0], where))
+
+
 def check_config(config: dict[str, Any]) -> None:
     """Raise InputError naming the first offending key path (the deepest error first)."""
     _check_finite(config, [])
-    errors = sorted(
-        _validator({k: v for k, v in schema().items() if k != "$defs"}).iter_errors(config),
-        key=lambda e: -len(e.absolute_path),
-    )
-    if errors:
-        raise InputError(_message(errors[0], ""))
+    _refuse_first_error({k: v for k, v in schema().items() if k != "$defs"}, config, "")
 
 
 def check_train(train: dict[str, Any], where: str) -> None:
     """One run's merged training settings against the training definition."""
     _check_finite(train, [where])
-    errors = sorted(_validator(schema()["$defs"]["train"]).iter_errors(train), key=lambda e: -len(e.absolute_path))
-    if errors:
-        raise InputError(_message(errors[0], where))
+    _refuse_first_error(schema()["$defs"]["train"], train, where)
 
 
 def check_view(view: Any, where: str) -> None:
@@ -99,9 +99,7 @@ def check_view(view: Any, where: str) -> None:
     if not isinstance(view, dict):
         raise InputError(f'{where}: expected a view as a mapping (e.g. {{"mode": "resize", "size": [360, 480]}})')
     _check_finite(view, [where])
-    errors = sorted(_validator(schema()["$defs"]["view"]).iter_errors(view), key=lambda e: -len(e.absolute_path))
-    if errors:
-        raise InputError(_message(errors[0], where))
+    _refuse_first_error(schema()["$defs"]["view"], view, where)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
