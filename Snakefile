@@ -27,12 +27,7 @@ onstart:
 
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_]+",
-    backbone=r"[A-Za-z0-9_]+",
-    view=r"[A-Za-z0-9_]+",
-    split=r"[A-Za-z0-9_]+",
-    run=r"[A-Za-z0-9_.+-]+",
-    evaluation=r"[A-Za-z0-9_]+-[A-Za-z0-9_]+",
+    **paths.WILDCARDS,
     folder="|".join(sorted({f for f, _ in TABLES})) or "none",
     table="|".join(sorted({t for _, t in TABLES})) or "none",
 
@@ -51,7 +46,7 @@ rule all:
     default_target: True
     input:
         [
-            f"{RESULTS}/{f}/{t}.csv"
+            path(paths.TABLE, folder=f, table=t)
             for f, t in TABLES
             if f in config.get("default_tables", [])
         ],
@@ -60,7 +55,7 @@ rule all:
 rule all_tables:
     """Every table of the config (the paper's need their datasets and, realistically, a GPU)."""
     input:
-        [f"{RESULTS}/{f}/{t}.csv" for f, t in TABLES],
+        [path(paths.TABLE, folder=f, table=t) for f, t in TABLES],
 
 
 rule all_segmentations:

@@ -20,9 +20,11 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from . import paths
 from .configcheck import SCHEMA, check_config, check_train, load_yaml
 from .errors import InputError
 from .spec import (
+    BASELINE,
     EigenRef,
     EvaluationSpec,
     KMeansSettings,
@@ -69,15 +71,28 @@ def view_config(config: dict, dataset: str, view: str) -> dict:
 
 
 def features_path(config: dict, dataset: str, backbone: str, view: str, split: str) -> str:
-    return f"{config['results']}/{dataset}/features/{backbone}/{view}/{split}.json"
+    return paths.fill(
+        paths.FEATURES, results=config["results"], dataset=dataset, backbone=backbone, view=view, split=split
+    )
 
 
 def graph_path(config: dict, dataset: str, backbone: str, view: str, split: str) -> str:
-    return f"{config['results']}/{dataset}/graphs/{backbone}/{view}/{split}.json"
+    return paths.fill(
+        paths.GRAPH, results=config["results"], dataset=dataset, backbone=backbone, view=view, split=split
+    )
 
 
 def shard_count(config: dict, dataset: str) -> int:
     return int(_extract_config(config, dataset).get("shards", 1))
+
+
+def feature_shards(config: dict, manifest: str) -> list[str]:
+    """The shard manifests of the cache a features manifest describes: an input of every job that
+    reads the cache, so a job that must run re-extracts a deleted cache first (its manifest,
+    still present, would otherwise be trusted)."""
+    where = paths.parse(paths.FEATURES, manifest)
+    n = shard_count(config, where["dataset"])
+    return [paths.fill(paths.FEATURE_SHARD, **where, shard=i, shards=n) for i in range(n)]
 
 
 def _extract_config(config: dict, dataset: str) -> dict:
@@ -217,7 +232,10 @@ def segmentation_config(config: dict, name: str) -> dict:
 
 def segmentation_outputs(config: dict, name: str) -> list[str]:
     """One folder of label PNGs, overlays (and eigenfunction maps) per run of the entry."""
-    return [f"{run_dir(config, spec)}/segment" for spec in grid_runs(config, segmentation_config(config, name))]
+    return [
+        paths.fill(paths.SEGMENTATION, results=config["results"], dataset=spec.dataset, run=spec.run)
+        for spec in grid_runs(config, segmentation_config(config, name))
+    ]
 
 
 def grid_runs(config: dict, tcfg: dict) -> list[RunSpec]:
@@ -264,7 +282,9 @@ def table_alignments(config: dict, folder: str, table: str) -> list[str]:
 
 
 def alignment_path(config: dict, spec: RunSpec, evaluation: str) -> str:
-    return f"{run_dir(config, spec)}/{evaluation}/alignment.json"
+    return paths.fill(
+        paths.ALIGNMENT, results=config["results"], dataset=spec.dataset, run=spec.run, evaluation=evaluation
+    )
 
 
 def eigen_spec(
@@ -280,11 +300,11 @@ def eigen_spec(
             "protocol; sliding windows are evaluated live"
         )
     k, alpha = int(train["K"]), float(train["alpha"])
-    graph = graph_path(config, dataset, backbone, protocol, split)
     extra = settings_suffix(nondefault_settings(Method.SPECTRAL, train, default_train(config, dataset)))
+    where = {"results": config["results"], "dataset": dataset, "backbone": backbone, "view": protocol, "split": split}
     return EigenRef(
-        path=graph.removesuffix(".json") + f"-eigen-K{k}-a{fmt(alpha)}{extra}.npz",
-        graph=graph,
+        path=paths.fill(paths.EIGEN, **where, reference=paths.reference_name(k, fmt(alpha), extra)),
+        graph=paths.fill(paths.GRAPH, **where),
         features=features_path(config, dataset, backbone, protocol, split),
         K=k,
         alpha=alpha,
@@ -302,10 +322,18 @@ def nystrom_spec(
         config, train_dataset, backbone, TRAIN_VIEW, train, dataset_spec(config, train_dataset)["train_split"]
     )
     split = dataset_spec(config, dataset)["eval_split"]
-    out = graph_path(config, dataset, backbone, protocol, split).removesuffix(".json")
     extra = settings_suffix(nondefault_settings(Method.SPECTRAL_INDUCTIVE, train, default_train(config, train_dataset)))
     return NystromRef(
-        path=f"{out}-nystrom-{train_dataset}-K{eigen.K}-a{fmt(eigen.alpha)}{extra}.npz",
+        path=paths.fill(
+            paths.NYSTROM,
+            results=config["results"],
+            dataset=dataset,
+            backbone=backbone,
+            view=protocol,
+            split=split,
+            source=train_dataset,
+            reference=paths.reference_name(eigen.K, fmt(eigen.alpha), extra),
+        ),
         eigen=eigen,
         features=features_path(config, dataset, backbone, protocol, split),
         k=int(train["knn_k"]),
@@ -356,11 +384,20 @@ def all_nystrom(config: dict) -> dict[str, NystromRef]:
 
 
 def run_dir(config: dict, spec: RunSpec) -> str:
-    return f"{config['results']}/{spec.dataset}/runs/{spec.run}"
+    return paths.fill(paths.RUN, results=config["results"], dataset=spec.dataset, run=spec.run)
+
+
+def kmeans_twin_of(runs: dict[tuple[str, str], RunSpec], spec: RunSpec) -> RunSpec | None:
+    """The baseline run of the same dataset, backbone, K and seed, when planned: its sample
+    predictions join `spec`'s evaluation report."""
+    twin = run_id(BASELINE, spec.backbone, {"K": spec.K}, spec.seed)
+    return None if twin == spec.run else runs.get((spec.dataset, twin))
 
 
 def metrics_path(config: dict, spec: RunSpec, evaluation: str) -> str:
-    return f"{run_dir(config, spec)}/{evaluation}/metrics.json"
+    return paths.fill(
+        paths.METRICS, results=config["results"], dataset=spec.dataset, run=spec.run, evaluation=evaluation
+    )
 
 
 def make_spec(

@@ -12,10 +12,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import paths
 from .formats import write_text
 from .visualise import colourise, palette, save_panel
 
-FIGURES = ("per_class_iou.png", "confusion.png", "samples.png")
+PER_CLASS, CONFUSION, SAMPLES = (
+    paths.name(p) for p in (paths.PER_CLASS_FIGURE, paths.CONFUSION_FIGURE, paths.SAMPLES_FIGURE)
+)
+FIGURES = (PER_CLASS, CONFUSION, SAMPLES)
+OVERLAYS = paths.name(paths.OVERLAYS)
 
 
 def plot_per_class_iou(metrics: dict[str, Any], path: Path) -> None:
@@ -69,11 +74,11 @@ def sample_grid(eval_dir: Path, compare_dir: Path | None, class_names: list[str]
     colours = palette(max(len(class_names), 1))
     sources = [(eval_dir, "truth"), (eval_dir, "prediction")] + ([(compare_dir, "prediction")] if compare_dir else [])
     columns: list[list[np.ndarray]] = [[] for _ in range(1 + len(sources))]
-    for image_path in sorted((eval_dir / "overlays" / "samples").glob("*_image.png")):
+    for image_path in sorted((eval_dir / OVERLAYS / "samples").glob("*_image.png")):
         stem = image_path.name[: -len("_image.png")]
         columns[0].append(np.asarray(Image.open(image_path).convert("RGB")))
         for column, (folder, name) in zip(columns[1:], sources):
-            labels = np.asarray(Image.open(folder / "overlays" / "samples" / f"{stem}_{name}.png")).astype(np.int64)
+            labels = np.asarray(Image.open(folder / OVERLAYS / "samples" / f"{stem}_{name}.png")).astype(np.int64)
             column.append(colourise(np.where(labels == 255, -1, labels), colours))
     if not columns[0]:
         return 0
@@ -84,16 +89,16 @@ def sample_grid(eval_dir: Path, compare_dir: Path | None, class_names: list[str]
 
 def write_report(eval_dir: Path, metrics: dict[str, Any], compare_dir: Path | None = None) -> Path:
     eval_dir = Path(eval_dir)
-    plot_per_class_iou(metrics, eval_dir / "per_class_iou.png")
-    plot_confusion(metrics, eval_dir / "confusion.png")
-    if compare_dir is not None and not (Path(compare_dir) / "overlays" / "samples").is_dir():
+    plot_per_class_iou(metrics, eval_dir / PER_CLASS)
+    plot_confusion(metrics, eval_dir / CONFUSION)
+    if compare_dir is not None and not (Path(compare_dir) / OVERLAYS / "samples").is_dir():
         compare_dir = None
-    rows = sample_grid(eval_dir, compare_dir, list(metrics["per_class_iou"]), eval_dir / "samples.png")
+    rows = sample_grid(eval_dir, compare_dir, list(metrics["per_class_iou"]), eval_dir / SAMPLES)
     if not rows:  # the figure is an output of the workflow: say why it is empty
         save_panel(
             [np.full((24, 360, 3), 255, np.uint8)],
             ["no sample images (evaluate.overlays is 0)"],
-            eval_dir / "samples.png",
+            eval_dir / SAMPLES,
         )
     lines = [
         f"# {metrics['run']} on {metrics['dataset']} ({metrics['protocol']}, {metrics['split']})",
@@ -116,24 +121,25 @@ def write_report(eval_dir: Path, metrics: dict[str, Any], compare_dir: Path | No
         "",
         "## Per-class IoU",
         "",
-        "![per-class IoU](per_class_iou.png)",
+        f"![per-class IoU]({PER_CLASS})",
         "",
         "## Confusion (clusters x classes, row-normalised)",
         "",
-        "![confusion](confusion.png)",
+        f"![confusion]({CONFUSION})",
         "",
     ]
-    if (eval_dir.parent / "loss.png").is_file():
-        lines += ["## Training curves", "", "![training curves](../loss.png)", ""]
+    curves = paths.name(paths.CURVES)
+    if (eval_dir.parent / curves).is_file():
+        lines += ["## Training curves", "", f"![training curves](../{curves})", ""]
     if rows:
         lines += [
             "## Samples",
             "",
-            "![samples](samples.png)",
+            f"![samples]({SAMPLES})",
             "",
-            "Per-image panels with overlays: [overlays/](overlays/).",
+            f"Per-image panels with overlays: [{OVERLAYS}/]({OVERLAYS}/).",
             "",
         ]
-    out = eval_dir / "report.md"
+    out = eval_dir / paths.name(paths.EVALUATION_REPORT)
     write_text(out, "\n".join(lines))
     return out

@@ -103,6 +103,10 @@ TRAITS: dict[Method, MethodTraits] = {
 }
 
 
+# the K-means baseline: every other run's evaluation report shows its predictions beside its own
+BASELINE = Method.KMEANS
+
+
 def fmt(value: Any) -> str:
     """A number as ids and file names spell it: 0.3, 1e-05, 128."""
     return f"{value:g}" if isinstance(value, float) else str(value)

@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline import paths
 from pipeline.formats import write_text
 from snakemake.exceptions import WorkflowError
 from pipeline.plan import (
@@ -16,11 +17,11 @@ from pipeline.plan import (
     as_param,
     evaluation_spec,
     extraction_spec,
+    feature_shards,
+    kmeans_twin_of,
     run_dir,
-    run_id,
     segmentation_config,
     segmentation_outputs,
-    shard_count,
     source_spec,
     table_alignments,
     table_metrics,
@@ -34,6 +35,17 @@ os.environ["PATH"] = (
 )
 
 RESULTS = config["results"]
+
+
+def path(pattern, **values):
+    """A pattern of pipeline.paths as a rule's input, output or log: the results folder (and
+    `values`) filled, the other wildcards left to the rule."""
+    return paths.partial(pattern, results=RESULTS, **values)
+
+
+def filled(pattern, w, **values):
+    """The one file a pattern names for a job's wildcards `w`."""
+    return paths.fill(pattern, results=RESULTS, **{**dict(w.items()), **values})
 
 
 RESULTS_LOCK = []
@@ -97,20 +109,13 @@ def partition(gpu):
     return SLURM["gpu_partition"] if gpu else SLURM["cpu_partition"]
 
 
-def shard_manifests(w):
-    return cache_markers(
-        f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
-    )
-
-
 def cache_markers(manifest):
-    """The shard markers of the cache a features manifest describes: an input of every job that
-    reads the cache, so a job that must run re-extracts a deleted cache first (its manifest,
-    still present, would otherwise be trusted)."""
-    dataset = Path(manifest).relative_to(RESULTS).parts[0]
-    n = shard_count(config, dataset)
-    stem = manifest.removesuffix(".json")
-    return [f"{stem}.zarr/shard-{i}-of-{n}/extracted.json" for i in range(n)]
+    """The shard manifests of the cache behind a features manifest (plan.feature_shards)."""
+    return feature_shards(config, manifest)
+
+
+def shard_manifests(w):
+    return cache_markers(filled(paths.FEATURES, w))
 
 
 DATASETS = {}
@@ -139,32 +144,35 @@ def data_index(dataset, split, parts, outputs):
     ds = loaded_dataset(dataset, split)
     if not tracked(outputs):
         return []
-    paths = []
+    indexes = []
     for part in parts:
         if (dataset, split, part) not in DATA_INDEXES:
             DATA_INDEXES[(dataset, split, part)] = str(
-                update_index(ds, part, f"{RESULTS}/{dataset}/data")
+                update_index(
+                    ds,
+                    part,
+                    paths.fill(paths.DATA_INDEX, results=RESULTS, dataset=dataset),
+                )
             )
-        paths.append(DATA_INDEXES[(dataset, split, part)])
-    return paths
+        indexes.append(DATA_INDEXES[(dataset, split, part)])
+    return indexes
 
 
 def extraction_data(w):
-    shard = f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr/shard-{w.shard}-of-{w.shards}"
-    return data_index(w.dataset, w.split, ["images"], [f"{shard}/extracted.json"])
+    return data_index(w.dataset, w.split, ["images"], [filled(paths.FEATURE_SHARD, w)])
 
 
 def evaluation_data(w):
     """Labels always; images too when the protocol reads them live (a cached one reads the
     cache, whose shards are inputs already)."""
     dataset = w.evaluation.rsplit("-", 1)[0]
-    metrics = f"{RESULTS}/{w.dataset}/runs/{w.run}/{w.evaluation}/metrics.json"
+    metrics = filled(paths.METRICS, w)
     parts = ["labels"] if evaluation(w).features else ["images", "labels"]
     return data_index(dataset, evaluation(w).split, parts, [metrics])
 
 
 def segmentation_data(w):
-    folder = Path(f"{RESULTS}/{w.dataset}/runs/{w.run}/segment")
+    folder = Path(filled(paths.SEGMENTATION, w))
     if folder.is_dir() and not (folder / "summary.json").is_file():
         return []  # segmented before data tracking
     return data_index(
@@ -195,7 +203,7 @@ def kmeans_inputs(w):
         return inputs
     inputs = {"features": spec.features, "cache": cache_markers(spec.features)}
     if spec.nes_run is not None:
-        inputs["nes"] = f"{RESULTS}/{w.dataset}/runs/{spec.nes_run}/model.pt"
+        inputs["nes"] = filled(paths.MODEL, w, run=spec.nes_run)
     return inputs
 
 
@@ -209,31 +217,31 @@ def evaluation_needs_gpu(w):
 
 
 def kmeans_twin(w):
-    """The K-means run of the same backbone, K and seed, when a table has it: its sample
-    predictions join this run's report."""
-    spec = RUNS[(w.dataset, w.run)]
-    twin = run_id(Method.KMEANS, spec.backbone, {"K": spec.K}, spec.seed)
-    if spec.method is Method.KMEANS or (w.dataset, twin) not in RUNS:
-        return None
-    return f"{RESULTS}/{w.dataset}/runs/{twin}/{w.evaluation}"
+    """The evaluation folder of the run's K-means twin (plan.kmeans_twin_of), if planned."""
+    twin = kmeans_twin_of(RUNS, RUNS[(w.dataset, w.run)])
+    return (
+        None
+        if twin is None
+        else str(Path(filled(paths.METRICS, w, run=twin.run)).parent)
+    )
 
 
 def eigen_params(w):
-    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-eigen-K{w.K}-a{w.alpha}.npz"
-    if path not in EIGEN:
+    wanted = filled(paths.EIGEN, w)
+    if wanted not in EIGEN:
         raise ValueError(
-            f"{path}: no table asks for this eigenvector reference (a table with a spectral method does)"
+            f"{wanted}: no table asks for this eigenvector reference (a table with a spectral method does)"
         )
-    return EIGEN[path]
+    return EIGEN[wanted]
 
 
 def nystrom_params(w):
-    path = f"{RESULTS}/{w.dataset}/graphs/{w.backbone}/{w.view}/{w.split}-nystrom-{w.source}-K{w.K}-a{w.alpha}.npz"
-    if path not in NYSTROM:
+    wanted = filled(paths.NYSTROM, w)
+    if wanted not in NYSTROM:
         raise ValueError(
-            f"{path}: no table asks for this Nystrom extension (a table with spectral_inductive does)"
+            f"{wanted}: no table asks for this Nystrom extension (a table with spectral_inductive does)"
         )
-    return NYSTROM[path]
+    return NYSTROM[wanted]
 
 
 def alignment(w):
@@ -243,8 +251,6 @@ def alignment(w):
 def segmentation_for(w):
     """The `segmentations` entry that asked for this run (its split and eigenfunction maps)."""
     for name in config.get("segmentations") or {}:
-        if f"{RESULTS}/{w.dataset}/runs/{w.run}/segment" in segmentation_outputs(
-            config, name
-        ):
+        if filled(paths.SEGMENTATION, w) in segmentation_outputs(config, name):
             return segmentation_config(config, name)
     raise ValueError(f"no segmentations entry asks for run {w.run} of {w.dataset}")

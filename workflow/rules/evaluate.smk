@@ -3,7 +3,7 @@ rule evaluate:
     Cached features for single-pass protocols; the backbone runs live for sliding windows.
     """
     input:
-        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
+        model=path(paths.MODEL),
         features=lambda w: [evaluation(w).features] if evaluation(w).features else [],
         cache=lambda w: (
             cache_markers(evaluation(w).features) if evaluation(w).features else []
@@ -11,41 +11,41 @@ rule evaluate:
         twin=lambda w: [f"{kmeans_twin(w)}/metrics.json"] if kmeans_twin(w) else [],
         data=evaluation_data,
     output:
-        metrics=f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/metrics.json",
+        metrics=path(paths.METRICS),
         overlays=report(
-            directory(f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/overlays"),
+            directory(path(paths.OVERLAYS)),
             patterns=["{name}.png"],
             caption="../report/overlay.rst",
             category="{dataset}",
             subcategory="{run}",
             labels={"figure": "overlay {name}"},
         ),
-        report=f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/report.md",
+        report=path(paths.EVALUATION_REPORT),
         per_class=report(
-            f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/per_class_iou.png",
+            path(paths.PER_CLASS_FIGURE),
             caption="../report/per_class_iou.rst",
             category="{dataset}",
             subcategory="{run}",
             labels={"figure": "per-class IoU ({evaluation})"},
         ),
         confusion=report(
-            f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/confusion.png",
+            path(paths.CONFUSION_FIGURE),
             caption="../report/confusion.rst",
             category="{dataset}",
             subcategory="{run}",
             labels={"figure": "confusion ({evaluation})"},
         ),
         samples=report(
-            f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/samples.png",
+            path(paths.SAMPLES_FIGURE),
             caption="../report/samples.rst",
             category="{dataset}",
             subcategory="{run}",
             labels={"figure": "samples ({evaluation})"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate_{{run}}_{{evaluation}}.log",
+        path(paths.LOG, name="evaluate_{run}_{evaluation}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/evaluate_{{run}}_{{evaluation}}.tsv"
+        path(paths.BENCHMARK, name="evaluate_{run}_{evaluation}")
     conda:
         ENV
     threads: 2

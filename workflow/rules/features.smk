@@ -6,14 +6,14 @@ rule extract_features:
         data=extraction_data,
     output:
         # the shard's manifest, written into it once complete: a deleted cache is re-extracted
-        f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.zarr/shard-{{shard}}-of-{{shards}}/extracted.json",
+        path(paths.FEATURE_SHARD),
     log:
-        f"{RESULTS}/{{dataset}}/logs/extract_{{backbone}}_{{view}}_{{split}}_{{shard}}-of-{{shards}}.log",
+        path(paths.LOG, name="extract_{backbone}_{view}_{split}_{shard}-of-{shards}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/extract_{{backbone}}_{{view}}_{{split}}_{{shard}}-of-{{shards}}.tsv"
-    wildcard_constraints:
-        shard=r"\d+",
-        shards=r"\d+",
+        path(
+            paths.BENCHMARK,
+            name="extract_{backbone}_{view}_{split}_{shard}-of-{shards}",
+        )
     conda:
         ENV
     threads: 2
@@ -29,7 +29,7 @@ rule extract_features:
         spec_file=lambda w, output: spec_file(
             extraction_spec(config, w.dataset, w.backbone, w.view, w.split)
         ),
-        cache=lambda w: f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.zarr",
+        cache=lambda w: filled(paths.FEATURE_STORE, w),
         data=lambda w, input: data_option(input.data),
     shell:
         f"{NES} extract --spec {{params.spec_file:q}} --cache {{params.cache:q}} "
@@ -41,9 +41,9 @@ rule gather_features:
     input:
         shard_manifests,
     output:
-        f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
+        path(paths.FEATURES),
     log:
-        f"{RESULTS}/{{dataset}}/logs/gather_{{backbone}}_{{view}}_{{split}}.log",
+        path(paths.LOG, name="gather_{backbone}_{view}_{split}"),
     localrule: True
     conda:
         ENV

@@ -4,16 +4,14 @@ rule build_graph:
     {split}.zarr; the manifest {split}.json is written once the graph is complete (a rerun
     resumes after the last complete block)."""
     input:
-        features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
-        cache=lambda w: cache_markers(
-            f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
-        ),
+        features=rules.gather_features.output[0],
+        cache=shard_manifests,
     output:
-        f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
+        path(paths.GRAPH),
     log:
-        f"{RESULTS}/{{dataset}}/logs/graph_{{backbone}}_{{view}}_{{split}}.log",
+        path(paths.LOG, name="graph_{backbone}_{view}_{split}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/graph_{{backbone}}_{{view}}_{{split}}.tsv"
+        path(paths.BENCHMARK, name="graph_{backbone}_{view}_{split}")
     conda:
         ENV
     threads: 2
@@ -32,20 +30,15 @@ rule eigenvectors:
     a split (scipy eigsh), with the solver's wall time and peak memory: the reference that the
     spectral methods cluster and that every run's partition is measured on."""
     input:
-        features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
-        cache=lambda w: cache_markers(
-            f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
-        ),
-        graph=f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}.json",
+        features=rules.gather_features.output[0],
+        cache=shard_manifests,
+        graph=rules.build_graph.output[0],
     output:
-        f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-eigen-K{{K}}-a{{alpha}}.npz",
+        path(paths.EIGEN),
     log:
-        f"{RESULTS}/{{dataset}}/logs/eigen_{{backbone}}_{{view}}_{{split}}_K{{K}}_a{{alpha}}.log",
+        path(paths.LOG, name="eigen_{backbone}_{view}_{split}_{reference}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/eigen_{{backbone}}_{{view}}_{{split}}_K{{K}}_a{{alpha}}.tsv"
-    wildcard_constraints:
-        K=r"\d+",
-        alpha=r"[0-9.e+-]+",
+        path(paths.BENCHMARK, name="eigen_{backbone}_{view}_{split}_{reference}")
     conda:
         ENV
     threads: 2
@@ -69,20 +62,17 @@ rule nystrom:
         train_features=lambda w: nystrom_params(w).eigen.features,
         train_cache=lambda w: cache_markers(nystrom_params(w).eigen.features),
         train_graph=lambda w: nystrom_params(w).eigen.graph,
-        features=f"{RESULTS}/{{dataset}}/features/{{backbone}}/{{view}}/{{split}}.json",
-        cache=lambda w: cache_markers(
-            f"{RESULTS}/{w.dataset}/features/{w.backbone}/{w.view}/{w.split}.json"
-        ),
+        features=rules.gather_features.output[0],
+        cache=shard_manifests,
     output:
-        f"{RESULTS}/{{dataset}}/graphs/{{backbone}}/{{view}}/{{split}}-nystrom-{{source}}-K{{K}}-a{{alpha}}.npz",
+        path(paths.NYSTROM),
     log:
-        f"{RESULTS}/{{dataset}}/logs/nystrom_{{backbone}}_{{view}}_{{split}}_{{source}}_K{{K}}_a{{alpha}}.log",
+        path(paths.LOG, name="nystrom_{backbone}_{view}_{split}_{source}_{reference}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/nystrom_{{backbone}}_{{view}}_{{split}}_{{source}}_K{{K}}_a{{alpha}}.tsv"
-    wildcard_constraints:
-        K=r"\d+",
-        alpha=r"[0-9.e+-]+",
-        source=r"[A-Za-z0-9_]+",
+        path(
+            paths.BENCHMARK,
+            name="nystrom_{backbone}_{view}_{split}_{source}_{reference}",
+        )
     conda:
         ENV
     threads: 2
@@ -102,15 +92,15 @@ rule align:
     top-K spectrum, one-hot alignment, perplexity) and, for psi, its logits' alignment with the
     exact top-K eigenvectors (a diagnostic)."""
     input:
-        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
+        model=path(paths.MODEL),
         eigen=lambda w: alignment(w).path,
         features=lambda w: alignment(w).features,
         cache=lambda w: cache_markers(alignment(w).features),
         graph=lambda w: alignment(w).graph,
     output:
-        f"{RESULTS}/{{dataset}}/runs/{{run}}/{{evaluation}}/alignment.json",
+        path(paths.ALIGNMENT),
     log:
-        f"{RESULTS}/{{dataset}}/logs/align_{{run}}_{{evaluation}}.log",
+        path(paths.LOG, name="align_{run}_{evaluation}"),
     conda:
         ENV
     threads: 2

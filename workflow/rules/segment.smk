@@ -3,12 +3,12 @@ rule segment_images:
     a legend and eigenfunction heat maps for every image of a split: no labels needed.
     """
     input:
-        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
+        model=path(paths.MODEL),
         data=segmentation_data,
     output:
-        directory(f"{RESULTS}/{{dataset}}/runs/{{run}}/segment"),
+        directory(path(paths.SEGMENTATION)),
     log:
-        f"{RESULTS}/{{dataset}}/logs/segment_{{run}}.log",
+        path(paths.LOG, name="segment_{run}"),
     conda:
         ENV
     threads: 2
@@ -25,7 +25,7 @@ rule segment_images:
             if RUNS[(w.dataset, w.run)].method.traits.learns_psi
             else 0
         ),
-        run_dir=lambda w: f"{RESULTS}/{w.dataset}/runs/{w.run}",
+        run_dir=lambda w: filled(paths.RUN, w),
         weights_dir=lambda w, output: config.get("weights_dir", "weights"),
         data=lambda w, input: data_option(input.data),
     shell:

@@ -7,15 +7,15 @@ rule table:
         alignments=lambda w: table_alignments(config, w.folder, w.table),
     output:
         csv=report(
-            f"{RESULTS}/{{folder}}/{{table}}.csv",
+            path(paths.TABLE),
             caption="../report/table.rst",
             category="tables",
             labels={"table": "{folder}/{table}"},
         ),
-        runs=f"{RESULTS}/{{folder}}/{{table}}_runs.csv",
-        md=f"{RESULTS}/{{folder}}/{{table}}.md",
+        runs=path(paths.TABLE_RUNS),
+        md=path(paths.TABLE_MARKDOWN),
     log:
-        f"{RESULTS}/{{folder}}/logs/{{table}}.log",
+        path(paths.LOG, dataset="{folder}", name="{table}"),
     localrule: True
     conda:
         ENV

@@ -12,19 +12,19 @@ rule train:
             else []
         ),
     output:
-        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
-        log_csv=f"{RESULTS}/{{dataset}}/runs/{{run}}/train_log.csv",
+        model=path(paths.MODEL),
+        log_csv=path(paths.TRAIN_LOG),
         curves=report(
-            f"{RESULTS}/{{dataset}}/runs/{{run}}/loss.png",
+            path(paths.CURVES),
             caption="../report/loss.rst",
             category="{dataset}",
             subcategory="{run}",
             labels={"figure": "training curves"},
         ),
     log:
-        f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
+        path(paths.LOG, name="fit_{run}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fit_{{run}}.tsv"
+        path(paths.BENCHMARK, name="fit_{run}")
     wildcard_constraints:
         run=f"({TRAINED})-.+",
     conda:
@@ -53,11 +53,11 @@ rule fit_kmeans:
     input:
         unpack(kmeans_inputs),
     output:
-        model=f"{RESULTS}/{{dataset}}/runs/{{run}}/model.pt",
+        model=path(paths.MODEL),
     log:
-        f"{RESULTS}/{{dataset}}/logs/fit_{{run}}.log",
+        path(paths.LOG, name="fit_{run}"),
     benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/fit_{{run}}.tsv"
+        path(paths.BENCHMARK, name="fit_{run}")
     wildcard_constraints:
         run=f"({CLUSTERED})-.+",
     conda:
