@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.crf import active_labels, dense_crf
 from pipeline.datasets import load_dataset
-from pipeline.evaluate import backbone_for, image_logits
 from pipeline.models import RunModel
+from pipeline.predict import backbone_for, image_logits
 from pipeline.views import View
 
 

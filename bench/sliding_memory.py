@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import measure
 from fixtures import run_spec, tiny_vit_backbone, train_settings
-from pipeline.evaluate import sliding_logits
 from pipeline.models import RunModel, build_psi
+from pipeline.predict import sliding_logits
 from pipeline.views import View
 
 

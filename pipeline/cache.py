@@ -295,6 +295,11 @@ class FeatureCache:
             out[name] = restored
         return out
 
+    def tokens(self, name: str = "high") -> np.ndarray:
+        """Every token of the cache as one (N, C) array (N = items x h x w, in item order)."""
+        values = self.read(np.arange(len(self)), (name,))[name]
+        return values.reshape(-1, values.shape[-1])
+
     def plain_items(self) -> np.ndarray:
         """Item indices of the un-augmented view of every image, in image order."""
         return np.flatnonzero(self.view == 0)
@@ -311,3 +316,29 @@ def _chunk_ok(array: Any, index: int) -> bool:
 def cache_for(manifest: str | Path) -> FeatureCache:
     """The Zarr cache that sits beside a features manifest (`{split}.json` -> `{split}.zarr`)."""
     return FeatureCache(store_of(manifest))
+
+
+def gather(manifest: str | Path, shard_manifests: list[str]) -> dict[str, Any]:
+    """`nes gather`: check that the shards form one complete cache with unique image ids, then
+    write the cache's manifest (what later stages read)."""
+    out = Path(manifest)
+    cache = cache_for(out)
+    shards = [json.loads(Path(p).read_text()) for p in shard_manifests]
+    if sorted(tuple(s["shard"]) for s in shards) != [(i, len(cache.shards)) for i in range(len(cache.shards))]:
+        raise InputError(
+            f"{out}: shard manifests {', '.join(shard_manifests)} do not match the cache's {len(cache.shards)} shards"
+        )
+    repeated = sorted({i for i in cache.ids if cache.ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"{cache.path}: image id(s) {', '.join(repeated[:5])} occur twice; ids must name one image")
+    summary = {
+        "path": str(cache.path),
+        "items": len(cache),
+        "images": len(cache.ids),
+        "shards": len(cache.shards),
+        "grid": list(cache.grid),
+        "high_dim": cache.dim("high"),
+        "input_dim": cache.dim("input"),
+    }
+    write_json(out, summary)
+    return summary

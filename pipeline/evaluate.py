@@ -1,9 +1,7 @@
-"""A run + a split + a view -> metrics (rule `evaluate`, `nes evaluate`).
+"""A run + a split + a view -> metrics (rule `evaluate`, `nes evaluate`): `evaluate_run`.
 
-Token logits are upsampled bilinearly to the padded input, cropped to the input, brought to the
-scoring geometry of the view (views.py: the original size for `resize` and `sliding`, the centre
-crop for `centre_crop`) and arg-maxed; a K x C confusion matrix accumulates in one pass, so
-memory is O(K x C) plus one image. Clusters are matched to classes once over the whole split,
+Logits at the scoring geometry (predict.py) are arg-maxed; a K x C confusion matrix accumulates
+in one pass, so memory is O(K x C) plus one image. Clusters are matched to classes once over the whole split,
 separately for CRF and non-CRF predictions. Features come from the cache (workflow) or a live
 backbone (sliding windows, the CLI on any images).
 """
@@ -11,7 +9,6 @@ backbone (sliding windows, the CLI on any images).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,17 +16,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import metrics as M
+from . import paths
 from .backbones import Backbone, BackboneSpec
-from .cache import FeatureCache
-from .datasets import Dataset
+from .cache import FeatureCache, cache_for
+from .datasets import Dataset, load_dataset
 from .errors import InputError
-from .features import encode_crops
-from .formats import store_of
-from .models import RunModel, TokenScorer
-from .runtime import progress
+from .formats import store_of, write_json
+from .models import RunModel
+from .predict import backbone_for, image_logits, logits_to_image, scored_size
+from .runtime import progress, resolve_device
+from .segmenter import default_view
 from .spec import EvaluationSpec
 from .views import View
 from .visualise import blend, colourise, palette, save_panel
@@ -37,27 +35,6 @@ from .visualise import blend, colourise, palette, save_panel
 log = logging.getLogger(__name__)
 
 Prediction = tuple[int, torch.Tensor]  # image index, (K, H, W) logits at the view's scoring geometry
-
-
-def logits_to_image(
-    logits: torch.Tensor, stride: int, input_size: tuple[int, int], out_size: tuple[int, int]
-) -> torch.Tensor:
-    """(K, h, w) token logits -> (K, H, W): upsampled to the padded input, cropped to `input_size`,
-    resized to `out_size`."""
-    _k, h, w = logits.shape
-    # a genuinely channels-last (1, K, h, w) tensor takes torch's vectorised CPU path and makes
-    # the argmax over K contiguous: about 6x faster than a view of a permuted batch (whose odd
-    # batch stride falls back to a slow generic kernel)
-    x = logits.permute(1, 2, 0).contiguous()[None].permute(0, 3, 1, 2)
-    up = F.interpolate(x, size=(h * stride, w * stride), mode="bilinear", align_corners=False)
-    up = up[..., : input_size[0], : input_size[1]]
-    if tuple(input_size) != tuple(out_size):
-        up = F.interpolate(up, size=tuple(out_size), mode="bilinear", align_corners=False)
-    return up[0]
-
-
-def scored_size(view: View, image_hw: tuple[int, int]) -> tuple[int, int]:
-    return view.input_size if view.mode == "centre_crop" else (int(image_hw[0]), int(image_hw[1]))
 
 
 def cached_predictions(
@@ -128,186 +105,6 @@ def check_cache_for_run(model: RunModel, cache: FeatureCache) -> None:
             f"{cache.path}: {cache.dim('high')}-channel features, run {model.spec.run}'s centres have "
             f"{model.centres.shape[1]}"
         )
-
-
-def image_logits(
-    model: TokenScorer,
-    backbone: Backbone,
-    images: list[np.ndarray],
-    view: View,
-    device: torch.device,
-    window_batch: int = 8,
-    at_view: bool = False,
-) -> list[torch.Tensor]:
-    """Logits at the scoring geometry for images of any size, from a live backbone: one forward
-    pass for `resize` / `centre_crop` views; sliding windows (protocol B) otherwise. `at_view`:
-    stop at the view's own resolution (its input size, or the resized canvas of the windows),
-    whose size the view bounds, and leave the last resize to the caller (`resample_rows`)."""
-    stride = backbone.spec.stride
-    if view.mode != "sliding":
-        feats = encode_crops(backbone, [view.prepare(im) for im in images], device, view.input_size)
-        logits = model.token_logits(feats["high"], feats["input"]).float()
-        return [
-            logits_to_image(
-                logits[j], stride, view.input_size, view.input_size if at_view else scored_size(view, im.shape[:2])
-            )
-            for j, im in enumerate(images)
-        ]
-    return [sliding_logits(model, backbone, im, view, device, window_batch, resize=not at_view) for im in images]
-
-
-def resample_rows(logits: torch.Tensor, out_hw: tuple[int, int], reduce, max_elements: int = 2**27) -> torch.Tensor:
-    """Bilinear resize (align_corners=False, as F.interpolate) of (K, h, w) logits to `out_hw`, in
-    bands of output rows so that at most `max_elements` resized values exist at once; `reduce`
-    maps each (K, rows, W) band to what is kept (e.g. its argmax over K)."""
-    k = logits.shape[0]
-    height, width = out_hw
-    rows = max(1, max_elements // max(1, k * width))
-    gx = (torch.arange(width, dtype=torch.float32, device=logits.device) + 0.5) / width * 2 - 1
-    bands = []
-    for r0 in range(0, height, rows):
-        r1 = min(height, r0 + rows)
-        gy = (torch.arange(r0, r1, dtype=torch.float32, device=logits.device) + 0.5) / height * 2 - 1
-        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, rows, W, 2) as (x, y)
-        band = F.grid_sample(logits[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        bands.append(reduce(band))
-    return torch.cat(bands, dim=-2)
-
-
-def max_canvas_values() -> int:
-    """Logit values a sliding-window canvas may hold at once (default 2^27: 512 MiB in float32, the
-    bound `Segmenter` keeps for resized logits); a larger canvas is built in bands."""
-    return int(os.environ.get("NES_MAX_CANVAS_VALUES", 2**27))
-
-
-def sliding_logits(
-    model: TokenScorer,
-    backbone: Backbone,
-    image: np.ndarray,
-    view: View,
-    device: torch.device,
-    window_batch: int = 8,
-    resize: bool = True,
-) -> torch.Tensor:
-    """Protocol B: short side resized, windows of the crop size at the view's stride, logits of
-    overlapping windows averaged, then (with `resize`) resized to the original image size.
-    The averaged logits live at the resized image's size, which extreme aspect ratios blow up
-    (10 x 10000 at short side 512: 512 x 512000): above `max_canvas_values()` the canvas is
-    built in bands of its long axis, each resized to the image's size as it is finished
-    (`_banded_sliding_logits`; the result is then at the image's size whatever `resize` says)."""
-    height, width = view.resized_shape(*image.shape[:2])
-    if model.num_clusters * height * width > max_canvas_values():
-        return _banded_sliding_logits(model, backbone, image, view, device, window_batch, max_canvas_values())
-    resized = view.resize(image, (height, width))
-    canvas = torch.zeros(model.num_clusters, height, width, device=device)
-    count = torch.zeros(1, height, width, device=device)
-    for window, logits in _window_logits(model, backbone, resized, view.windows(height, width), device, window_batch):
-        t, b, l, r = window
-        canvas[:, t:b, l:r] += logits
-        count[:, t:b, l:r] += 1
-    canvas /= count
-    if resize and (height, width) != tuple(image.shape[:2]):
-        canvas = F.interpolate(canvas[None], size=tuple(image.shape[:2]), mode="bilinear", align_corners=False)[0]
-    return canvas
-
-
-def _window_logits(
-    model: TokenScorer,
-    backbone: Backbone,
-    resized: torch.Tensor,
-    windows: list[tuple[int, int, int, int]],
-    device: torch.device,
-    window_batch: int,
-) -> Iterator[tuple[tuple[int, int, int, int], torch.Tensor]]:
-    """(window, its (K, b - t, r - l) logits) for each window of a resized (3, H, W) image."""
-    stride = backbone.spec.stride
-    for start in range(0, len(windows), window_batch):
-        group = windows[start : start + window_batch]
-        feats = encode_crops(backbone, [resized[:, t:b, l:r] for t, b, l, r in group], device)
-        logits = model.token_logits(feats["high"], feats["input"]).float()
-        for j, (t, b, l, r) in enumerate(group):
-            yield (t, b, l, r), logits_to_image(logits[j], stride, (b - t, r - l), (b - t, r - l))
-
-
-def _banded_sliding_logits(
-    model: TokenScorer,
-    backbone: Backbone,
-    image: np.ndarray,
-    view: View,
-    device: torch.device,
-    window_batch: int,
-    budget: int,
-) -> torch.Tensor:
-    """`sliding_logits` at the image's size with the canvas built band by band along its long
-    axis, so that about `budget` canvas values exist at once: each band averages the windows that
-    overlap it (a window across two bands is computed for both), is resized on its short axis,
-    then interpolated on its long axis at exactly the positions and weights of one bilinear
-    resize of the whole canvas (align_corners=False). Equal to the one-canvas result up to
-    float rounding; refused, with the sizes, when not even one window's band fits the budget."""
-    k = model.num_clusters
-    height, width = view.resized_shape(*image.shape[:2])
-    out_h, out_w = image.shape[:2]
-    dim = 2 if width >= height else 1  # the long axis of (K, H, W)
-    long_c, short_c = (width, height) if dim == 2 else (height, width)
-    long_o, short_o = (out_w, out_h) if dim == 2 else (out_h, out_w)
-    windows = view.windows(height, width)
-    window_len = max((r - l) if dim == 2 else (b - t) for t, b, l, r in windows)
-    # values per canvas position of the long axis while a band is finished: the band, its resize,
-    # and the two gathered neighbours of each output position
-    per_position = short_c + short_o * (1 + 2 * max(1.0, long_o / long_c))
-    band = int(budget // (k * per_position)) - 1
-    bound = f"the bound of {budget:,} logit values ({budget * 4 / 2**20:,.0f} MiB, $NES_MAX_CANVAS_VALUES)"
-    where = f"a {out_h}x{out_w} image under this sliding view is averaged on a {height}x{width} canvas of {k} logits"
-    if k * out_h * out_w > budget:
-        raise InputError(f"{where}: its logits at the image's size exceed {bound}; use a resize view")
-    if band < window_len:
-        raise InputError(
-            f"{where}: not even bands of one window ({window_len} positions) fit {bound}; "
-            "crop the image or use a resize view"
-        )
-    resized = view.resize(image, (height, width))
-    # where each output position of the long axis samples the canvas (as F.interpolate does)
-    x = ((torch.arange(long_o, dtype=torch.float64) + 0.5) * (long_c / long_o) - 0.5).clamp_min(0)
-    lower = x.floor().long().clamp_max(long_c - 1)
-    upper = (lower + 1).clamp_max(long_c - 1)
-    frac = (x - lower).float().to(device)
-    out = torch.empty(k, out_h, out_w, device=device)
-    for c0 in range(0, long_c, band):
-        c1 = min(c0 + band, long_c)
-        end = min(c1 + 1, long_c)  # one more position: the upper neighbour of the band's last sample
-        rows = ((lower >= c0) & (lower < c1)).nonzero().flatten()
-        if not len(rows):
-            continue
-        shape = (k, short_c, end - c0) if dim == 2 else (k, end - c0, short_c)
-        canvas = torch.zeros(shape, device=device)
-        count = torch.zeros((1, *shape[1:]), device=device)
-        inside = [w for w in windows if _extent(w, dim)[0] < end and _extent(w, dim)[1] > c0]
-        for window, logits in _window_logits(model, backbone, resized, inside, device, window_batch):
-            lo, hi = _extent(window, dim)
-            a, z = max(lo, c0), min(hi, end)
-            part = logits.narrow(dim, a - lo, z - a)
-            t, b, l, r = window
-            target = (
-                (slice(None), slice(t, b), slice(a - c0, z - c0))
-                if dim == 2
-                else (slice(None), slice(a - c0, z - c0), slice(l, r))
-            )
-            canvas[target] += part
-            count[target] += 1
-        canvas /= count
-        size = (short_o, end - c0) if dim == 2 else (end - c0, short_o)
-        canvas = F.interpolate(canvas[None], size=size, mode="bilinear", align_corners=False)[0]
-        f = frac[rows.to(device)].view((1, 1, -1) if dim == 2 else (1, -1, 1))
-        below = canvas.index_select(dim, (lower[rows] - c0).to(device))
-        above = canvas.index_select(dim, (upper[rows] - c0).to(device))
-        out.index_copy_(dim, rows.to(device), below * (1 - f) + above * f)
-    return out
-
-
-def _extent(window: tuple[int, int, int, int], dim: int) -> tuple[int, int]:
-    """A window's (start, end) on axis `dim` of (K, H, W)."""
-    t, b, l, r = window
-    return (l, r) if dim == 2 else (t, b)
 
 
 def live_predictions(
@@ -427,18 +224,6 @@ def write_overlays(kept, mapping: np.ndarray, dataset: Dataset, out_dir: Path) -
         )
 
 
-def backbone_for(model: RunModel, weights_dir: str | Path | None = None) -> Backbone:
-    return Backbone(backbone_spec_for(model, weights_dir))
-
-
-def backbone_spec_for(model: RunModel, weights_dir: str | Path | None = None) -> BackboneSpec:
-    """The run's backbone settings. Converted weights go to `weights_dir` (default:
-    $NES_WEIGHTS_DIR, else `weights`), never to a folder the model file names: a model.pt does
-    not choose where anything is written."""
-    local = str(weights_dir or os.environ.get("NES_WEIGHTS_DIR", "weights"))
-    return BackboneSpec.from_config({**model.spec.backbone_spec, "weights_dir": local})
-
-
 def metrics_record(
     model: RunModel, dataset: Dataset, evaluation: EvaluationSpec, result: dict[str, Any]
 ) -> dict[str, Any]:
@@ -461,3 +246,75 @@ def metrics_record(
         "fit": model.fit,
         **result,
     }
+
+
+def labelled_split(spec: EvaluationSpec, view: View) -> Dataset:
+    """The evaluated split, refused by name unless every image has a label."""
+    dataset = load_dataset(spec.source, spec.split, view.labels)
+    if not dataset.has_labels:
+        unlabelled = [s for s in dataset.samples if s.label_path is None]
+        if len(unlabelled) < len(dataset.samples):  # some have labels: name the first that does not
+            missing = f"no label for {unlabelled[0].image_path} (and {len(unlabelled) - 1} more)"
+            raise InputError(f"{dataset.name}/{spec.split}: {missing}; every image needs one to evaluate")
+        raise InputError(f"{dataset.name}/{spec.split}: no labels, nothing to evaluate against (use `nes segment`)")
+    return dataset
+
+
+def evaluate_run(
+    model: RunModel,
+    spec: EvaluationSpec,
+    overlay_dir: Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """One run scored on one split under one view: its metrics record (metrics.json's content).
+    Reads the spec's cache when it names one, runs the backbone live otherwise."""
+    view = View.from_config(spec.view, "view")
+    dataset = labelled_split(spec, view)
+    device = resolve_device(spec.device)
+    model = model.to(device)
+    if spec.features:
+        stride = BackboneSpec.from_config(model.spec.backbone_spec).stride
+        predictions = cached_predictions(
+            model, cache_for(spec.features), dataset, view, stride, spec.batch_size, device
+        )
+    else:
+        backbone = backbone_for(model, weights_dir).to(device)
+        predictions = live_predictions(model, backbone, dataset, view, spec.batch_size, device)
+    result = evaluate(
+        model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays
+    )
+    return metrics_record(model, dataset, spec, result)
+
+
+def evaluation_of(
+    model: RunModel,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    split: str = "val",
+    protocol: str = "custom",
+    view: dict[str, Any] | None = None,
+    crf: bool = False,
+    labels: str | None = None,
+    **options: Any,
+) -> EvaluationSpec:
+    """An evaluation of `model` that no plan made (`nes evaluate` without --spec): the run's own
+    dataset and view unless others are given; `options` are EvaluationSpec's remaining fields."""
+    source = dict(model.spec.source)
+    if dataset and dataset != source.get("name"):
+        source = {"name": dataset, "adapter": dataset}
+    if data_root:
+        source["data_root"] = data_root
+    view = dict(view) if view else default_view(model)
+    view["crf"] = bool(crf or view.get("crf"))
+    if labels:
+        view["labels"] = labels
+    return EvaluationSpec(source=source, split=split, protocol=protocol, view=view, **options)
+
+
+def write_evaluation(out_dir: Path, record: dict[str, Any], compare: Path | None = None) -> None:
+    """An evaluation folder as the workflow lays it out: metrics.json and report.md with its
+    figures (the overlays are written while scoring)."""
+    from .report import write_report
+
+    write_json(out_dir / paths.name(paths.METRICS), record)
+    write_report(out_dir, record, compare)

@@ -23,6 +23,7 @@ from .cache import CacheLayout, CacheWriter, remove_stale_shards, shard_lock, sh
 from .datasets import Dataset
 from .errors import InputError
 from .runtime import progress
+from .spec import ExtractSpec
 from .views import View
 
 log = logging.getLogger(__name__)
@@ -235,3 +236,38 @@ def _fill(
         bar.update(len(crops))
     bar.close()
     writer.finish(np.array([i for i, _ in items]), np.array([v for _, v in items]))
+
+
+def extract_shard(
+    spec: ExtractSpec,
+    cache: Path,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False,
+    data: list[str] | None = None,
+) -> dict[str, Any]:
+    """`nes extract`: one shard of the cache `spec` describes (rule `extract_features`); `data`
+    names the split's data index files whose digests the cache records."""
+    from .backbones import BackboneSpec
+    from .dataindex import digests
+    from .datasets import load_dataset
+    from .runtime import resolve_device
+
+    manifest = extract_split(
+        load_dataset(spec.source, spec.split),
+        Backbone(BackboneSpec.from_config(spec.backbone_spec)),
+        cache,
+        View.from_config(spec.view, "view"),
+        views=spec.views,
+        scale=spec.scale,
+        flip=spec.flip,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        device=resolve_device(spec.device),
+        extra_attrs={"backbone": spec.backbone_spec},
+        shard=shard,
+        overwrite=overwrite,
+        data=digests(data) if data else None,
+    )
+    index, count = manifest["shard"]
+    log.info("%s: shard %d of %d complete (%d items)", cache, index + 1, count, manifest["items"])
+    return manifest

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from filelock import FileLock, Timeout
 
@@ -22,7 +21,7 @@ from .errors import InputError
 from .formats import read_eigen_reference, read_nystrom, save_torch, write_text
 from .models import RunModel
 from .runtime import measured, resolve_device
-from .spec import Method, RunSpec
+from .spec import ReadOut, RunSpec
 from .train import CHECKPOINT, train_psi
 
 log = logging.getLogger(__name__)
@@ -51,20 +50,17 @@ def sample_tokens(
     return points
 
 
-def eigenfunction_centres(cache: FeatureCache, spec: RunSpec, model: RunModel) -> torch.Tensor:
-    """The exact spectral methods' read-out applied to psi's plain eigenfunctions (`train.output:
-    eigenfunctions`): K-means into K clusters on the row-normalised outputs of training tokens."""
-    if spec.kmeans is None or model.psi is None:
-        raise InputError(f"{spec.run}: reading out eigenfunctions needs psi and kmeans settings")
-    psi = model.psi
-
-    @torch.no_grad()
-    def embed(d):
-        outputs = psi(torch.from_numpy(d["input"]).flatten(1, 2))
-        return F.normalize(outputs.flatten(0, 1), dim=1).numpy()
-
-    points = sample_tokens(cache, embed, ("input",), spec.kmeans.max_points, spec.seed)
-    return torch.from_numpy(fit_kmeans(points, spec.K, spec.seed, spec.kmeans.niter))
+def fitted_centres(cache: FeatureCache, model: RunModel) -> RunModel:
+    """`model` with K-means centres fitted on its own embedding of training tokens (the one its
+    read-out sees at inference, `RunModel.clustered_points`): the backbone's features, psi's
+    hidden features (nes_star) or psi's plain eigenfunctions (`train.output: eigenfunctions`)."""
+    spec = model.spec
+    if spec.kmeans is None:
+        raise InputError(f"{spec.run}: a {spec.method} run needs kmeans settings")
+    arrays = (spec.embedding.cache_array,)
+    points = sample_tokens(cache, model.clustered_points, arrays, spec.kmeans.max_points, spec.seed)
+    centres = torch.from_numpy(fit_kmeans(points, spec.K, spec.seed, spec.kmeans.niter))
+    return RunModel(spec, model.psi, centres, input_dim=model.input_dim)
 
 
 def fit_run(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
@@ -145,40 +141,20 @@ def upstream_costs(spec: RunSpec) -> dict[str, Any]:
 
 
 def _fit(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
-    method = spec.method
-    if method.traits.eigen:
+    """The run's embedding first (psi trained or borrowed; none for the backbone's, stored
+    eigenvectors for the spectral methods), then its read-out (K-means centres where it has them)."""
+    if spec.method.traits.eigen:
         from .reference import fit_spectral
 
         return fit_spectral(spec)
     cache = cache_for(spec.features)
-    if method.traits.learns_psi:
+    if spec.method.traits.learns_psi:
         model = train_psi(cache, spec, run_dir, resolve_device(spec.device), resident)
-        if spec.psi.plain_eigenfunctions:
-            return RunModel(spec, model.psi, eigenfunction_centres(cache, spec, model), input_dim=model.input_dim)
-        return model
-    if spec.kmeans is None:
-        raise InputError(f"{spec.run}: a {method} run needs kmeans settings")
-    km, k = spec.kmeans, spec.K
-    if method in (Method.KMEANS, Method.KMEANS_TRANSDUCTIVE):  # on the training split / the evaluated split
-
-        def embed(d):
-            return F.normalize(torch.from_numpy(d["high"]).flatten(0, 2), dim=1).numpy()
-
-        points = sample_tokens(cache, embed, ("high",), km.max_points, spec.seed)
-        return RunModel(spec, centres=torch.from_numpy(fit_kmeans(points, k, spec.seed, km.niter)))
-    if method is Method.NES_STAR and spec.nes_run is not None:
+    elif spec.nes_run is not None:  # psi borrowed from the run it builds on
         nes = RunModel.load(run_dir.parent / spec.nes_run)
         if nes.psi is None:
             raise InputError(f"{run_dir.parent / spec.nes_run}: not a nes run (no psi) for {spec.run} to cluster")
-        psi = nes.psi
-
-        @torch.no_grad()
-        def embed(d):
-            x = torch.from_numpy(d["input"])
-            hidden = psi.hidden(x.flatten(1, 2))
-            return F.normalize(hidden.flatten(0, 1), dim=1).numpy()
-
-        points = sample_tokens(cache, embed, ("input",), km.max_points, spec.seed)
-        centres = torch.from_numpy(fit_kmeans(points, k, spec.seed, km.niter))
-        return RunModel(spec, psi=psi, centres=centres, input_dim=nes.input_dim)
-    raise InputError(f"{spec.run}: cannot fit a {method} run from this spec")
+        model = RunModel(spec, psi=nes.psi, input_dim=nes.input_dim)
+    else:
+        model = RunModel(spec)
+    return fitted_centres(cache, model) if spec.read_out is ReadOut.CENTRES else model

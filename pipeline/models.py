@@ -14,7 +14,10 @@
              of the evaluated split (token id = item * h * w + position): exact (spectral) or
              extended from the training split's by the Nystrom formula (spectral_inductive)
   fit        wall time and peak memory of fitting (and of the graph it used), for the tables
-Every method yields per-token logits whose argmax is its cluster, so evaluation and segmentation
+Every run is an embedding of tokens and a read-out (spec.Embedding, spec.ReadOut: backbone
+features, psi's outputs, psi's hidden features or stored eigenvectors; argmax of psi's outputs
+over tau_min, or the nearest K-means centre, fitted through the same embedding by fit.py). Every
+method so yields per-token logits whose argmax is its cluster, and evaluation and segmentation
 treat them alike (bilinear upsampling of logits, then argmax). `spectral` is transductive: its
 logits come by item of its own split (`item_logits`), never from new features; so do those of
 `spectral_inductive`, whose extension to the evaluated split is computed once by rule `nystrom`.
@@ -25,14 +28,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .clustering import centre_logits
-from .eigenfunctions import Psi, inference_logits
+from .eigenfunctions import Psi
 from .errors import InputError
-from .spec import Method, RunSpec, TrainSettings
+from .spec import Embedding, Method, ReadOut, RunSpec, TrainSettings
 
 
 class TokenScorer(Protocol):
@@ -92,19 +96,13 @@ class RunModel(nn.Module):
         return self.spec.lookup_features
 
     @property
-    def reads_out_eigenfunctions(self) -> bool:
-        """A nes run of plain eigenfunctions (`train.output: eigenfunctions`): its clusters are
-        K-means centres on psi's row-normalised outputs, not their argmax."""
-        return self.method is Method.NES and self.spec.psi.plain_eigenfunctions
-
-    @property
     def logits_are_psi_outputs(self) -> bool:
-        """A one-hot nes run: its logits are psi's outputs over tau_min (maps need no second pass)."""
-        return self.method is Method.NES and not self.reads_out_eigenfunctions
+        """Its logits are psi's outputs over tau_min (eigenfunction maps need no second pass)."""
+        return self.spec.read_out is ReadOut.ARGMAX
 
     @property
     def num_clusters(self) -> int:
-        return int(self.centres.shape[0]) if self.method is not Method.NES else self.spec.K
+        return self.spec.K
 
     def check_labels_new_images(self) -> None:
         """Runs whose labels come from a stored embedding of one split cannot label other images."""
@@ -116,23 +114,37 @@ class RunModel(nn.Module):
             )
 
     @torch.no_grad()
+    def embed(self, high: torch.Tensor | None, inp: torch.Tensor | None) -> torch.Tensor:
+        """Tokens -> their embedding (B, h * w, D): high (B, h, w, C_high) for the backbone's,
+        inp (B, h, w, C_in) for psi's; stored embeddings are read by item (`item_logits`)."""
+        embedding = self.spec.embedding
+        if embedding is Embedding.STORED:
+            self.check_labels_new_images()
+        if embedding is Embedding.BACKBONE and high is not None:
+            return high.flatten(1, 2)
+        if self.psi is None or inp is None:
+            raise InputError(f"{self.spec.run}: a {embedding} embedding needs psi and its input tokens")
+        tokens = inp.flatten(1, 2)
+        return self.psi(tokens) if embedding is Embedding.PSI_OUTPUTS else self.psi.hidden(tokens)
+
+    def read_out(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(N, D) embedded tokens -> (N, K) logits whose argmax is each token's cluster."""
+        if self.spec.read_out is ReadOut.ARGMAX:
+            return vectors / self.spec.psi.tau_min  # test time: no Gumbel noise, no normalisation
+        return centre_logits(F.normalize(vectors, dim=-1), self.centres)
+
+    @torch.no_grad()
     def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """high (B, h, w, C_high), inp (B, h, w, C_in) -> logits (B, K, h, w)."""
         b, h, w, _ = high.shape
-        self.check_labels_new_images()
-        if self.psi is None:  # kmeans, kmeans_transductive
-            logits = centre_logits(F.normalize(high.reshape(b * h * w, -1), dim=1), self.centres)
-        else:
-            tokens = inp.reshape(b, h * w, -1)
-            if self.reads_out_eigenfunctions:  # K-means centres on psi's row-normalised outputs
-                outputs = F.normalize(self.psi(tokens), dim=-1)
-                logits = centre_logits(outputs.reshape(b * h * w, -1), self.centres)
-            elif self.method is Method.NES:
-                logits = inference_logits(self.psi, tokens, self.spec.psi.tau_min)
-            else:
-                hidden = F.normalize(self.psi.hidden(tokens), dim=-1)
-                logits = centre_logits(hidden.reshape(b * h * w, -1), self.centres)
+        logits = self.read_out(self.embed(high, inp).flatten(0, 1))
         return logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def clustered_points(self, cached: dict[str, np.ndarray]) -> np.ndarray:
+        """Cached tokens as K-means sees them: their embedding, row-normalised, (N, D)."""
+        tensors = {name: torch.from_numpy(cached[name]) if name in cached else None for name in ("high", "input")}
+        return F.normalize(self.embed(tensors["high"], tensors["input"]).flatten(0, 1), dim=-1).numpy()
 
     @torch.no_grad()
     def item_logits(self, items: torch.Tensor | list[int], grid: tuple[int, int]) -> torch.Tensor:
@@ -208,7 +220,7 @@ def _checked_tensors(
             ) from None
         psi.eval()
     centres, embedding = ckpt.get("centres"), ckpt.get("embedding")
-    needs_centres = spec.method is not Method.NES or spec.psi.plain_eigenfunctions
+    needs_centres = spec.read_out is ReadOut.CENTRES
     if needs_centres and (not isinstance(centres, torch.Tensor) or centres.ndim != 2):
         raise InputError(f"{path}: a {spec.method} model without a (K, D) tensor of centres")
     if centres is not None and centres.shape[0] != spec.K:

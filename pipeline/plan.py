@@ -27,13 +27,16 @@ from .spec import (
     BASELINE,
     EigenRef,
     EvaluationSpec,
+    ExtractSpec,
     KMeansSettings,
     Method,
     NystromRef,
+    ReadOut,
     RunSpec,
     TrainSettings,
     canonical_json,
     fmt,
+    read_out_of,
     resolved_beta,
 )
 
@@ -99,7 +102,7 @@ def _extract_config(config: dict, dataset: str) -> dict:
     return {**config["extract"], **(dataset_spec(config, dataset).get("extract") or {})}
 
 
-def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split: str) -> dict:
+def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split: str) -> ExtractSpec:
     ext = _extract_config(config, dataset)
     train = view == TRAIN_VIEW
     spec = view_config(config, dataset, view)
@@ -107,18 +110,18 @@ def extraction_spec(config: dict, dataset: str, backbone: str, view: str, split:
         raise InputError(
             f"datasets.{dataset}.protocols.{view}: sliding-window protocols are evaluated live, not cached"
         )
-    return {
-        "dataset_spec": source_spec(config, dataset),
-        "backbone_spec": backbone_spec(config, backbone),
-        "split": split,
-        "view": {k: v for k, v in spec.items() if k not in SCORING_KEYS},  # scoring options do not change features
-        "views": int(ext["views"]) if train else 1,
-        "scale": ext["scale"],
-        "flip": ext["flip"],
-        "seed": ext["seed"],
-        "batch_size": ext["batch_size"],
-        "device": config["device"],
-    }
+    return ExtractSpec(
+        source=source_spec(config, dataset),
+        backbone_spec=backbone_spec(config, backbone),
+        split=split,
+        view={k: v for k, v in spec.items() if k not in SCORING_KEYS},  # scoring options do not change features
+        views=int(ext["views"]) if train else 1,
+        scale=tuple(ext["scale"]),
+        flip=ext["flip"],
+        seed=ext["seed"],
+        batch_size=ext["batch_size"],
+        device=config["device"],
+    )
 
 
 # training keys named in every id of a method (K, alpha, beta, graph); any other key a method
@@ -437,7 +440,7 @@ def make_spec(
             "kmeans": KMeansSettings.from_dict(config["kmeans"]),
         }
         run = run_id(method, backbone, train, seed, protocol, settings)
-        if method is Method.KMEANS_TRANSDUCTIVE:
+        if not traits.eigen:  # K-means on the evaluated split itself
             return RunSpec(
                 run=run, features=features_path(config, target, backbone, protocol, split), **placed, **common
             )
@@ -462,17 +465,15 @@ def make_spec(
         features=features_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"]),
         alpha=psi.alpha if psi is not None else None,
         train=psi,
-        # nes runs need K-means only to read out plain eigenfunctions (`train.output`)
-        kmeans=KMeansSettings.from_dict(config["kmeans"])
-        if method is not Method.NES or (psi is not None and psi.plain_eigenfunctions)
-        else None,
+        # K-means settings for the runs read out by K-means centres (spec.read_out_of)
+        kmeans=KMeansSettings.from_dict(config["kmeans"]) if read_out_of(method, psi) is ReadOut.CENTRES else None,
         graph=graph_path(config, dataset, backbone, TRAIN_VIEW, ds["train_split"])
         if psi is not None and psi.graph == "dataset" and traits.learns_psi
         else None,
         heldout=heldout_features(config, dataset, backbone)
         if psi is not None and psi.monitor and traits.learns_psi
         else None,
-        nes_run=run_id(Method.NES, backbone, train, seed, settings=settings) if method is Method.NES_STAR else None,
+        nes_run=run_id(traits.psi_from, backbone, train, seed, settings=settings) if traits.psi_from else None,
         **common,
     )
 

@@ -49,7 +49,7 @@ from .graph.spectral import (
 )
 from .models import RunModel
 from .runtime import measured, progress
-from .spec import Method, NystromRef, RunSpec
+from .spec import Embedding, NystromRef, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def psi_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """psi's outputs before the Gumbel-softmax (its logits) on every token of a plain cache, (N, K),
     and, as the floor to compare them with, K seeded random linear functions of the same inputs."""
-    if model.method is not Method.NES or model.psi is None:
+    if model.spec.embedding is not Embedding.PSI_OUTPUTS or model.psi is None:
         raise InputError(f"{model.spec.run}: alignment needs a nes run (psi), not {model.method}")
     k = model.spec.K
     projection = torch.randn(cache.dim("input"), k, generator=torch.Generator().manual_seed(seed))
@@ -248,7 +248,7 @@ def run_alignment(model: RunModel, cache: FeatureCache, graph_zarr: Path, eigen_
         result["partition"]["perplexity"],
         k,
     )
-    if model.method is Method.NES:
+    if model.spec.embedding is Embedding.PSI_OUTPUTS:
         logits, random = psi_outputs(model, cache)
         soft = torch.softmax(torch.from_numpy(logits) / model.spec.psi.tau_min, dim=1).numpy()
         for name, functions in (("logits", logits), ("softmax", soft), ("random_input", random)):

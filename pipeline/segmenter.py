@@ -17,19 +17,24 @@ cluster -> class mapping comes from an evaluation of the run (its metrics.json) 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .errors import InputError
-from .evaluate import backbone_for, image_logits, resample_rows
 from .formats import write_json
 from .models import PsiOutputs, RunModel
+from .predict import backbone_for, image_logits, resample_rows
 from .runtime import resolve_device
 from .views import View
+
+log = logging.getLogger(__name__)
 
 UNMATCHED = 255  # label PNG value of pixels whose cluster has no class
 
@@ -217,3 +222,104 @@ class Segmenter:
         scale = min(1.0, (self.max_elements / (low.shape[0] * height * width)) ** 0.5)
         size = (max(1, int(height * scale)), max(1, int(width * scale)))
         return resample_rows(low, size, lambda band: band, self.max_elements).numpy()
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their images (sorted), anything else as a glob pattern."""
+    import glob
+
+    from .datasets.base import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.is_file())
+            skipped = [f.name for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+            if skipped:
+                log.info("%s: skipped %d file(s) that are not images: %s", p, len(skipped), ", ".join(skipped[:10]))
+            paths += [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.exists() or not glob.has_magic(item):
+            paths.append(p)  # a missing file is reported by name with the unreadable ones
+        else:
+            paths += sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+    return paths
+
+
+def segment_outputs(images: list[Path], out: Path, eigenfunctions: bool) -> dict[Path, dict[str, Path]]:
+    """The files `nes segment` writes per input ({stem}_labels.png, _overlay.png and
+    _eigenfunctions.png in `out`), checked before anything is written: two inputs with one stem
+    would overwrite each other's outputs, and no output may replace an input."""
+    kinds = ("labels", "overlay", *(("eigenfunctions",) if eigenfunctions else ()))
+    by_stem: dict[str, list[Path]] = {}
+    for path in images:
+        by_stem.setdefault(path.stem, []).append(path)
+    shared = {stem: paths for stem, paths in by_stem.items() if len(paths) > 1}
+    if shared:
+        stem, paths = next(iter(shared.items()))
+        raise InputError(
+            f"{', '.join(map(str, paths))} share the name {stem!r}: their outputs would overwrite each other "
+            f"({len(shared)} such name(s)); segment them into separate --out folders or rename them"
+        )
+    planned = {path: {kind: out / f"{path.stem}_{kind}.png" for kind in kinds} for path in images}
+    inputs = {os.path.abspath(p): p for p in images}
+    for files in planned.values():
+        for file in files.values():
+            if os.path.abspath(file) in inputs:
+                raise InputError(
+                    f"{file}: is one of the images to segment and would be overwritten; choose another --out"
+                )
+    return planned
+
+
+def segment_files(
+    seg: Segmenter, images: list[Path], out: Path, eigenfunctions: int = 0, data: list[str] | None = None
+) -> dict[str, Any]:
+    """Label PNG, overlay with a legend (and the first `eigenfunctions` maps) per image in `out`;
+    an unreadable image is skipped and named. With `data` (the split's data indexes, as the
+    workflow passes them) the summary is also written as summary.json with their digests."""
+    from .datasets import read_rgb
+    from .runtime import progress
+    from .visualise import blend, colourise, palette, save_heatmaps, save_labels, with_legend
+
+    if eigenfunctions and not seg.model.method.traits.learns_psi:
+        raise InputError(f"--eigenfunctions: this is a {seg.model.method} run; eigenfunction maps need a nes run")
+    if seg.mapping is not None:
+        names, colours = seg.mapping.class_names, palette(len(seg.mapping.class_names))
+        log.info("class ids from %s", seg.mapping.source)
+    else:
+        names, colours = [f"cluster {k}" for k in range(seg.num_clusters)], palette(seg.num_clusters)
+    if not images:
+        raise InputError("no images found to segment")
+    planned = segment_outputs(images, out, bool(eigenfunctions))
+    failed = []
+    for path in progress(images, desc="segment", unit="img"):
+        try:
+            image = read_rgb(path)
+            labels, maps = seg.labels(image, eigenfunctions)
+        except InputError as exc:
+            log.error("skipped %s: %s", path, exc)
+            failed.append(str(path))
+            continue
+        files = planned[path]
+        save_labels(labels, files["labels"])
+        present = [i for i in np.unique(labels) if i != UNMATCHED]
+        overlay = with_legend(
+            blend(image, colourise(np.where(labels == UNMATCHED, -1, labels), colours)), present, names, colours
+        )
+        Image.fromarray(overlay).save(files["overlay"])
+        if maps is not None:
+            save_heatmaps(maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], files["eigenfunctions"])
+    summary = {
+        "segmented": len(images) - len(failed),
+        "skipped": len(failed),
+        "failed": failed,
+        "out": str(out),
+        "labels": "classes" if seg.mapping is not None else "clusters",
+    }
+    log.info("segmented %d image(s), skipped %d", summary["segmented"], summary["skipped"])
+    if data:
+        from .dataindex import digests
+
+        write_json(out / "summary.json", {**summary, "data": digests(data)})
+    return summary

@@ -40,15 +40,44 @@ class Method(StrEnum):
         return TRAITS[self]
 
 
+class Embedding(StrEnum):
+    """What a run maps each token to before its read-out (models.RunModel.embed)."""
+
+    BACKBONE = "backbone"  # the backbone's high-level features (the K-means baselines)
+    PSI_OUTPUTS = "psi_outputs"  # psi's K outputs, the learned eigenfunctions (nes)
+    PSI_HIDDEN = "psi_hidden"  # psi's features before its orthogonal head (nes_star, the paper's Ours*)
+    STORED = "stored"  # exact eigenvectors of the evaluated split's tokens, stored by item (spectral)
+
+    @property
+    def cache_array(self) -> str:
+        """The cached array it is computed from: the backbone's features or psi's input."""
+        return "high" if self in (Embedding.BACKBONE, Embedding.STORED) else "input"
+
+
+class ReadOut(StrEnum):
+    """How a run turns a token's embedding into cluster logits (models.RunModel.read_out)."""
+
+    ARGMAX = "argmax"  # the embedding over tau_min: psi's outputs as soft one-hot clusters
+    CENTRES = "centres"  # the nearest of K-means centres fitted on the same row-normalised embedding
+
+
+def read_out_of(method: Method, train: TrainSettings | None) -> ReadOut:
+    """psi's outputs are read by their argmax, unless trained as plain eigenfunctions
+    (`train.output: eigenfunctions`), which K-means reads out as the exact spectral methods are;
+    every other embedding is read out by K-means centres."""
+    plain = train is not None and train.plain_eigenfunctions
+    return ReadOut.ARGMAX if method.traits.embedding is Embedding.PSI_OUTPUTS and not plain else ReadOut.CENTRES
+
+
 @dataclass(frozen=True)
 class MethodTraits:
     """Everything the planner, the rules, evaluation and the tables need to know about a method.
 
     label: the tables' row name. learns_psi: trained by rule `train` (others by `fit_kmeans`).
-    uses_psi: its model holds psi (nes, and nes_star which clusters psi's hidden features).
+    embedding: what its tokens are embedded into (the read-out follows: `read_out_of`).
+    psi_from: the method whose psi it borrows (nes_star clusters a nes run's hidden features).
     evaluated_split: fit on the split a table evaluates and filed under that dataset (needs the
     table's protocol). transductive: labels only the split it was fit on (a control).
-    item_lookup: labels come from a stored embedding of the evaluated split, by item.
     eigen / nystrom: needs the exact eigenvector reference / its Nystrom extension.
     graph_kind: the feature graph behind its clusters in the tables (None: read `train.graph`).
     depends_on: the training keys (beyond the id's) whose values change its result; None: all.
@@ -57,15 +86,25 @@ class MethodTraits:
 
     label: str
     learns_psi: bool = False
-    uses_psi: bool = False
+    embedding: Embedding = Embedding.BACKBONE
+    psi_from: Method | None = None
     evaluated_split: bool = False
     transductive: bool = False
-    item_lookup: bool = False
     eigen: bool = False
     nystrom: bool = False
     graph_kind: str | None = "none"
     depends_on: tuple[str, ...] | None = ()
     run_id: str = "{method}-{backbone}-K{K}-s{seed}"
+
+    @property
+    def uses_psi(self) -> bool:
+        """Its model holds psi (nes, and nes_star, which clusters psi's hidden features)."""
+        return self.embedding in (Embedding.PSI_OUTPUTS, Embedding.PSI_HIDDEN)
+
+    @property
+    def item_lookup(self) -> bool:
+        """Labels come from a stored embedding of the evaluated split, by item."""
+        return self.embedding is Embedding.STORED
 
 
 _PSI_ID = "{method}-{backbone}-K{K}-a{alpha}-b{beta}{graph}{extra}-s{seed}"
@@ -78,13 +117,22 @@ TRAITS: dict[Method, MethodTraits] = {
         transductive=True,
         run_id="{method}-{backbone}-K{K}-{protocol}-s{seed}",
     ),
-    Method.NES: MethodTraits("Ours", learns_psi=True, uses_psi=True, graph_kind=None, depends_on=None, run_id=_PSI_ID),
-    Method.NES_STAR: MethodTraits("Ours*", uses_psi=True, graph_kind=None, depends_on=None, run_id=_PSI_ID),
+    Method.NES: MethodTraits(
+        "Ours", learns_psi=True, embedding=Embedding.PSI_OUTPUTS, graph_kind=None, depends_on=None, run_id=_PSI_ID
+    ),
+    Method.NES_STAR: MethodTraits(
+        "Ours*",
+        embedding=Embedding.PSI_HIDDEN,
+        psi_from=Method.NES,
+        graph_kind=None,
+        depends_on=None,
+        run_id=_PSI_ID,
+    ),
     Method.SPECTRAL: MethodTraits(
         "Spectral (exact, transductive)",
         evaluated_split=True,
         transductive=True,
-        item_lookup=True,
+        embedding=Embedding.STORED,
         eigen=True,
         graph_kind="exact",
         depends_on=("pixel_knn",),
@@ -93,7 +141,7 @@ TRAITS: dict[Method, MethodTraits] = {
     Method.SPECTRAL_INDUCTIVE: MethodTraits(
         "Spectral (exact, Nystrom)",
         evaluated_split=True,
-        item_lookup=True,
+        embedding=Embedding.STORED,
         eigen=True,
         nystrom=True,
         graph_kind="exact",
@@ -278,6 +326,61 @@ class KMeansSettings:
 
 
 @dataclass(frozen=True)
+class ExtractSpec:
+    """One split's features under one view (rule `extract_features`, `nes extract`): how the
+    dataset is read, the backbone, the view, and the augmented copies of training caches (`views`
+    random rescales in `scale`, with `flip`; one plain copy for evaluation caches)."""
+
+    source: dict[str, Any]
+    backbone_spec: dict[str, Any]
+    split: str
+    view: dict[str, Any]
+    views: int
+    scale: tuple[float, float]
+    flip: bool
+    seed: int
+    batch_size: int
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "extraction spec") -> ExtractSpec:
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+        scale = _get(data, "scale", (list, tuple), where)
+        if len(scale) != 2 or not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in scale):
+            raise InputError(f"{where}.scale: expected [low, high] numbers, got {scale!r}")
+        return cls(
+            source=dict(_get(data, "dataset_spec", dict, where)),
+            backbone_spec=dict(_get(data, "backbone_spec", dict, where)),
+            split=_get(data, "split", str, where),
+            view=dict(_get(data, "view", dict, where)),
+            views=_get(data, "views", int, where),
+            scale=(scale[0], scale[1]),
+            flip=_get(data, "flip", bool, where),
+            seed=_get(data, "seed", int, where),
+            batch_size=_get(data, "batch_size", int, where),
+            device=_get(data, "device", str, where, "auto"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset_spec": self.source,
+            "backbone_spec": self.backbone_spec,
+            "split": self.split,
+            "view": self.view,
+            "views": self.views,
+            "scale": list(self.scale),
+            "flip": self.flip,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "device": self.device,
+        }
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+
+@dataclass(frozen=True)
 class EigenRef:
     """The exact top-K eigenvectors of a cached split's G (rule `eigenvectors`): where they go
     (`path`), the split's features and dataset-wide graph manifests, and G's settings."""
@@ -385,6 +488,14 @@ class RunSpec:
         if self.train is None:
             raise InputError(f"{self.run}: a {self.method} run has no psi settings")
         return self.train
+
+    @property
+    def embedding(self) -> Embedding:
+        return self.method.traits.embedding
+
+    @property
+    def read_out(self) -> ReadOut:
+        return read_out_of(self.method, self.train)
 
     @property
     def beta(self) -> float | None:

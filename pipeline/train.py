@@ -18,7 +18,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ import torch
 from .batches import batches
 from .cache import FeatureCache, cache_for
 from .eigenfunctions import (
+    Objective,
     centre_per_image,
     eigenfunction_output,
     neuralef_objective,
@@ -73,31 +76,130 @@ def epoch_schedule(
     return schedule
 
 
+OutputsOf = Callable[[torch.Tensor, float, BatchKernel], torch.Tensor]
+
+
+class KernelSource(NamedTuple):
+    schedule: list[tuple[int, np.ndarray]]  # (epoch, items) per step
+    kernel_of: Callable[[np.ndarray, dict[str, torch.Tensor]], BatchKernel]  # a batch's items and arrays -> G
+    same_image: Callable[[BatchKernel], float]  # the log's same_image column
+
+
 def train_psi(
     cache: FeatureCache, spec: RunSpec, out_dir: Path, device: torch.device, resident: str = "auto"
 ) -> RunModel:
     """Train psi; writes the log and curves to `out_dir` (the caller saves the model).
-    `resident`: where batches come from (batches.py; never changes a result)."""
+    `resident`: where batches come from (batches.py; never changes a result). The variants a
+    config chooses are resolved before the loop: the kernel's source and the step schedule
+    (`kernel_source`), what the objective sees of psi's logits (`output_function`) and the
+    forward's precision (`forward_precision`)."""
     cfg = spec.psi
     generator = seed_everything(spec.seed)
     psi = build_psi(cache.dim("input"), cfg).to(device)
     optimiser = torch.optim.Adam(psi.parameters(), lr=cfg.lr)
-    dataset_graph = None
-    if cfg.graph == "dataset":
-        from .graph.dataset import DatasetGraph, neighbour_schedule
+    schedule, kernel_of, same_image = kernel_source(cache, spec, device, generator)
+    outputs_of, precision, total = output_function(cfg, cache), forward_precision(cfg, device), len(schedule)
+    describe(cache, cfg, total, psi)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heldout = heldout_kernel(spec, device) if cfg.monitor else None
+    monitor = CaptureMonitor(total, cfg.monitor, cfg.K, heldout, spec.seed, cfg.plain_eigenfunctions)
+    fingerprint = json.dumps(
+        {"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str
+    )
+    rows: list[dict] = []
+    first = resume(out_dir / CHECKPOINT, fingerprint, psi, optimiser, rows, monitor, device)
+    started, saved_at = time.time() - (rows[-1]["seconds"] if rows else 0.0), time.time()
+    bar = progress(total=total, initial=first, desc=f"train {spec.run}", unit="step")
+    # streamed from the cache one batch ahead, or gathered from the cache held in memory
+    source = batches(cache, [items for _, items in schedule[first:]], device, resident)
+    for step, (epoch, items), data in zip(range(first, total), schedule[first:], source):
+        kernel = kernel_of(items, data)
+        tau, lr = cosine(step, total, cfg.tau_max, cfg.tau_min), cosine(step, total, cfg.lr, cfg.lr_min)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        with precision:
+            logits = psi(data["input"].flatten(1, 2)).flatten(0, 1)
+        logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
+        objective = neuralef_objective(
+            outputs_of(logits, tau, kernel), kernel, cfg.beta, cfg.t, cfg.plain_eigenfunctions
+        )
+        optimiser.zero_grad(set_to_none=True)
+        objective.loss.backward()
+        optimiser.step()
+        monitor(step, psi, logits, kernel)
+        rows.append(log_row(step, epoch, objective, tau, lr, same_image(kernel), logits, cfg, time.time() - started))
+        if not math.isfinite(rows[-1]["loss"]):
+            diverged(out_dir, spec, step, rows[-1]["loss"])
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
+        bar.update()
+        epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
+        if epoch_ends or time.time() - saved_at > CHECKPOINT_SECONDS:
+            save_checkpoint(out_dir / CHECKPOINT, fingerprint, step, psi, optimiser, rows, monitor)
+            write_log(rows, out_dir / "train_log.csv")
+            saved_at = time.time()
+    bar.close()
+    write_log(rows, out_dir / "train_log.csv")
+    plot_curves(rows, out_dir / "loss.png")
+    monitor.write(out_dir)
+    log.info("trained in %.1f s", time.time() - started)
+    return RunModel(spec, psi.eval().cpu(), input_dim=cache.dim("input"))
 
-        h, w = cache.grid
-        if spec.graph is None:
-            raise InputError(f"{spec.run}: train.graph is dataset but the spec names no dataset-wide graph")
-        dataset_graph = DatasetGraph(Path(spec.graph).with_suffix(".zarr"), h * w)
-        if dataset_graph.n_items != len(cache):
-            raise InputError(
-                f"{spec.graph}: the graph covers {dataset_graph.n_items} items, the cache {len(cache)}; rebuild it"
+
+def kernel_source(cache: FeatureCache, spec: RunSpec, device: torch.device, generator: torch.Generator) -> KernelSource:
+    """The step schedule and each batch's kernel: built from the batch itself (method.md section
+    2; epochs of random batches), or read from the dataset-wide graph (`train.graph: dataset`;
+    batches assembled around anchors so that they hold their tokens' neighbours)."""
+    cfg = spec.psi
+    h, w = cache.grid
+    if cfg.graph != "dataset":
+        return KernelSource(
+            epoch_schedule(cache.image_index, cfg.batch_size, cfg.epochs, generator),
+            lambda _, data: batch_kernel(data, cfg),
+            lambda kernel: kernel.same_image_share(h * w),
+        )
+    from .graph.dataset import DatasetGraph, neighbour_schedule
+
+    if spec.graph is None:
+        raise InputError(f"{spec.run}: train.graph is dataset but the spec names no dataset-wide graph")
+    graph = DatasetGraph(Path(spec.graph).with_suffix(".zarr"), h * w)
+    if graph.n_items != len(cache):
+        raise InputError(f"{spec.graph}: the graph covers {graph.n_items} items, the cache {len(cache)}; rebuild it")
+
+    def kernel_of(items: np.ndarray, data: dict[str, torch.Tensor]) -> BatchKernel:
+        pixels = data["pixels"].reshape(len(items), h * w, 5)
+        pixel = block_sparse(pixel_graph(pixels, cfg.pixel_knn)) if cfg.alpha else None
+        degree = torch.from_numpy(graph.degrees[graph.item_tokens(items)]).to(device) if cfg.normalised_cut else None
+        return BatchKernel(graph.feature_kernel(items).to(device), pixel, cfg.alpha, degree)
+
+    schedule = neighbour_schedule(graph, cfg.batch_size, cfg.epochs, generator)
+    return KernelSource(schedule, kernel_of, lambda _: float("nan"))
+
+
+def output_function(cfg: TrainSettings, cache: FeatureCache) -> OutputsOf:
+    """What the objective sees of psi's logits: the Gumbel-softmax at temperature tau (weighted by
+    the kernel's degrees for the normalised cut), or plain eigenfunctions; centred per image
+    when `train.image_centred`."""
+
+    def outputs_of(logits: torch.Tensor, tau: float, kernel: BatchKernel) -> torch.Tensor:
+        if cfg.plain_eigenfunctions:
+            outputs = eigenfunction_output(logits)
+        else:
+            outputs = training_output(
+                logits, tau, volume_weights(kernel.feature_degree) if cfg.normalised_cut else None
             )
-        schedule = neighbour_schedule(dataset_graph, cfg.batch_size, cfg.epochs, generator)
-    else:
-        schedule = epoch_schedule(cache.image_index, cfg.batch_size, cfg.epochs, generator)
-    total = len(schedule)
+        return centre_per_image(outputs, tokens_per_image) if cfg.image_centred else outputs
+
+    tokens_per_image = cache.grid[0] * cache.grid[1]
+
+    return outputs_of
+
+
+def forward_precision(cfg: TrainSettings, device: torch.device) -> torch.autocast:
+    """psi's forward in float32, or under bfloat16 autocast (`train.precision`)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16")
+
+
+def describe(cache: FeatureCache, cfg: TrainSettings, total: int, psi: torch.nn.Module) -> None:
     log.info(
         "training psi: %d items of %d images, %d steps, K=%d, beta=%.4g, alpha=%s, k=%s, %d parameters",
         len(cache),
@@ -110,89 +212,31 @@ def train_psi(
         sum(p.numel() for p in psi.parameters()),
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    monitor = CaptureMonitor(
-        total,
-        cfg.monitor,
-        cfg.K,
-        heldout_kernel(spec, device) if cfg.monitor else None,
-        spec.seed,
-        cfg.plain_eigenfunctions,
-    )
-    eigen = cfg.plain_eigenfunctions
-    fingerprint = json.dumps(
-        {"spec": spec.to_dict(), "input_dim": cache.dim("input"), "items": len(cache)}, sort_keys=True, default=str
-    )
-    rows: list[dict] = []
-    first = resume(out_dir / CHECKPOINT, fingerprint, psi, optimiser, rows, monitor, device)
-    started = time.time() - (rows[-1]["seconds"] if rows else 0.0)
-    saved_at = time.time()
-    bar = progress(total=total, initial=first, desc=f"train {spec.run}", unit="step")
-    # streamed from the cache one batch ahead, or gathered from the cache held in memory
-    source = batches(cache, [items for _, items in schedule[first:]], device, resident)
-    for step, (epoch, items), data in zip(range(first, total), schedule[first:], source):
-        bsz, h, w, _ = data["high"].shape
-        if dataset_graph is None:
-            kernel = batch_kernel(data, cfg)
-        else:
-            pixel = (
-                block_sparse(pixel_graph(data["pixels"].reshape(bsz, h * w, 5), cfg.pixel_knn)) if cfg.alpha else None
-            )
-            degree = (
-                torch.from_numpy(dataset_graph.degrees[dataset_graph.item_tokens(items)]).to(device)
-                if cfg.normalised_cut
-                else None
-            )
-            kernel = BatchKernel(dataset_graph.feature_kernel(items).to(device), pixel, cfg.alpha, degree)
-        tau = cosine(step, total, cfg.tau_max, cfg.tau_min)
-        lr = cosine(step, total, cfg.lr, cfg.lr_min)
-        for group in optimiser.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
-            logits = psi(data["input"].reshape(bsz, h * w, -1)).reshape(bsz * h * w, -1)
-        logits = logits.float()  # the Gumbel-softmax, R and R^ in float32
-        if eigen:
-            outputs = eigenfunction_output(logits)
-        else:
-            weights = volume_weights(kernel.feature_degree) if cfg.normalised_cut else None
-            outputs = training_output(logits, tau, weights)
-        if cfg.image_centred:
-            outputs = centre_per_image(outputs, h * w)
-        objective = neuralef_objective(outputs, kernel, cfg.beta, cfg.t, deflation=eigen)
-        optimiser.zero_grad(set_to_none=True)
-        objective.loss.backward()
-        optimiser.step()
-        monitor(step, psi, logits, kernel)
-        rows.append(
-            {
-                "step": step,
-                "epoch": epoch,
-                "loss": objective.loss.item(),
-                "trace": objective.trace.item(),
-                "penalty": objective.penalty.item(),
-                "tau": tau,
-                "lr": lr,
-                "same_image": kernel.same_image_share(h * w) if dataset_graph is None else float("nan"),
-                "usage": float("nan") if eigen else cluster_usage(logits.detach()),
-                "seconds": time.time() - started,
-            }
-        )
-        if not math.isfinite(rows[-1]["loss"]):
-            diverged(out_dir, spec, step, rows[-1]["loss"])
-        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tau=f"{tau:.2f}")
-        bar.update()
-        epoch_ends = step + 1 == total or schedule[step + 1][0] != epoch
-        if epoch_ends or time.time() - saved_at > CHECKPOINT_SECONDS:
-            save_checkpoint(out_dir / CHECKPOINT, fingerprint, step, psi, optimiser, rows, monitor)
-            write_log(rows, out_dir / "train_log.csv")
-            saved_at = time.time()
-    bar.close()
-    model = RunModel(spec, psi.eval().cpu(), input_dim=cache.dim("input"))
-    write_log(rows, out_dir / "train_log.csv")
-    plot_curves(rows, out_dir / "loss.png")
-    monitor.write(out_dir)
-    log.info("trained in %.1f s", time.time() - started)
-    return model
+
+def log_row(
+    step: int,
+    epoch: int,
+    objective: Objective,
+    tau: float,
+    lr: float,
+    same_image: float,
+    logits: torch.Tensor,
+    cfg: TrainSettings,
+    seconds: float,
+) -> dict:
+    """One line of train_log.csv (LOG_FIELDS)."""
+    return {
+        "step": step,
+        "epoch": epoch,
+        "loss": objective.loss.item(),
+        "trace": objective.trace.item(),
+        "penalty": objective.penalty.item(),
+        "tau": tau,
+        "lr": lr,
+        "same_image": same_image,
+        "usage": float("nan") if cfg.plain_eigenfunctions else cluster_usage(logits.detach()),
+        "seconds": seconds,
+    }
 
 
 def diverged(out_dir: Path, spec: RunSpec, step: int, loss: float) -> None:

@@ -399,7 +399,7 @@ def test_nes_log_keeps_the_traceback_and_prints_one_line(tmp_path):
 def test_segment_never_overwrites_an_input_or_its_own_outputs(tmp_path):
     """Outputs are named by stem: two inputs with one stem, or an output landing on an input
     (--out being the input folder, which holds `y_overlay.png`), are refused before any write."""
-    from pipeline.cli import segment_outputs
+    from pipeline.segmenter import segment_outputs
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -512,7 +512,7 @@ def test_inputs_are_checked_at_the_door(tmp_path):
     import numpy as np
     import yaml
 
-    from pipeline.cli import build_parser
+    from pipeline.cli_args import build_parser
     from pipeline.configcheck import load_yaml
     from pipeline.plan import table_config
     from pipeline.segmenter import ClassMapping, check_image
@@ -553,11 +553,11 @@ def test_inputs_are_checked_at_the_door(tmp_path):
 def test_folders_given_to_segment_name_the_files_they_skip(tmp_path, caplog):
     import logging
 
-    from pipeline.cli import expand_inputs
+    from pipeline.segmenter import expand_inputs
 
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
-    with caplog.at_level(logging.INFO, logger="nes"):
+    with caplog.at_level(logging.INFO, logger="pipeline.segmenter"):
         assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.png"]
     assert "skipped 1 file(s) that are not images: notes.txt" in caplog.text
 
@@ -591,8 +591,8 @@ def test_sliding_windows_beyond_the_memory_bound_are_built_in_bands(tmp_path, mo
     import torch
 
     from fixtures import run_spec, tiny_vit_backbone, train_settings
-    from pipeline.evaluate import _banded_sliding_logits, sliding_logits
     from pipeline.models import RunModel, build_psi
+    from pipeline.predict import _banded_sliding_logits, sliding_logits
     from pipeline.views import View
 
     backbone = tiny_vit_backbone(tmp_path / "vit.pth")

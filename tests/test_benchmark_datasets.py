@@ -18,8 +18,8 @@ from fixtures import (
 )
 from pipeline.datasets import load_dataset
 from pipeline.errors import InputError
-from pipeline.evaluate import image_logits
 from pipeline.models import RunModel, build_psi
+from pipeline.predict import image_logits
 from pipeline.views import View
 
 

@@ -75,8 +75,8 @@ def test_bf16_backbone_is_finite_and_close_to_fp32(tmp_path):
 
 def test_sliding_window_evaluation_on_cuda_equals_cpu(tmp_path):
     from fixtures import run_spec, tiny_vit_backbone, train_settings, write_tiny_vit
-    from pipeline.evaluate import sliding_logits
     from pipeline.models import RunModel, build_psi
+    from pipeline.predict import sliding_logits
     from pipeline.views import View
 
     path = write_tiny_vit(tmp_path / "vit.pth")

@@ -240,9 +240,9 @@ def test_spectral_runs_fit_the_evaluated_split_and_share_eigenvectors_across_see
 
 def test_extraction_spec_caches_views_only_for_training(config):
     config["extract"]["views"] = 3
-    assert extraction_spec(config, "camvid", "lite0", "train", "train")["views"] == 3
-    assert extraction_spec(config, "camvid", "lite0", "native", "val")["views"] == 1
-    assert extraction_spec(config, "pascal", "vit_s16", "train", "train")["views"] == 4  # dataset override
+    assert extraction_spec(config, "camvid", "lite0", "train", "train").views == 3
+    assert extraction_spec(config, "camvid", "lite0", "native", "val").views == 1
+    assert extraction_spec(config, "pascal", "vit_s16", "train", "train").views == 4  # dataset override
     # training parameters and scoring options never reach extraction: changing them cannot re-extract
     before = as_param(extraction_spec(config, "pascal", "vit_s16", "A", "val"))
     config["train"]["beta"] = 0.5

@@ -107,7 +107,7 @@ def test_a_model_file_never_chooses_paths_and_must_agree_with_its_config(tmp_pat
     """An untrusted model.pt: its weights_dir is ignored (converted weights go to the local
     folder), tensors that disagree with its settings are refused naming the file, and a file
     holding code objects is refused without advice to load it unsafely."""
-    from pipeline.evaluate import backbone_spec_for
+    from pipeline.predict import backbone_spec_for
 
     ckpt = torch.load(DATA / "model_nes_v0.pt", weights_only=True)
     ckpt["config"]["backbone_spec"]["weights_dir"] = "/somewhere/else"

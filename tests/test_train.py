@@ -160,7 +160,7 @@ def test_plain_eigenfunctions_are_read_out_by_kmeans_and_survive_a_reload(tiny_c
 
     import torch.nn.functional as F
 
-    from pipeline.fit import eigenfunction_centres
+    from pipeline.fit import fitted_centres
     from pipeline.formats import save_torch
     from pipeline.models import RunModel
     from pipeline.spec import KMeansSettings
@@ -177,12 +177,12 @@ def test_plain_eigenfunctions_are_read_out_by_kmeans_and_survive_a_reload(tiny_c
     # the monitor reads psi's eigenfunctions out as spectral clustering reads G's exact ones
     for row in csv.DictReader((tmp_path / "e" / "capture_log.csv").read_text().splitlines()):
         assert all(0 < float(row[key]) <= 1 + 1e-9 for key in ("batch_psi", "heldout_psi")), row
-    centres = eigenfunction_centres(tiny_cache, eigen, trained)
+    centres = fitted_centres(tiny_cache, trained).centres
     assert centres.shape == (eigen.K, eigen.K)
     model = RunModel(eigen, trained.psi, centres, input_dim=trained.input_dim)
     save_torch(model.checkpoint(), tmp_path / "e" / "model.pt")
     loaded = RunModel.load(tmp_path / "e")
-    assert loaded.reads_out_eigenfunctions and loaded.num_clusters == eigen.K
+    assert loaded.spec.read_out == "centres" and loaded.num_clusters == eigen.K
     data = tiny_cache.read(np.arange(2), ("high", "input"))
     high, inp = torch.from_numpy(data["high"]), torch.from_numpy(data["input"])
     clusters = loaded.token_logits(high, inp).argmax(1).reshape(-1)

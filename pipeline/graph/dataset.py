@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +393,20 @@ def neighbour_schedule(
                     chosen.append(int(extra))
             schedule.append((epoch, np.array(chosen[:batch], dtype=np.int64)))
     return schedule
+
+
+def graph_of_split(
+    load_tokens: Callable[[], np.ndarray], features: str, out: Path, options: dict[str, Any]
+) -> dict[str, Any]:
+    """`nes graph`: the dataset-wide graph over the (N, C) tokens `load_tokens` reads from the
+    cache `features`, into the store beside the manifest `out`; then the manifest (the graph's
+    attributes and the cost of reading and building, in `cost`)."""
+    from ..formats import store_of, write_json
+    from ..runtime import measured
+
+    with measured() as cost:
+        attrs = build_dataset_graph(load_tokens(), store_of(out), attrs={"features": features}, **options)
+    log.info("graph of %d tokens in %.1f s, peak memory %.0f MB", attrs["tokens"], cost["wall_s"], cost["peak_rss_mb"])
+    manifest = {**{k: v for k, v in attrs.items() if k != "fingerprint"}, "cost": cost}
+    write_json(out, manifest)
+    return manifest
