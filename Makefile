@@ -50,14 +50,14 @@ test-offline: $(STAMP)
 
 # ruff (lint, and format as a check) on the code, mypy on the package; `make format` applies ruff's
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench tools
-	$(BIN)/ruff format --check pipeline tests bench tools
+	$(BIN)/ruff check pipeline tests bench studies tools
+	$(BIN)/ruff format --check pipeline tests bench studies tools
 	$(BIN)/snakefmt --check Snakefile workflow/rules/*.smk
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix pipeline tests bench tools
-	$(BIN)/ruff format pipeline tests bench tools
+	$(BIN)/ruff check --fix pipeline tests bench studies tools
+	$(BIN)/ruff format pipeline tests bench studies tools
 	$(BIN)/snakefmt Snakefile workflow/rules/*.smk
 
 # GPU paths (skipped without CUDA) and the timings behind the README's table of GPU hours; < 5 min

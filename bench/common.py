@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import gc
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import psutil
 
@@ -41,14 +39,3 @@ def measure(results: dict, name: str, interval: float = 0.002):
         thread.join()
         peak[0] = max(peak[0], proc.memory_info().rss)
         results[name] = {"seconds": elapsed, "peak_mb": (peak[0] - start_rss) / 2**20}
-
-
-def append_rows(path: str | Path, fields: list[str], rows: list[dict]) -> None:
-    """Append result rows to a CSV, with its header when the file is new."""
-    path = Path(path)
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)

@@ -6,7 +6,7 @@ each writes its record (command, seconds, exit status, what it printed or wrote)
     python bench/gpu_session.py --rehearse --out results/rehearsal             # anywhere: CPU, tiny sizes
 
 Steps, in order: gpu_check (the GPU tests and bench/gpu_step.py), step_compile, camvid_step, the
-paper's 40 epochs with seeds 0-2 for camvid_dinov2, msrc_dinov2 and msrc_lite0 (bench/psi_tuning.py:
+paper's 40 epochs with seeds 0-2 for camvid_dinov2, msrc_dinov2 and msrc_lite0 (studies/psi_tuning.py:
 Ours, Ours* and K-means), and pascal_size (bench/pascal_size.py at --pascal-scale); docs/offline.md
 says what each measures and what it needs.
 
@@ -56,7 +56,7 @@ def psi_runs(
     dataset: str, backbone: str, epochs: int, seeds: list[int], out: Path, device: str, threads: int
 ) -> list[str]:
     return [
-        *[PY, "bench/psi_tuning.py", "--dataset", dataset, "--backbone", backbone, "--device", device],
+        *[PY, "-m", "studies.psi_tuning", "--dataset", dataset, "--backbone", backbone, "--device", device],
         *["--threads", str(threads), "--extract", "--methods", "nes", "nes_star", "kmeans"],
         *["--set", f"epochs={epochs},{BF16}", "--seeds", *map(str, seeds), "--out", str(out)],
     ]

@@ -6,7 +6,7 @@ it just trained on and on a fixed held-out kernel (B images spread over the eval
 its cache exists): tr(Y^T G Y) / (sum of G's top-K eigenvalues) for psi's argmax clusters, and the
 same for the Ng-Jordan-Weiss clustering of G's exact top-K eigenvectors. A psi that has learned the
 kernel captures about what spectral clustering does; the ratio psi / spectral is what the
-tuning benchmarks (bench/psi_tuning.py) report as `capture_ratio`.
+tuning benchmarks (studies/psi_tuning.py) report as `capture_ratio`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 - the cluster sizes' perplexity against the classes': a balanced partition of imbalanced
   classes has to split the large ones.
 
-    python bench/partition_anatomy.py results/camvid/runs/*-lite0-K11-* --out docs/data/camvid_k11_anatomy.csv
+    python -m studies.partition_anatomy results/camvid/runs/*-lite0-K11-* --out docs/data/camvid_k11_anatomy.csv
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import append_rows
 from pipeline import metrics as M
+from studies.records import append_rows
 
 
 def run_group(run_dir: Path) -> str:

@@ -2,7 +2,7 @@
 each on the evaluation split only (never a test split): capture of a held-out val kernel against
 exact spectral clustering of it, and val mIoU / accuracy (majority voting), with the time per step.
 
-    python bench/psi_tuning.py --dataset camvid --backbone dinov2_s14 \
+    python -m studies.psi_tuning --dataset camvid --backbone dinov2_s14 \
         --set lr=1e-3 --set lr=3e-3 --set lr=3e-3,batch_size=4 --out docs/data/psi_tuning.csv
 
 Each `--set` is one setting: comma-separated train keys over the config's `train:` (values parsed
@@ -12,13 +12,13 @@ the workflow's own (same specs, `fit_run`), under `{results}/tuning/{backbone}-{
 (like with like); `--device cuda` trains psi on a GPU (scoring stays on the CPU); `--extract` extracts the
 two caches where missing (for a machine without Snakemake). The paper's schedule on a GPU:
 
-    python bench/psi_tuning.py --device cuda --threads 16 --extract --methods nes nes_star kmeans \
+    python -m studies.psi_tuning --device cuda --threads 16 --extract --methods nes nes_star kmeans \
         --set epochs=40 --seeds 0 1 2 --out docs/data/long_schedule.csv
 
 Another training cache (e.g. 4 augmented views per image) is tried with a config override and a tag:
 
     snakemake --cores 2 results/views4/camvid/features/dinov2_s14/train/train.json --configfile views4.yaml
-    python bench/psi_tuning.py --configfile views4.yaml --tag views=4 --set epochs=1
+    python -m studies.psi_tuning --configfile views4.yaml --tag views=4 --set epochs=1
 
 where views4.yaml holds `results: results/views4` and `datasets: {camvid: {extract: {views: 4}}}`
 (the evaluation cache is read from that results folder too: extract it there or link it).
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import subprocess
 import sys
@@ -87,7 +86,7 @@ def extract_missing(config: dict, dataset: str, backbone: str, caches: list[tupl
         spec = extraction_spec(config, dataset, backbone, view, split)
         nes = [sys.executable, "-m", "pipeline", "--threads", str(threads)]
         subprocess.run(
-            [*nes, "extract", "--spec", json.dumps(spec), "--cache", str(zarr), "--shard", "0", "1", "--overwrite"],
+            [*nes, "extract", "--spec", spec.to_json(), "--cache", str(zarr), "--shard", "0", "1", "--overwrite"],
             check=True,
         )
         subprocess.run([*nes, "gather", "--out", str(manifest), str(zarr / "shard-0-of-1" / MARKER)], check=True)

@@ -7,8 +7,8 @@ the inference temperature. Hungarian and majority-voting mIoU, and the clusters'
 With --clusters C the K-means read-outs make C clusters instead of psi's K: a psi trained with K
 128 read out as C = 11 clusters for the K = C protocol (overclustering, then merging).
 
-    python bench/readout.py --dataset camvid --backbone lite0 results/camvid/runs/nes-lite0-K11-*
-    python bench/readout.py --clusters 11 results/camvid/runs/nes-lite0-K128-*
+    python -m studies.readout --dataset camvid --backbone lite0 results/camvid/runs/nes-lite0-K11-*
+    python -m studies.readout --clusters 11 results/camvid/runs/nes-lite0-K128-*
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cluster_spread import token_labels
-from layer_probe import nearest_centre, split_caches
 
-from common import append_rows
 from pipeline import metrics as M
 from pipeline.clustering import fit_kmeans
 from pipeline.datasets import load_dataset
 from pipeline.models import RunModel
 from pipeline.reference import psi_outputs
 from pipeline.views import View
+from studies.cluster_spread import token_labels
+from studies.layer_probe import nearest_centre, split_caches
+from studies.records import append_rows
 
 FIELDS = ["run", "readout", "clusters", "miou_hungarian", "miou", "cluster_perplexity"]
 

@@ -9,7 +9,7 @@ evaluation split (val only, labels for diagnosis):
 
 Token level: each token's label is the majority class of the pixels it covers.
 
-    python bench/layer_probe.py --dataset msrc --backbone lite0 \
+    python -m studies.layer_probe --dataset msrc --backbone lite0 \
         --slice stage2=input:0:40 --slice stage3=input:40:152 --slice stage4=input:152:472 --slice kernel=high
 """
 
@@ -23,9 +23,7 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cluster_spread import token_labels
 
-from common import append_rows
 from pipeline import metrics as M
 from pipeline.cache import FeatureCache
 from pipeline.clustering import fit_kmeans
@@ -33,6 +31,8 @@ from pipeline.datasets import load_dataset
 from pipeline.evaluate import summarise
 from pipeline.plan import TRAIN_VIEW, check_files, features_path
 from pipeline.views import View
+from studies.cluster_spread import token_labels
+from studies.records import append_rows
 
 FIELDS = ["dataset", "backbone", "layer", "dims", "K", "kmeans_acc", "kmeans_miou", "nn_acc", "nn_miou"]
 

@@ -13,7 +13,7 @@ Each row: mean principal-angle cosine between the two spans (1 = the same subspa
 |cos| (one-to-one, Hungarian) and the Ky Fan capture tr(Q^T G Q) / (sum of G's top-K eigenvalues)
 of the span (1 only for the top-K eigenspace).
 
-    python bench/eigen_generalisation.py --dataset camvid --backbone lite0 --K 11 \\
+    python -m studies.eigen_generalisation --dataset camvid --backbone lite0 --K 11 \\
         results/camvid/runs/nes-lite0-K11-a0.3-b1-outputeigenfunctions-*
 """
 
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from layer_probe import split_caches
 
-from common import append_rows
 from pipeline.formats import read_eigen_reference, read_nystrom
 from pipeline.graph.dataset import split_graph
 from pipeline.graph.spectral import eigen_alignment, eigenvalue_capture
 from pipeline.models import RunModel
 from pipeline.plan import check_files, default_train, eigen_spec, nystrom_spec
 from pipeline.reference import psi_outputs, split_pixels
+from studies.layer_probe import split_caches
+from studies.records import append_rows
 
 FIELDS = ["backbone", "run", "split", "functions", "K", "principal_cos", "matched_abs_cos", "kyfan_capture"]
 

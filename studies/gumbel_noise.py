@@ -3,7 +3,7 @@ the gap between psi's top two logits (head(hidden), before the temperature) agai
 noise (standard deviation pi / sqrt(6) = 1.28, whatever the temperature), and how often the
 noisy argmax the training objective sees agrees with the clean one the evaluation uses.
 
-    python bench/gumbel_noise.py --run results/camvid/runs/nes-dinov2_s14-K128-a0.3-b0.16-s0 \
+    python -m studies.gumbel_noise --run results/camvid/runs/nes-dinov2_s14-K128-a0.3-b0.16-s0 \
         --features results/camvid/features/dinov2_s14/native/val.json
 """
 
@@ -31,17 +31,19 @@ def main() -> None:
     torch.manual_seed(0)
     model = RunModel.load(Path(args.run))
     cache = FeatureCache(Path(args.features).with_suffix(".zarr"))
-    gaps, agree = [], []
+    if model.psi is None:
+        raise SystemExit(f"{args.run}: a {model.method} run has no psi")
+    gap_parts, agree = [], []
     for start in range(0, len(cache), 16):
         inp = torch.from_numpy(cache.read(np.arange(start, min(start + 16, len(cache))), ("input",))["input"])
         logits = model.psi(inp.flatten(1, 2)).flatten(0, 1)
         top2 = logits.topk(2, dim=1).values
-        gaps.append((top2[:, 0] - top2[:, 1]).numpy())
+        gap_parts.append((top2[:, 0] - top2[:, 1]).numpy())
         clean = logits.argmax(1)
         for _ in range(args.draws):
             noise = -torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
             agree.append((logits + noise).argmax(1).eq(clean).float().numpy())
-    gaps = np.concatenate(gaps)
+    gaps = np.concatenate(gap_parts)
     out = {
         "run": model.spec.run,
         "tokens": len(gaps),

@@ -9,7 +9,7 @@ evaluation split (val only), from its token-level clusters:
 - `groups_per_cluster`: the same over scene groups, where image ids carry one (`G_N_s`: MSRC);
 - `clusters_per_image`: effective number of clusters inside one image.
 
-    python bench/cluster_spread.py --features results/msrc/features/lite0/A/val.json \
+    python -m studies.cluster_spread --features results/msrc/features/lite0/A/val.json \
         results/tuning/lite0-default/*/ --out docs/data/cluster_spread.csv
 """
 
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import append_rows
 from pipeline.cache import FeatureCache
 from pipeline.datasets import load_dataset
 from pipeline.graph.spectral import perplexity
 from pipeline.models import RunModel
 from pipeline.views import View
+from studies.records import append_rows
 
 FIELDS = [
     "run",
@@ -59,7 +59,10 @@ def token_labels(dataset, view: View, grid: tuple[int, int]) -> np.ndarray:
     c = dataset.num_classes
     for i in range(len(dataset)):
         image = dataset.load_image(i)
-        _, label = view.scored(image, dataset.load_label(i, expected_hw=image.shape[:2]))
+        _, scored = view.scored(image, dataset.load_label(i, expected_hw=image.shape[:2]))
+        if scored is None:
+            raise ValueError(f"{dataset.name}: image {i} has no label to score")
+        label = scored
         onehot = np.zeros((c + 1, *label.shape), np.float32)
         valid = label != dataset.ignore_index
         onehot[np.where(valid, label, c), np.arange(label.shape[0])[:, None], np.arange(label.shape[1])] = 1

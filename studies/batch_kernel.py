@@ -1,5 +1,5 @@
 """Is the per-batch kernel a good target? psi learns the eigenfunctions of each mini-batch's G
-(bench/overfit_batch.py: it nearly reaches exact spectral clustering on a batch it trains on), so
+(studies/overfit_batch.py: it nearly reaches exact spectral clustering on a batch it trains on), so
 what those eigenfunctions say about content decides what psi can reach. For batches of B images of
 the evaluation split and kernel settings (k, alpha, B), exact spectral clustering of the batch's
 G (K clusters) against K-means with K clusters on the same tokens' kernel features, both scored by
@@ -10,7 +10,7 @@ coefficient of variation over the batch's tokens, `cluster_degree_min`/`_max` th
 highest mean degree of the spectral clusters' tokens relative to the batch's mean (1 / 1: the two
 associations agree).
 
-    python bench/batch_kernel.py --features results/msrc/features/lite0/A/val.json \
+    python -m studies.batch_kernel --features results/msrc/features/lite0/A/val.json \
         --set knn_k=256 --set knn_k=64 --set knn_k=16,batch_size=16 --out docs/data/batch_kernel.csv
 """
 
@@ -24,9 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from cluster_spread import purity, token_labels
 
-from common import append_rows
 from pipeline.cache import FeatureCache
 from pipeline.clustering import centre_logits, fit_kmeans
 from pipeline.datasets import load_dataset
@@ -35,6 +33,8 @@ from pipeline.graph.spectral import spectral_embedding, top_eigenvectors
 from pipeline.monitor import kernel_to_scipy
 from pipeline.plan import check_files
 from pipeline.views import View
+from studies.cluster_spread import purity, token_labels
+from studies.records import append_rows
 
 FIELDS = [
     "dataset",

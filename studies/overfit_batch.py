@@ -5,7 +5,7 @@ an objective or parametrisation that cannot express the eigenfunctions (capture 
 spectral's on the very batch it trains on) from a schedule too short or a function that does
 not generalise (it reaches spectral's here but not on held-out batches).
 
-    python bench/overfit_batch.py --features results/msrc/features/lite0/train/train.json \
+    python -m studies.overfit_batch --features results/msrc/features/lite0/train/train.json \
         --steps 600 --set K=128 --set tau_min=0.3
 """
 
@@ -58,6 +58,8 @@ def main() -> None:
     kernel = batch_kernel(data, cfg)
     k = cfg.K
     reference = KernelReference.of(kernel, k, args.seed)
+    if reference is None:
+        raise SystemExit("the batch's kernel has no spectral reference to compare psi with")
     print(
         f"batch of {b} images, {b * h * w} tokens; same-image share {kernel.same_image_share(h * w):.3f}; "
         f"spectral clustering captures {reference.spectral_capture:.3f}; "

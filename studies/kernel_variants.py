@@ -18,9 +18,9 @@ the evaluation split by Nystrom and clusters with centres fitted on train (`spec
 The control in each row is K-means with the same transform and the same fitting split. Token
 level, majority voting, val only (labels for scoring).
 
-    python bench/kernel_variants.py --dataset msrc --backbone lite0 --mode transductive \\
+    python -m studies.kernel_variants --dataset msrc --backbone lite0 --mode transductive \\
         --variants plain centred whiten=64 image_centred context=0.5 binary snn restrict=10
-    python bench/kernel_variants.py --dataset msrc --mode inductive --variants plain centred --seeds 0 1 2
+    python -m studies.kernel_variants --dataset msrc --mode inductive --variants plain centred --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 import torch
-from cluster_spread import token_labels
-from layer_probe import nearest_centre, scores, tokens
 
-from common import append_rows
 from pipeline.cache import FeatureCache
 from pipeline.clustering import fit_kmeans
 from pipeline.datasets import load_dataset
@@ -54,6 +51,9 @@ from pipeline.graph.dataset import (
 from pipeline.graph.spectral import nystrom_extension, query_rows, spectral_embedding, top_eigenvectors
 from pipeline.plan import TRAIN_VIEW, check_files, features_path
 from pipeline.views import View
+from studies.cluster_spread import token_labels
+from studies.layer_probe import nearest_centre, scores, tokens
+from studies.records import append_rows
 
 FIELDS = [
     "dataset",
@@ -106,12 +106,13 @@ def transform(name: str, base: Tokens, query: Tokens) -> tuple[np.ndarray, np.nd
         r = int(arg)
         return ((base.x - mu) @ vt[:r].T) / sv[:r], ((query.x - mu) @ vt[:r].T) / sv[:r]
     if kind == "image_centred":
-        return tuple(t.x - t.image_means(t.x)[t.image] for t in (base, query))  # type: ignore[return-value]
+        return base.x - base.image_means(base.x)[base.image], query.x - query.image_means(query.x)[query.image]
     if kind == "context":
         lam = float(arg)
-        return tuple(  # type: ignore[return-value]
+        base_x, query_x = (
             np.concatenate([t.x, lam * normalised_rows(t.image_means(t.x))[t.image]], 1) for t in (base, query)
         )
+        return base_x, query_x
     raise SystemExit(f"unknown variant {name!r}")
 
 

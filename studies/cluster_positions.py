@@ -5,7 +5,7 @@ width (0 = top / left, 1 = bottom / right) and mean luminance. A class split int
 height is cut by perspective; one split by luminance, by lighting.
 
     nes segment --run results/camvid/runs/RUN --mapping none --out seg/RUN DATA/camvid/val
-    python bench/cluster_positions.py seg/RUN --labels DATA/camvid/valannot --images DATA/camvid/val \
+    python -m studies.cluster_positions seg/RUN --labels DATA/camvid/valannot --images DATA/camvid/val \
         --classes 0=sky 1=building 3=road
 """
 
@@ -30,10 +30,10 @@ def class_cluster_positions(seg_dir: Path, labels: Path, images: Path, classes: 
         if not label_path.exists():
             raise SystemExit(f"{label_path}: missing (labels of {path.name} are expected there)")
         label = np.asarray(Image.open(label_path))
-        clusters = Image.open(path)
-        if clusters.size != label.shape[::-1]:
-            clusters = clusters.resize(label.shape[::-1], Image.NEAREST)
-        clusters = np.asarray(clusters)
+        cluster_image: Image.Image = Image.open(path)
+        if cluster_image.size != label.shape[::-1]:
+            cluster_image = cluster_image.resize(label.shape[::-1], Image.Resampling.NEAREST)
+        clusters = np.asarray(cluster_image)
         luminance = np.asarray(Image.open(image_path).convert("L").resize(label.shape[::-1]), dtype=np.float64)
         h, w = label.shape
         ys, xs = np.mgrid[0:h, 0:w]
