@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .errors import InputError
-from .formats import read_array, store_of, write_json, zarr_array
+from .formats import ResumableStore, read_array, store_of, write_json, zarr_array
 
 ARRAYS = ("high", "input", "pixels")
 SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
@@ -91,14 +91,6 @@ def remove_stale_shards(root: Path, count: int, overwrite: bool = False) -> None
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _differences(old: dict, new: dict) -> str:
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return "; ".join(
-        f"{k}: {json.dumps(old.get(k), default=str)[:60]} -> {json.dumps(new.get(k), default=str)[:60]}"
-        for k in keys[:5]
-    )
-
-
 def compressors(checksums: bool = True) -> list[Any]:
     """Blosc-zstd, then a CRC32C of every chunk: a flipped byte is an error when the chunk is
     read, not a different but finite feature (bench/extraction.py measures the cost)."""
@@ -114,71 +106,41 @@ class CacheLayout:
 
 
 class CacheWriter:
-    """Resumable writer: reopening an incomplete cache with the same fingerprint continues after
-    the last complete batch. A cache of other settings (the fingerprint holds every extraction
-    setting, the torch thread count and the device, which change the features' last bits) is
-    refused, naming what differs, unless `overwrite`: resuming must never mix two settings."""
+    """One shard's store, resumable (formats.ResumableStore): reopening an incomplete shard with
+    the same fingerprint continues after the last complete batch. A shard of other settings (the
+    fingerprint holds every extraction setting, the torch thread count and the device, which
+    change the features' last bits) is refused, naming what differs, unless `overwrite`."""
 
     def __init__(self, path: Path, layout: CacheLayout, attrs: dict[str, Any], overwrite: bool = False):
         self.path = Path(path)
-        fingerprint = json.dumps(attrs, sort_keys=True, default=str)
-        existing = self._open_existing()
-        if existing is not None and existing.attrs.get("fingerprint") != fingerprint:
-            differences = _differences(json.loads(existing.attrs.get("fingerprint") or "{}"), json.loads(fingerprint))
-            if not overwrite:
-                raise InputError(
-                    f"{self.path}: holds features extracted with other settings ({differences}); "
-                    "pass --overwrite to replace them (the workflow does) or choose another --cache"
-                )
-            log.info("%s: replacing features of other settings (%s)", self.path, differences)
-            existing = None
-        if existing is not None:
-            self.group = existing
-        else:
-            if self.path.exists():
-                foreign = not (self.path / "zarr.json").exists() and any(p.name != MARKER for p in self.path.iterdir())
-                if foreign and not overwrite:
-                    raise InputError(
-                        f"{self.path}: exists and is not a feature cache; not removing it "
-                        "(pass --overwrite or choose another --cache)"
-                    )
-                shutil.rmtree(self.path)
-            self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+
+        def create(group: Any) -> None:
             h, w = layout.grid
             n = layout.n_items
             for name, dim in (("high", layout.high_dim), ("input", layout.input_dim), ("pixels", 5)):
-                zarr.create_array(
-                    store=self.group.store,
-                    name=name,
-                    shape=(n, h, w, dim),
-                    chunks=(1, h, w, dim),
-                    dtype="float16",
-                    compressors=compressors(),
+                group.create_array(
+                    name, shape=(n, h, w, dim), chunks=(1, h, w, dim), dtype="float16", compressors=compressors()
                 )
-            zarr.create_array(
-                store=self.group.store, name="image_index", shape=(n,), chunks=(max(n, 1),), dtype="int32"
-            )
-            zarr.create_array(store=self.group.store, name="view", shape=(n,), chunks=(max(n, 1),), dtype="int16")
-            zarr.create_array(
-                store=self.group.store, name="image_size", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32"
-            )
-            self.group.attrs.update({**attrs, "fingerprint": fingerprint, "n_done": 0, "complete": False})
-        self.n_done = int(self.group.attrs["n_done"])
+            group.create_array("image_index", shape=(n,), chunks=(max(n, 1),), dtype="int32")
+            group.create_array("view", shape=(n,), chunks=(max(n, 1),), dtype="int16")
+            group.create_array("image_size", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int32")
 
-    def _open_existing(self):
-        if not (self.path / "zarr.json").exists():
-            return None
-        try:
-            return zarr.open_group(str(self.path), mode="r+")
-        except (ValueError, KeyError, OSError) as exc:
-            raise InputError(
-                f"{self.path}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} "
-                "and rerun extraction"
-            ) from None
+        self.store = ResumableStore(
+            self.path,
+            attrs,
+            create,
+            what="feature cache",
+            replace=overwrite,
+            contents="features extracted",
+            refusal="pass --overwrite to replace them (the workflow does) or choose another --cache",
+            leftovers=(MARKER,),
+        )
+        self.group = self.store.group
+        self.n_done = self.store.n_done
 
     @property
     def complete(self) -> bool:
-        return bool(self.group.attrs.get("complete"))
+        return self.store.complete
 
     def write(self, start: int, arrays: dict[str, np.ndarray], image_sizes: np.ndarray) -> None:
         """Write items [start, start + len) and only then advance `n_done`."""
@@ -187,12 +149,12 @@ class CacheWriter:
             zarr_array(self.group, name)[start : start + count] = arrays[name].astype(np.float16)
         zarr_array(self.group, "image_size")[start : start + count] = image_sizes.astype(np.int32)
         self.n_done = start + count
-        self.group.attrs["n_done"] = self.n_done
+        self.store.advance(self.n_done)
 
     def finish(self, image_index: np.ndarray, views: np.ndarray) -> None:
         zarr_array(self.group, "image_index")[:] = image_index.astype(np.int32)
         zarr_array(self.group, "view")[:] = views.astype(np.int16)
-        self.group.attrs["complete"] = True
+        self.store.finish()
 
     def mark(self, manifest: dict[str, Any]) -> None:
         """Write the shard's marker (its manifest) once the shard is complete."""

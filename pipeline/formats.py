@@ -7,7 +7,9 @@
   JSON attributes;
 - the Nystrom extension (`*-nystrom-*.npz`): the (M, K) embedding and JSON attributes (its
   spec and cost);
-- torch files (model.pt, checkpoints): `save_torch`.
+- torch files (model.pt, checkpoints): `save_torch`;
+- Zarr stores written in resumable steps (feature cache shards, dataset-wide graphs):
+  `ResumableStore`.
 Every writer goes through `atomic_path`: a temporary name of its own in the same folder, renamed
 over the target only once complete and removed if writing fails, so no reader (nor a second
 writer) ever sees half a file.
@@ -16,10 +18,12 @@ writer) ever sees half a file.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def store_of(manifest: str | Path) -> Path:
@@ -130,6 +136,95 @@ def read_array(group: Any, name: str, dtype: Any = None) -> np.ndarray:
     """All of `group[name]` as a NumPy array (of `dtype` when given)."""
     data = np.asarray(zarr_array(group, name)[:])
     return data if dtype is None else data.astype(dtype)
+
+
+class ResumableStore:
+    """A Zarr group filled front to back in resumable steps: the protocol of feature caches and
+    dataset-wide graphs. Its attributes say what it holds: `fingerprint` (every setting its
+    content depends on, as canonical JSON), `n_done` (leading items written, advanced only
+    after they are) and `complete`; `kind` marks the stores of a kind that carries one.
+
+    Opening resumes a group of the same fingerprint; a group of other settings is replaced when
+    `replace`, else refused naming what differs (resuming must never mix two settings); anything
+    else at the path (a user's folder, another kind of store) is never removed. `create` makes
+    the arrays of a new group; `leftovers` are file names a replaced store may leave behind."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        settings: dict[str, Any],
+        create: Callable[[Any], None],
+        *,
+        what: str,
+        kind: str | None = None,
+        replace: bool = False,
+        contents: str = "content made",
+        refusal: str = "",
+        leftovers: tuple[str, ...] = (),
+    ):
+        import zarr
+
+        self.path = Path(path)
+        fingerprint = json.dumps(settings, sort_keys=True, default=str)
+        group = self._ours(what, kind, leftovers)
+        if group is not None and group.attrs.get("fingerprint") != fingerprint:
+            differences = _differences(json.loads(group.attrs.get("fingerprint") or "{}"), json.loads(fingerprint))
+            if not replace:
+                raise InputError(f"{self.path}: holds {contents} with other settings ({differences}); {refusal}")
+            log.info("%s: replacing %s with other settings (%s)", self.path, contents, differences)
+            group = None
+        if group is None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+            create(group)
+            marker = {"kind": kind} if kind else {}
+            group.attrs.update({**marker, **settings, "fingerprint": fingerprint, "n_done": 0, "complete": False})
+        self.group = group
+
+    def _ours(self, what: str, kind: str | None, leftovers: tuple[str, ...]) -> Any:
+        """The existing group at the path (None when there is none), or a refusal to touch what is
+        there: a folder that is not a Zarr group of this kind (`what`, in messages)."""
+        import zarr
+
+        if not (self.path / "zarr.json").exists():
+            if self.path.exists() and any(p.name not in leftovers for p in self.path.iterdir()):
+                raise InputError(f"{self.path}: exists and is not a {what}; not removing it (choose another output)")
+            return None
+        try:
+            group = zarr.open_group(str(self.path), mode="r+")
+        except (ValueError, KeyError, OSError) as exc:
+            raise InputError(
+                f"{self.path}/zarr.json: unreadable ({exc.__class__.__name__}: {exc}); delete {self.path} and rerun"
+            ) from None
+        if kind and group.attrs.get("kind") != kind:
+            raise InputError(
+                f"{self.path}: exists and is not a {what} (no {kind!r} marker in zarr.json); not removing it "
+                "(choose another output or remove it yourself)"
+            )
+        return group
+
+    @property
+    def n_done(self) -> int:
+        return int(self.group.attrs["n_done"])
+
+    def advance(self, n_done: int) -> None:
+        """Record that the first `n_done` items are written (call only once they are)."""
+        self.group.attrs["n_done"] = n_done
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete"))
+
+    def finish(self) -> None:
+        self.group.attrs["complete"] = True
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return "; ".join(
+        f"{k}: {json.dumps(old.get(k), default=str)[:60]} -> {json.dumps(new.get(k), default=str)[:60]}"
+        for k in keys[:5]
+    )
 
 
 def _plain(o: Any) -> Any:

@@ -21,9 +21,7 @@ built from it.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ import torch
 import zarr
 
 from ..errors import InputError
-from ..formats import read_array, zarr_array
+from ..formats import ResumableStore, read_array, zarr_array
 from ..runtime import faiss_gpu_resources, faiss_gpus, progress
 from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
@@ -175,7 +173,6 @@ def build_dataset_graph(
     recall@k against exact search reaches `target_recall` on `recall_sample` tokens, and the
     recall of the finished graph is measured on as many other tokens (in the metadata).
     high: (N, C) features of all tokens. Returns the group's attributes."""
-    import zarr
 
     out = Path(out)
     x = normalised_rows(high)
@@ -191,27 +188,16 @@ def build_dataset_graph(
         "target_recall": target_recall,
         **(attrs or {}),
     }
-    fingerprint = json.dumps(meta, sort_keys=True, default=str)
-    group = None
-    out = Path(out)
-    if out.exists():
-        ours = (out / "zarr.json").exists() and zarr.open_group(str(out), mode="r").attrs.get("kind") == GRAPH_MARKER
-        if not ours:  # never delete what this command did not make (a feature cache, a user's folder)
-            raise InputError(
-                f"{out}: exists and is not a dataset graph (no {GRAPH_MARKER!r} marker in zarr.json); "
-                "choose another output or remove it yourself"
-            )
-        group = zarr.open_group(str(out), mode="r+")
-        if group.attrs.get("fingerprint") != fingerprint:
-            group = None
-    if group is None:
-        shutil.rmtree(out, ignore_errors=True)
-        group = zarr.open_group(str(out), mode="w", zarr_format=3)
-        group.attrs["kind"] = GRAPH_MARKER
+
+    def create(group: Any) -> None:
         group.create_array("indices", shape=(n, k), chunks=(block, k), dtype="int32")
         group.create_array("similarities", shape=(n, k), chunks=(block, k), dtype="float16")
-        group.attrs.update({**meta, "fingerprint": fingerprint, "n_done": 0, "complete": False})
-    if group.attrs.get("complete"):
+
+    store = ResumableStore(
+        out, meta, create, what="dataset graph", kind=GRAPH_MARKER, replace=True, contents="a graph built"
+    )
+    group = store.group
+    if store.complete:
         return dict(group.attrs)
     search = build_index(x, index_kind, k, **knn_args)
     if index_kind != "exact":
@@ -221,15 +207,14 @@ def build_dataset_graph(
         exact = {name: search_rows(flat, x, rows, k)[1] for name, rows in (("tune", tune_rows), ("check", check_rows))}
         if target_recall:
             group.attrs["search_breadth"] = _reach_recall(search, x, tune_rows, exact["tune"], k, target_recall)
-    written: Any = group.attrs["n_done"]
-    done = int(written)
+    done = store.n_done
     for start in progress(
         range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block, total=-(-n // block)
     ):
         sims, idx = search_block(search, x, start, min(start + block, n), k)
         zarr_array(group, "indices")[start : start + len(idx)] = idx.astype(np.int32)
         zarr_array(group, "similarities")[start : start + len(idx)] = sims.astype(np.float16)
-        group.attrs["n_done"] = start + len(idx)
+        store.advance(start + len(idx))
     if index_kind != "exact":
         found = zarr_array(group, "indices").get_orthogonal_selection((np.sort(check_rows),))
         group.attrs["recall_at_k"] = recall_at_k(found, exact["check"][np.argsort(check_rows)])
@@ -242,7 +227,7 @@ def build_dataset_graph(
         )
     degrees = symmetric_degrees(read_array(group, "similarities", np.float32), read_array(group, "indices"))
     group.create_array("degrees", data=degrees, overwrite=True)
-    group.attrs["complete"] = True
+    store.finish()
     return dict(group.attrs)
 
 
