@@ -35,7 +35,7 @@ figure: $(STAMP)
 	test -n "$(DEMO_FRAME)" || { echo "figure: no evaluation of $(DEMO_RUN): run make demo first"; exit 2; }
 	mkdir -p docs/img
 	$(BIN)/python -c "from PIL import Image; Image.open('$(DEMO_RUN)/camvid-native/samples.png').convert('RGB').save('docs/img/camvid_samples.jpg', quality=85)"
-	$(BIN)/nes segment --run $(DEMO_RUN) --out $(VENV)/figure --eigenfunctions 4 $(DEMO_FRAME)
+	$(BIN)/nes segment --run $(DEMO_RUN) --out-dir $(VENV)/figure --eigenfunctions 4 $(DEMO_FRAME)
 	mv $(VENV)/figure/$(notdir $(basename $(DEMO_FRAME)))_eigenfunctions.png docs/img/camvid_eigenfunctions.png
 	rm -r $(VENV)/figure
 

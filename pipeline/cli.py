@@ -118,11 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         )  # fmt: skip
     out_dir = Path(args.out_dir) if args.out_dir else None
     overlays = out_dir / paths.name(paths.OVERLAYS) if out_dir else args.overlays_dir
-    record = evaluate_run(model, spec, Path(overlays) if overlays else None, args.weights_dir)
-    if args.data:
-        from .dataindex import digests
-
-        record["data"] = digests(args.data)
+    record = evaluate_run(model, spec, Path(overlays) if overlays else None, args.weights_dir, args.data)
     if out_dir:
         write_evaluation(out_dir, record, Path(args.compare) if args.compare else None)
     if args.out:

@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("fit")
     s.add_argument("--spec", required=True, help="run spec as JSON (the workflow passes it)")
-    # --run-dir: the spelling the workflow's recorded commands use (changing it would rerun every fit)
+    # --run-dir: the old spelling, still accepted
     s.add_argument("--run", "--run-dir", required=True, help="where model.pt, config.yaml and the training log go")
     s.add_argument(
         "--resident",

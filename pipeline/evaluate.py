@@ -265,9 +265,11 @@ def evaluate_run(
     spec: EvaluationSpec,
     overlay_dir: Path | None = None,
     weights_dir: str | Path | None = None,
+    data: list[str] | None = None,
 ) -> dict[str, Any]:
     """One run scored on one split under one view: its metrics record (metrics.json's content).
-    Reads the spec's cache when it names one, runs the backbone live otherwise."""
+    Reads the spec's cache when it names one, runs the backbone live otherwise; `data` names the
+    split's data index files, whose digests the record keeps."""
     view = View.from_config(spec.view, "view")
     dataset = labelled_split(spec, view)
     device = resolve_device(spec.device)
@@ -283,7 +285,12 @@ def evaluate_run(
     result = evaluate(
         model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays
     )
-    return metrics_record(model, dataset, spec, result)
+    record = metrics_record(model, dataset, spec, result)
+    if data:
+        from .dataindex import digests
+
+        record["data"] = digests(data)
+    return record
 
 
 def evaluation_of(

@@ -95,12 +95,12 @@ def claim_run_dir(run_dir: Path, spec: RunSpec) -> None:
         if not isinstance(other, dict) or other.get("run") != spec.run:
             found = (other.get("run") if isinstance(other, dict) else None) or "not a run config"
             raise InputError(
-                f"{config}: belongs to {found!r}, not run {spec.run}; not overwriting it (choose another --run-dir)"
+                f"{config}: belongs to {found!r}, not run {spec.run}; not overwriting it (choose another --run)"
             )
     elif run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir()):
         raise InputError(
             f"{run_dir}: holds files but no config.yaml of a run; this project did not make it, so nothing in it "
-            "is replaced (choose another --run-dir)"
+            "is replaced (choose another --run)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -71,3 +71,30 @@ def test_planning_a_workflow_loads_neither_torch_nor_numpy():
     code = "import sys, pipeline.plan, pipeline.spec; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_methods_are_told_apart_by_their_traits_not_their_names():
+    """Behaviour follows a method's traits (spec.MethodTraits: its embedding, read-out, where it
+    is fit): no module but spec.py, and no rule, asks which method a run is."""
+    import re
+
+    sources = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "workflow" / "rules").glob("*.smk")]
+    asks = [
+        f"{path.name}:{number}"
+        for path in sources
+        if path.name != "spec.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bis (not )?Method\.", line)
+    ]
+    assert asks == []
+
+
+def test_the_command_line_only_parses_calls_and_prints():
+    """Each command of cli.py hands its options to the package in a few lines; the stage logic
+    lives in the modules it calls."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    commands = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("cmd_")]
+    assert len(commands) >= 12
+    long = {node.name: node.end_lineno - node.lineno + 1 for node in commands if node.end_lineno - node.lineno >= 30}
+    assert long == {}
+    assert len((PACKAGE / "cli.py").read_text().splitlines()) <= 350

@@ -389,7 +389,7 @@ def test_nes_log_keeps_the_traceback_and_prints_one_line(tmp_path):
     assert result.returncode == 1 and result.stderr.strip() == "RuntimeError: disk on fire", result.stderr
     assert "Traceback" in log.read_text() and "second line" in log.read_text()
     missing = tmp_path / "none.json"
-    args = ["--log", str(log), "fit", "--spec", str(missing), "--run-dir", "r"]
+    args = ["--log", str(log), "fit", "--spec", str(missing), "--run", "r"]
     code = f"import pipeline.cli as cli\ncli.main({args!r})\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().startswith(f"error: {missing}: no such file")
@@ -437,7 +437,7 @@ def test_an_evaluation_with_no_scored_pixel_is_an_error_not_nan(tmp_path):
 
 
 def test_fit_refuses_a_folder_it_did_not_make_and_a_second_writer(tmp_path):
-    """`nes fit --run-dir` on a folder holding someone else's config.yaml or files leaves them as
+    """`nes fit --run` on a folder holding someone else's config.yaml or files leaves them as
     they are; while a fit holds a run folder's lock, a second one is refused at once."""
     from filelock import FileLock
 

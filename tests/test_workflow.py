@@ -258,7 +258,7 @@ def test_cli_segment_folder_with_a_corrupt_file(workflow, tmp_path):
         (folder / image.name).write_bytes(image.read_bytes())
     (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
     clusters_out, classes_out = tmp_path / "clusters", tmp_path / "classes"
-    result = segment("--run", run, "--out", clusters_out, "--mapping", "none", "--eigenfunctions", 3, folder)
+    result = segment("--run", run, "--out-dir", clusters_out, "--mapping", "none", "--eigenfunctions", 3, folder)
     assert result.returncode == 1 and "corrupt.png" in result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {
@@ -268,8 +268,10 @@ def test_cli_segment_folder_with_a_corrupt_file(workflow, tmp_path):
         "out": str(clusters_out),
         "labels": "clusters",
     }
-    result = segment("--run", run, "--out", classes_out, str(folder / "0*.png"))  # a glob: the good files only
+    # a glob: the good files only; --out is the old spelling of --out-dir, still accepted with a warning
+    result = segment("--run", run, "--out", classes_out, str(folder / "0*.png"))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "--out: deprecated spelling of --out-dir" in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["labels"] == "classes"
     for image in images:
         original = np.asarray(Image.open(image).convert("RGB"))

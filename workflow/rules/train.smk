@@ -40,7 +40,7 @@ rule train:
         spec_file=lambda w, output: spec_file(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        f"{NES} fit --spec {{params.spec_file:q}} --run-dir {{params.run_dir:q}}"
+        f"{NES} fit --spec {{params.spec_file:q}} --run {{params.run_dir:q}}"
 
 
 rule fit_kmeans:
@@ -72,4 +72,4 @@ rule fit_kmeans:
         spec_file=lambda w, output: spec_file(run_spec(w)),
         run_dir=lambda w: run_dir(config, run_spec(w)),
     shell:
-        f"{NES} fit --spec {{params.spec_file:q}} --run-dir {{params.run_dir:q}}"
+        f"{NES} fit --spec {{params.spec_file:q}} --run {{params.run_dir:q}}"
