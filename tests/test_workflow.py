@@ -316,7 +316,7 @@ def test_segmenting_a_large_image_keeps_memory_bounded(workflow, monkeypatch):
     in bands of rows: no (K, H, W) array is ever made, and the labels are those of the full path."""
     import torch.nn.functional as F
 
-    import pipeline.evaluate as evaluate
+    import pipeline.predict as predict
     from pipeline.datasets import read_rgb
     from pipeline.segmenter import Segmenter
 
@@ -330,10 +330,10 @@ def test_segmenting_a_large_image_keeps_memory_bounded(workflow, monkeypatch):
     biggest, bands = [], []
     real_grid, real_interp = F.grid_sample, F.interpolate
     monkeypatch.setattr(
-        evaluate.F, "grid_sample", lambda *a, **kw: bands.append(real_grid(*a, **kw).numel()) or real_grid(*a, **kw)
+        predict.F, "grid_sample", lambda *a, **kw: bands.append(real_grid(*a, **kw).numel()) or real_grid(*a, **kw)
     )
     monkeypatch.setattr(
-        evaluate.F,
+        predict.F,
         "interpolate",
         lambda *a, **kw: biggest.append(real_interp(*a, **kw).numel()) or real_interp(*a, **kw),
     )
