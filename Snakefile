@@ -3,7 +3,7 @@
 # called through its `nes` entry point. Helpers shared by the rules: workflow/rules/common.smk.
 from snakemake.utils import min_version, validate
 
-from pipeline.configcheck import check_config
+from pipeline.configcheck import check_config, check_config_files
 
 min_version("9.0")
 
@@ -11,6 +11,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+check_config_files(workflow.configfiles)  # read as `nes check-config` reads them
 check_config(config)  # errors name the full key path
 validate(config, "workflow/schemas/config.schema.yaml")  # fills the schema's defaults
 

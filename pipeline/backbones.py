@@ -173,9 +173,15 @@ def _create(spec: BackboneSpec) -> nn.Module:
                 "'random' or a weights file"
             )
         # custom_load marks the hub's .npz checkpoints (augreg ViTs): a local file is a state dict
-        return timm.create_model(
-            spec.model, pretrained=True, pretrained_cfg_overlay={"file": str(path), "custom_load": False}, **kwargs
-        )
+        try:
+            return timm.create_model(
+                spec.model, pretrained=True, pretrained_cfg_overlay={"file": str(path), "custom_load": False}, **kwargs
+            )
+        except (RuntimeError, OSError, ValueError) as exc:
+            if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
+                raise
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
+            raise InputError(f"{path}: not a readable weights file for {spec.model} (cut short? {first})") from None
     except RuntimeError as exc:
         if "model" in str(exc).lower() and "unknown" in str(exc).lower():
             raise InputError(f"backbones.*.model: timm has no model {spec.model!r}") from None

@@ -5,7 +5,6 @@ package and prints; the work is in the modules it names."""
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -80,7 +79,7 @@ def cmd_nystrom(args: argparse.Namespace) -> None:
 
 def cmd_align(args: argparse.Namespace) -> None:
     from .cache import cache_for
-    from .formats import store_of, write_json
+    from .formats import folder_lock, store_of, write_json
     from .models import RunModel
     from .reference import run_alignment
     from .spec import EigenRef
@@ -88,7 +87,8 @@ def cmd_align(args: argparse.Namespace) -> None:
     spec = EigenRef.from_dict(json_option(args.spec, "--spec"), "--spec")
     model = RunModel.load(Path(args.run))
     result = run_alignment(model, cache_for(spec.features), store_of(spec.graph), Path(spec.path))
-    write_json(Path(args.out), {"run": model.spec.run, **result})
+    with folder_lock(Path(args.out).parent):  # the evaluation may be replacing its folder
+        write_json(Path(args.out), {"run": model.spec.run, **result})
     print(json.dumps(result["partition"]))
 
 
@@ -100,9 +100,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from . import paths
-    from .evaluate import evaluate_run, evaluation_of, write_evaluation
-    from .formats import write_json
+    from contextlib import nullcontext
+
+    from .evaluate import evaluate_into, evaluate_run, evaluation_of
+    from .formats import whole_folder, write_json
     from .models import RunModel
     from .segmenter import ClassMapping
     from .spec import EvaluationSpec
@@ -116,11 +117,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             model, args.dataset, args.data_root, args.split, args.protocol, view, args.crf, args.labels,
             features=args.features, overlays=args.overlays, batch_size=args.batch_size, device=args.device,
         )  # fmt: skip
-    out_dir = Path(args.out_dir) if args.out_dir else None
-    overlays = out_dir / paths.name(paths.OVERLAYS) if out_dir else args.overlays_dir
-    record = evaluate_run(model, spec, Path(overlays) if overlays else None, args.weights_dir, args.data)
-    if out_dir:
-        write_evaluation(out_dir, record, Path(args.compare) if args.compare else None)
+    compare = Path(args.compare) if args.compare else None
+    if args.out_dir:
+        record = evaluate_into(Path(args.out_dir), model, spec, compare, args.weights_dir, args.data)
+    else:
+        overlays = whole_folder(args.overlays_dir, owned=("samples",)) if args.overlays_dir else nullcontext()
+        with overlays as folder:
+            record = evaluate_run(model, spec, folder, args.weights_dir, args.data)
     if args.out:
         write_json(Path(args.out), record)
     if args.mapping_out:
@@ -208,8 +211,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: {exc}", console)
         raise SystemExit(2) from None
     except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            _fail(f"error: no space left on device writing {exc.filename or 'an output'} ({args.command})", console)
+        from .formats import RESOURCE_ERRORS
+
+        if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRORS:
+            what = f"{exc.filename or 'an output'}: {RESOURCE_ERRORS[exc.errno]} (nes {args.command})"
+            _fail(f"error: {what}; free space or raise the limit, then rerun (complete work is kept)", console)
             raise SystemExit(2) from None
         if console is sys.stderr:
             raise

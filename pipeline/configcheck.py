@@ -103,11 +103,14 @@ def check_view(view: Any, where: str) -> None:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (the last would silently win)."""
+    """YAML's safe loader (merge keys included), refusing a key given twice in one mapping (the
+    last would silently win)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -115,6 +118,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def check_config_files(paths: list[str | Path]) -> None:
+    """Read every configuration file as `nes check-config` does: the workflow calls this on the
+    files Snakemake merged, so that both refuse the same things (a key given twice, which
+    Snakemake's own reader lets the last one win, named by file and line)."""
+    for path in paths:
+        load_yaml(path)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

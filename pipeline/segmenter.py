@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
-from .formats import write_json
+from .formats import whole_folder, write_json
 from .models import PsiOutputs, RunModel
 from .predict import backbone_for, image_logits, resample_rows
 from .runtime import resolve_device
@@ -278,9 +278,7 @@ def segment_files(
     """Label PNG, overlay with a legend (and the first `eigenfunctions` maps) per image in `out`;
     an unreadable image is skipped and named. With `data` (the split's data indexes, as the
     workflow passes them) the summary is also written as summary.json with their digests."""
-    from .datasets import read_rgb
-    from .runtime import progress
-    from .visualise import blend, colourise, palette, save_heatmaps, save_labels, with_legend
+    from .visualise import palette
 
     if eigenfunctions and not seg.model.method.traits.learns_psi:
         raise InputError(f"--eigenfunctions: this is a {seg.model.method} run; eigenfunction maps need a nes run")
@@ -291,8 +289,32 @@ def segment_files(
         names, colours = [f"cluster {k}" for k in range(seg.num_clusters)], palette(seg.num_clusters)
     if not images:
         raise InputError("no images found to segment")
-    planned = segment_outputs(images, out, bool(eigenfunctions))
-    failed = []
+    planned = segment_outputs(images, out, bool(eigenfunctions))  # checked against the final folder
+    with whole_folder(out, owned=("summary.json",)) as folder:
+        summary = _segment_into(seg, planned, folder, out, eigenfunctions, names, colours)
+        log.info("segmented %d image(s), skipped %d", summary["segmented"], summary["skipped"])
+        if data:
+            from .dataindex import digests
+
+            write_json(folder / "summary.json", {**summary, "data": digests(data)})
+    return summary
+
+
+def _segment_into(
+    seg: Segmenter,
+    planned: dict[Path, dict[str, Path]],
+    folder: Path,
+    out: Path,
+    eigenfunctions: int,
+    names: list[str],
+    colours: np.ndarray,
+) -> dict[str, Any]:
+    """Each image's files into `folder` (the fresh copy of `out`), named as `planned`."""
+    from .datasets import read_rgb
+    from .runtime import progress
+    from .visualise import blend, colourise, save_heatmaps, save_labels, with_legend
+
+    images, failed = list(planned), []
     for path in progress(images, desc="segment", unit="img"):
         try:
             image = read_rgb(path)
@@ -301,7 +323,7 @@ def segment_files(
             log.error("skipped %s: %s", path, exc)
             failed.append(str(path))
             continue
-        files = planned[path]
+        files = {kind: folder / file.name for kind, file in planned[path].items()}
         save_labels(labels, files["labels"])
         present = [i for i in np.unique(labels) if i != UNMATCHED]
         overlay = with_legend(
@@ -310,16 +332,10 @@ def segment_files(
         Image.fromarray(overlay).save(files["overlay"])
         if maps is not None:
             save_heatmaps(maps, [f"eigenfunction {i + 1}" for i in range(len(maps))], files["eigenfunctions"])
-    summary = {
+    return {
         "segmented": len(images) - len(failed),
         "skipped": len(failed),
         "failed": failed,
         "out": str(out),
         "labels": "classes" if seg.mapping is not None else "clusters",
     }
-    log.info("segmented %d image(s), skipped %d", summary["segmented"], summary["skipped"])
-    if data:
-        from .dataindex import digests
-
-        write_json(out / "summary.json", {**summary, "data": digests(data)})
-    return summary

@@ -183,3 +183,40 @@ def test_dinov2_features_carry_semantics_unlike_random_weights(dinov2_spec, camv
     random_net = Backbone(BackboneSpec.from_config({**dinov2_spec, "weights": "random"}))
     real, rand = _token_probe(dinov2, camvid_val), _token_probe(random_net, camvid_val)
     assert real > 0.7 and real > rand + 0.1, (real, rand)
+
+
+def test_a_cut_short_converted_weights_file_is_converted_again(tmp_path, caplog):
+    """A converted file whose content differs from the hash recorded when it was written (cut
+    short by a full disk, a copy or a kill) is named, removed and converted again; a file from
+    before hashes were recorded is checked by loading it."""
+    import logging
+
+    whole = converted_lite0_weights(tmp_path)
+    original = whole.read_bytes()
+    reference = torch.load(whole, weights_only=True)
+
+    def same_weights(path):
+        state = torch.load(path, weights_only=True)
+        return state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+
+    assert (tmp_path / "tf_efficientnet_lite0.pth.sha256").read_text().strip()
+    whole.write_bytes(original[: len(original) // 2])
+    with caplog.at_level(logging.WARNING, logger="pipeline.offline_weights"):
+        assert same_weights(converted_lite0_weights(tmp_path))
+    assert f"{whole} differs from the hash recorded when it was written" in caplog.text
+    (tmp_path / "tf_efficientnet_lite0.pth.sha256").unlink()  # as converted by an older version
+    whole.write_bytes(original[:1000])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.offline_weights"):
+        assert same_weights(converted_lite0_weights(tmp_path))
+    assert f"{whole} is unreadable" in caplog.text
+
+
+def test_a_cut_short_weights_file_of_ones_own_is_named(vit_file, tmp_path):
+    from pipeline.errors import InputError
+
+    path, _ = vit_file
+    short = tmp_path / "short.pth"
+    short.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(InputError, match=rf"{short}: not a readable weights file for vit_small_patch16_384"):
+        Backbone(BackboneSpec(model="vit_small_patch16_384", kind="vit", weights=str(short), stride=16))

@@ -465,18 +465,6 @@ def test_fit_refuses_a_folder_it_did_not_make_and_a_second_writer(tmp_path):
         fit_run(spec, run)
 
 
-def test_a_full_disk_is_named_with_the_path(tmp_path):
-    code = (
-        "import errno, pipeline.cli as cli\n"
-        "def full(args):\n    raise OSError(errno.ENOSPC, 'No space left on device', '/data/out/metrics.json')\n"
-        "cli.cmd_table = full\n"
-        "cli.main(['table', '--out', 'x.csv'])\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: no space left on device writing /data/out/metrics.json (table)"
-
-
 def test_a_cache_of_another_backbone_is_not_scored_with_a_run(tmp_path):
     """`nes evaluate --features` with a cache of another backbone (same dimensions) would score
     silently, other dimensions would crash inside psi: both refused naming what differs."""
@@ -672,3 +660,39 @@ def test_command_line_settings_get_the_checks_config_values_get(tmp_path, capsys
     assert exit_code.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and err[-1].startswith("error:") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  K: 64\n  K: 32\n", "c.yaml:3:3: YAML syntax error: key 'K' is given twice in one mapping"),
+        ('results: ""\n', "results: '' should be non-empty"),
+        ("results: -x\n", "results: '-x' does not match"),
+    ],
+)
+def test_the_workflow_and_check_config_refuse_the_same_files(tmp_path, text, message):
+    """One reader for both: a key given twice (Snakemake's reader alone would keep the last),
+    an empty results folder or one that reads as an option are refused alike, naming the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    checked = subprocess.run(
+        [sys.executable, "-m", "pipeline", "check-config", str(path)], capture_output=True, text=True, cwd=REPO
+    )
+    planned = run_snakemake("-n", f"{tmp_path}/camvid/table1.csv", "--configfile", str(path))
+    assert checked.returncode == 2 and message in checked.stderr, checked.stderr
+    assert planned.returncode != 0 and message in planned.stdout + planned.stderr
+
+
+def test_the_workflow_and_check_config_both_accept_yaml_merge_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"results: {tmp_path}/results\ndatasets:\n  msrc:\n    train: &base {{K: 64}}\n  camvid:\n    train:\n"
+        "      <<: *base\n      epochs: 2\n"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "pipeline", "check-config", str(path)], capture_output=True, text=True, cwd=REPO
+    )
+    planned = run_snakemake("-n", f"{tmp_path}/results/camvid/table1.csv", "--configfile", str(path))
+    assert checked.returncode == 0, checked.stderr
+    assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
+    assert "runs/nes-lite0-K64-a0.3-b0.32-s0" in planned.stdout  # K from the merged mapping

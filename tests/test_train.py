@@ -214,3 +214,32 @@ def test_training_stops_at_the_first_non_finite_loss_and_keeps_no_checkpoint(tin
     with pytest.raises(InputError, match=r"nes-test-s0: training diverged at step 2 \(loss nan\).*train.lr"):
         train_psi(tiny_cache, spec(0), tmp_path / "run", torch.device("cpu"))
     assert calls["n"] == 3 and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_file_size_limit_during_training_is_named_with_the_path(tiny_cache, tmp_path):
+    """A real limit (`ulimit -f`, which a full disk behaves like): the checkpoint that does not
+    fit is named with its path and the cause, in one line, instead of torch's "unexpected pos"."""
+    import dataclasses
+    import resource
+    import subprocess
+    import sys
+
+    run = dataclasses.replace(spec(0), features=str(tiny_cache.path.with_suffix(".json")))
+    (tmp_path / "spec.json").write_text(run.to_json())
+    limit = 16 * 1024  # the run's config.yaml and log fit, psi's checkpoint does not
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    command = ["fit", "--spec", str(tmp_path / "spec.json"), "--run", str(tmp_path / "run")]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *command], capture_output=True, text=True, preexec_fn=limited
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {tmp_path / 'run' / 'checkpoint.pt'}: file larger than the file-size limit (ulimit -f) (nes fit); "
+        "free space or raise the limit, then rerun (complete work is kept)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "model.pt").exists()

@@ -642,3 +642,31 @@ def test_the_readme_examples_run_as_written(workflow, tmp_path, camvid_root):
         done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert done.returncode == 0, command + done.stderr[-3000:]
     assert Image.open(tmp_path / "seg" / "photo_labels.png").size == Image.open(frame).size
+
+
+def test_an_evaluation_cut_short_leaves_the_previous_folder_whole(workflow, tmp_path):
+    """`nes evaluate --out-dir` under a file-size limit (the figures do not fit): the error names
+    the folder and the cause in one line, and the folder holds the previous evaluation, file for
+    file, not a mix of the two."""
+    import resource
+
+    run = next((workflow["results"] / "camvid" / "runs").glob("nes-*"))
+    out = tmp_path / "evaluation"
+    command = [sys.executable, "-m", "pipeline", "evaluate", "--run", str(run), "--split", "val", "--out-dir", str(out)]
+    command += ["--dataset", "camvid", "--data-root", str(workflow["camvid_root"]), "--overlays", "1"]
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8 * 1024, 8 * 1024))
+
+    result = subprocess.run([*command, "--protocol", "again"], capture_output=True, text=True, preexec_fn=limited)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {out}: file larger than the file-size limit (ulimit -f) (nes evaluate); "
+        "free space or raise the limit, then rerun (complete work is kept)"
+    ]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["evaluation"]  # no half-written sibling left
