@@ -31,6 +31,23 @@ def json_option(text: str, option: str) -> Any:
         raise InputError(f"{option}: not valid JSON ({exc.msg} at character {exc.pos}): {text[:80]!r}") from None
 
 
+def distinct_outputs(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Refuse, before any work, an output that is one of the command's inputs or another of its
+    outputs. Both map what names a path (an option) to a path, a list of paths or None."""
+    seen: dict[str, str] = {}
+    for kind, named in (("input", inputs), ("output", outputs)):
+        for name, given in named.items():
+            for path in given if isinstance(given, (list, tuple)) else [given]:
+                if path is None:
+                    continue
+                key = os.path.realpath(path)
+                if kind == "output" and key in seen:
+                    raise InputError(
+                        f"{name} {path}: is also {seen[key]}; an output may not replace an input or another output"
+                    )
+                seen.setdefault(key, name)
+
+
 def cmd_extract(args: argparse.Namespace) -> None:
     from .features import extract_shard
     from .spec import ExtractSpec
@@ -42,6 +59,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_gather(args: argparse.Namespace) -> None:
     from .cache import gather
 
+    distinct_outputs({"--out": args.out}, {"a shard manifest": args.shards})
     gather(args.out, args.shards)
 
 
@@ -50,6 +68,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
     from .graph.dataset import graph_of_split
 
     options = json_option(args.spec, "--spec")
+    distinct_outputs({"--out": args.out}, {"--features": args.features})
     cache = cache_for(args.features)
     graph_of_split(cache.tokens, args.features, Path(args.out), options)
 
@@ -61,6 +80,7 @@ def cmd_eigen(args: argparse.Namespace) -> None:
     from .spec import EigenRef
 
     spec = EigenRef.from_dict(json_option(args.spec, "--spec"), "--spec")
+    distinct_outputs({"--out": args.out}, {"the spec's features": spec.features, "the spec's graph": spec.graph})
     values, vectors, attrs = eigen_reference(
         cache_for(spec.features), store_of(spec.graph), spec.K, spec.alpha, spec.pixel_knn
     )
@@ -73,6 +93,8 @@ def cmd_nystrom(args: argparse.Namespace) -> None:
     from .spec import NystromRef
 
     spec = NystromRef.from_dict(json_option(args.spec, "--spec"), "--spec")
+    inputs = {"the spec's eigenvectors": spec.eigen.path, "the spec's features": spec.features}
+    distinct_outputs({"--out": args.out}, inputs)
     embedding, attrs = nystrom_reference(spec)
     write_nystrom(Path(args.out), embedding, {**attrs, "spec": spec.to_dict()})
 
@@ -85,6 +107,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     from .spec import EigenRef
 
     spec = EigenRef.from_dict(json_option(args.spec, "--spec"), "--spec")
+    distinct_outputs({"--out": args.out}, {"the spec's eigenvectors": spec.path, "--run": args.run})
     model = RunModel.load(Path(args.run))
     result = run_alignment(model, cache_for(spec.features), store_of(spec.graph), Path(spec.path))
     with folder_lock(Path(args.out).parent):  # the evaluation may be replacing its folder
@@ -100,14 +123,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from contextlib import nullcontext
-
-    from .evaluate import evaluate_into, evaluate_run, evaluation_of
-    from .formats import whole_folder, write_json
+    from .evaluate import evaluate_into, evaluation_of
+    from .formats import write_json
     from .models import RunModel
     from .segmenter import ClassMapping
     from .spec import EvaluationSpec
 
+    distinct_outputs(*evaluation_paths(args))
     model = RunModel.load(Path(args.run))
     if args.spec:
         spec = EvaluationSpec.from_dict(json_option(args.spec, "--spec"), "--spec")
@@ -117,13 +139,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             model, args.dataset, args.data_root, args.split, args.protocol, view, args.crf, args.labels,
             features=args.features, overlays=args.overlays, batch_size=args.batch_size, device=args.device,
         )  # fmt: skip
-    compare = Path(args.compare) if args.compare else None
-    if args.out_dir:
-        record = evaluate_into(Path(args.out_dir), model, spec, compare, args.weights_dir, args.data)
-    else:
-        overlays = whole_folder(args.overlays_dir, owned=("samples",)) if args.overlays_dir else nullcontext()
-        with overlays as folder:
-            record = evaluate_run(model, spec, folder, args.weights_dir, args.data)
+    out_dir, overlays_dir, compare = (Path(p) if p else None for p in (args.out_dir, args.overlays_dir, args.compare))
+    record = evaluate_into(model, spec, out_dir, overlays_dir, compare, args.weights_dir, args.data)
     if args.out:
         write_json(Path(args.out), record)
     if args.mapping_out:
@@ -133,19 +150,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from .formats import read_json
-    from .tables import write_table
+    from .tables import table_inputs, table_outputs, write_table
 
-    metrics, alignments = list(args.metrics), list(args.alignments)
-    if args.inputs:
-        listed = read_json(args.inputs, "a list of the table's inputs")
-        metrics += listed.get("metrics", [])
-        alignments += listed.get("alignments", [])
-    if not metrics:
-        raise InputError("nes table: no metrics.json given (as arguments or in --inputs)")
-    for path in [*metrics, *alignments]:
-        read_json(path, "a metrics.json or alignment.json of an evaluated run")
-    df = write_table([Path(p) for p in metrics], Path(args.out), [Path(p) for p in alignments])
+    metrics, alignments = table_inputs(args.metrics, args.alignments, args.inputs)
+    distinct_outputs(
+        dict(zip(("--out", "its runs table", "its Markdown twin"), table_outputs(Path(args.out)))),
+        {"a metrics file": metrics, "an alignment file": alignments, "--inputs": args.inputs},
+    )
+    df = write_table(metrics, Path(args.out), alignments)
     print(df.to_string(index=False))
 
 
@@ -187,6 +199,22 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     )
     config = check_files(args.files, default)
     print(f"ok: {', '.join([default, *args.files])} ({len(all_tables(config))} tables, every run checked)")
+
+
+def evaluation_paths(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`nes evaluate`'s outputs and what they may not replace: its inputs, and the run's finished
+    evaluations (other than the one --out-dir rewrites)."""
+    from . import paths
+
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    metrics = paths.name(paths.METRICS)
+    rewritten = out_dir / metrics if out_dir else None
+    run = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    mine = os.path.realpath(rewritten) if rewritten else None
+    finished = [str(p) for p in sorted(run.glob(f"*/{metrics}")) if os.path.realpath(p) != mine]
+    outputs = {"--out": args.out, "--mapping-out": args.mapping_out, "--out-dir's metrics.json": rewritten}
+    inputs = {"--spec": args.spec if args.spec and args.spec.endswith(".json") else None, "--features": args.features}
+    return outputs, {**inputs, "a finished evaluation of the run": finished}
 
 
 def deprecated(args: argparse.Namespace, old: str, new: str) -> Any:

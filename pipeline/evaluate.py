@@ -251,12 +251,7 @@ def metrics_record(
 def labelled_split(spec: EvaluationSpec, view: View) -> Dataset:
     """The evaluated split, refused by name unless every image has a label."""
     dataset = load_dataset(spec.source, spec.split, view.labels)
-    if not dataset.has_labels:
-        unlabelled = [s for s in dataset.samples if s.label_path is None]
-        if len(unlabelled) < len(dataset.samples):  # some have labels: name the first that does not
-            missing = f"no label for {unlabelled[0].image_path} (and {len(unlabelled) - 1} more)"
-            raise InputError(f"{dataset.name}/{spec.split}: {missing}; every image needs one to evaluate")
-        raise InputError(f"{dataset.name}/{spec.split}: no labels, nothing to evaluate against (use `nes segment`)")
+    dataset.check_labelled()
     return dataset
 
 
@@ -333,19 +328,26 @@ EVALUATION_FILES = tuple(
 
 
 def evaluate_into(
-    out_dir: Path,
     model: RunModel,
     spec: EvaluationSpec,
+    out_dir: Path | None = None,
+    overlays_dir: Path | None = None,
     compare: Path | None = None,
     weights_dir: str | Path | None = None,
     data: list[str] | None = None,
 ) -> dict[str, Any]:
-    """`evaluate_run` into an evaluation folder as the workflow lays it out: metrics.json,
-    overlays/ and report.md with its figures, written whole or not at all (formats.whole_folder:
-    an interrupted or failed evaluation leaves the previous folder as it was; other files in it,
-    such as an alignment.json, stay)."""
+    """`evaluate_run` into an evaluation folder as the workflow lays it out (`out_dir`:
+    metrics.json, overlays/ and report.md with its figures), or with its overlays alone
+    (`overlays_dir`), written whole or not at all (formats.whole_folder: an interrupted or failed
+    evaluation leaves the previous folder as it was; other files in it, such as an
+    alignment.json, stay). Returns the metrics record."""
+    from contextlib import nullcontext
+
     from .report import write_report
 
+    if out_dir is None:
+        with whole_folder(overlays_dir, owned=("samples",)) if overlays_dir else nullcontext() as folder:
+            return evaluate_run(model, spec, folder, weights_dir, data)
     with whole_folder(out_dir, owned=EVALUATION_FILES) as folder:
         record = evaluate_run(model, spec, folder / paths.name(paths.OVERLAYS), weights_dir, data)
         write_json(folder / paths.name(paths.METRICS), record)

@@ -175,7 +175,10 @@ class RunModel(nn.Module):
         path = Path(run)
         path = path / "model.pt" if path.is_dir() else path
         if not path.is_file():
-            raise InputError(f"{path}: no model.pt; expected a run directory produced by the workflow")
+            patterns = ("*/model.pt", "runs/*/model.pt", "*/runs/*/model.pt")  # a dataset's or results folder
+            below = sorted(p for pattern in patterns for p in Path(run).glob(pattern)) if Path(run).is_dir() else []
+            hint = f" ({run} is a folder of runs: give one, e.g. {below[0].parent})" if below else ""
+            raise InputError(f"{path}: no model.pt; expected a run directory produced by the workflow{hint}")
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # truncated, empty, not a torch file, or objects beyond plain data

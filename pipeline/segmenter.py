@@ -100,6 +100,8 @@ def check_image(image: Any) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise InputError(f"expected an HxWx3 uint8 RGB image (values 0-255), got a {got}")
+    if not image.shape[0] or not image.shape[1]:
+        raise InputError(f"expected an HxWx3 uint8 RGB image, got an empty one ({image.shape[0]}x{image.shape[1]})")
 
 
 def run_mapping(run_dir: Path) -> ClassMapping | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
-from .formats import write_text
+from .formats import read_json, write_text
 from .spec import Method
 
 SCORES = ["acc", "miou", "miou_hungarian"]
@@ -195,13 +195,41 @@ def _cell(value, digits: int | None = None) -> str:
     return str(value)
 
 
+def table_outputs(csv_path: Path) -> tuple[Path, Path, Path]:
+    """The three files of a table: `{name}.csv`, `{name}_runs.csv` and `{name}.md` (its path must
+    end in .csv, or the Markdown twin would take the table's own name)."""
+    if csv_path.suffix != ".csv":
+        raise InputError(f"--out {csv_path}: a table's path ends in .csv ({csv_path.stem}.md is written beside it)")
+    return csv_path, csv_path.with_name(csv_path.stem + "_runs.csv"), csv_path.with_suffix(".md")
+
+
+def table_inputs(
+    metrics: Sequence[str], alignments: Sequence[str], listed: str | None = None
+) -> tuple[list[Path], list[Path]]:
+    """The metrics and alignment files of a table: as given, plus those a JSON file lists
+    (`{"metrics": [...], "alignments": [...]}`, what the workflow passes), each checked readable."""
+    metrics, alignments = list(metrics), list(alignments)
+    if listed:
+        data = read_json(listed, "a list of the table's inputs")
+        shape = isinstance(data, dict) and set(data) <= {"metrics", "alignments"}
+        if not shape or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in data.values()):
+            raise InputError(f'{listed}: expected {{"metrics": [paths], "alignments": [paths]}}, got {str(data)[:80]}')
+        metrics += data.get("metrics", [])
+        alignments += data.get("alignments", [])
+    if not metrics:
+        raise InputError("nes table: no metrics.json given (as arguments or in --inputs)")
+    for path in [*metrics, *alignments]:
+        read_json(path, "a metrics.json or alignment.json of an evaluated run")
+    return [Path(p) for p in metrics], [Path(p) for p in alignments]
+
+
 def write_table(metric_files: list[Path], csv_path: Path, alignment_files: Sequence[Path] = ()) -> pd.DataFrame:
     """Write the three files (each atomically) and return the aggregated table."""
-    csv_path = Path(csv_path)
+    csv_path, runs_path, markdown_path = table_outputs(Path(csv_path))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     runs = build_runs(metric_files, alignment_files)
     table = aggregate(runs)
-    for frame, path in ((runs, csv_path.with_name(csv_path.stem + "_runs.csv")), (table, csv_path)):
+    for frame, path in ((runs, runs_path), (table, csv_path)):
         write_text(path, frame.to_csv(index=False))
-    write_text(csv_path.with_suffix(".md"), to_markdown(table))
+    write_text(markdown_path, to_markdown(table))
     return table

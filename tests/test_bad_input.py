@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -696,3 +697,140 @@ def test_the_workflow_and_check_config_both_accept_yaml_merge_keys(tmp_path):
     assert checked.returncode == 0, checked.stderr
     assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr[-2000:]
     assert "runs/nes-lite0-K64-a0.3-b0.32-s0" in planned.stdout  # K from the merged mapping
+
+
+def nes_command(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_no_output_replaces_an_input_or_finished_work(tmp_path):
+    """Refused before any work, naming both roles: an evaluation's mapping written over the
+    run's own metrics.json, two outputs on one file, a table whose Markdown twin is an input."""
+    run = tmp_path / "run"
+    (run / "camvid-native").mkdir(parents=True)
+    finished = run / "camvid-native" / "metrics.json"
+    finished.write_text('{"miou": 0.5}')
+    result = nes_command("evaluate", "--run", run, "--mapping-out", finished)
+    assert result.returncode == 2
+    assert f"--mapping-out {finished}: is also a finished evaluation of the run" in result.stderr
+    assert finished.read_text() == '{"miou": 0.5}'
+    same = tmp_path / "same.json"
+    result = nes_command("evaluate", "--run", run, "--out", same, "--mapping-out", same)
+    assert result.returncode == 2 and f"--mapping-out {same}: is also --out" in result.stderr
+    metrics = tmp_path / "t.md"
+    metrics.write_text('{"run": "x"}')
+    result = nes_command("table", "--out", tmp_path / "t.csv", metrics)
+    assert result.returncode == 2 and f"its Markdown twin {metrics}: is also a metrics file" in result.stderr
+    assert metrics.read_text() == '{"run": "x"}'
+
+
+def test_a_table_path_must_end_in_csv_and_its_input_list_must_have_its_shape(tmp_path):
+    metrics = tmp_path / "m.json"
+    metrics.write_text('{"run": "x"}')
+    result = nes_command("table", "--out", tmp_path / "t.md", metrics)
+    assert result.returncode == 2 and "a table's path ends in .csv (t.md is written beside it)" in result.stderr
+    listed = tmp_path / "inputs.json"
+    listed.write_text(json.dumps([str(metrics)]))
+    result = nes_command("table", "--out", tmp_path / "t.csv", "--inputs", listed)
+    assert (
+        result.returncode == 2 and f'{listed}: expected {{"metrics": [paths], "alignments": [paths]}}' in result.stderr
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def test_images_are_read_as_the_photo_they_show_or_refused_by_name(tmp_path):
+    """A float greyscale TIFF in [0, 1] is the photo an 8-bit file of it is (not black); float
+    labels must be whole class ids; a file of several pages is refused, not read as its first."""
+    from PIL import Image
+
+    from pipeline.datasets import read_label, read_rgb
+
+    grey = np.random.default_rng(0).integers(0, 256, (20, 30)).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(grey.astype(np.float32) / 255.0).save(tmp_path / "unit.tif")
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "bytes.tif")
+    for name in ("unit.tif", "bytes.tif"):
+        np.testing.assert_array_equal(read_rgb(tmp_path / name), read_rgb(tmp_path / "grey.png"))
+    Image.fromarray(np.full((4, 4), 300.0, np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(InputError, match=r"hdr.tif: a floating-point image with values from 300 to 300"):
+        read_rgb(tmp_path / "hdr.tif")
+    Image.fromarray(np.full((4, 4), 2.0, np.float32)).save(tmp_path / "whole.tif")
+    assert read_label(tmp_path / "whole.tif").tolist() == [[2] * 4] * 4
+    Image.fromarray(np.full((4, 4), 2.7, np.float32)).save(tmp_path / "fraction.tif")
+    with pytest.raises(
+        InputError, match=r"fraction.tif: labels must be whole, non-negative class ids; this map holds 2.7"
+    ):
+        read_label(tmp_path / "fraction.tif")
+    pages = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 255)]
+    pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match=r"two.tif: holds 2 pages or frames"):
+        read_rgb(tmp_path / "two.tif")
+
+
+def test_api_and_command_line_edges_are_named(tmp_path):
+    """An empty image to the Python API, and a results folder given where a run is expected."""
+    from pipeline.segmenter import check_image
+
+    with pytest.raises(InputError, match=r"got an empty one \(0x5\)"):
+        check_image(np.zeros((0, 5, 3), np.uint8))
+    run = tmp_path / "results" / "camvid" / "runs" / "nes-x-s0"
+    run.mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"")
+    result = nes_command("evaluate", "--run", tmp_path / "results")
+    assert result.returncode == 2
+    assert f"({tmp_path / 'results'} is a folder of runs: give one, e.g. {run})" in result.stderr
+
+
+def test_a_misspelt_split_of_a_folder_dataset_is_refused_not_read_as_the_whole_folder(tmp_path):
+    from pipeline.datasets.folder import load_folder
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    for split in ("train", "val"):
+        (tmp_path / "split" / split).mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / "split" / split / f"{split}0.png")
+    Image.fromarray(image).save(tmp_path / "split" / "stray.png")
+    assert [s.id for s in load_folder(tmp_path / "split", "val").samples] == ["val0"]
+    with pytest.raises(InputError, match=r"no folder for split 'vall' \(it is split into train, val\)"):
+        load_folder(tmp_path / "split", "vall")
+    # one flat folder (its label folder aside) is every split
+    (tmp_path / "flat" / "labels").mkdir(parents=True)
+    Image.fromarray(image).save(tmp_path / "flat" / "a.png")
+    Image.fromarray(image[..., 0]).save(tmp_path / "flat" / "labels" / "a.png")
+    flat = load_folder(tmp_path / "flat", "anything", label_dir=tmp_path / "flat" / "labels", class_names=["x"])
+    assert [s.id for s in flat.samples] == ["a"] and flat.has_labels
+
+
+def test_missing_labels_of_an_evaluated_folder_are_found_while_planning(tmp_path, camvid_root):
+    """A table over a folder dataset with labels for some images only stops at the dry run,
+    naming the first image without one, before anything is extracted or trained."""
+    import yaml
+
+    root, labels = tmp_path / "mine", tmp_path / "mine_labels"
+    root.mkdir()
+    labels.mkdir()
+    for i, path in enumerate(sorted((camvid_root / "val").glob("*.png"))[:3]):
+        (root / path.name).write_bytes(path.read_bytes())
+        if i:  # the first image has no label
+            Image.fromarray(np.zeros((360, 480), np.uint8)).save(labels / path.name)
+    config = {
+        "results": str(tmp_path / "results"),
+        "datasets": {
+            "mine": {
+                "adapter": "folder",
+                "data_root": str(root),
+                "label_dir": str(labels),
+                "class_names": ["a", "b"],
+                "train_split": "all",
+                "eval_split": "all",
+                "train_view": {"mode": "resize", "size": [180, 240]},
+                "protocols": {"native": {"mode": "resize", "size": [180, 240]}},
+            }
+        },
+        "tables": {"mine": {"t": {"backbones": ["lite0"], "methods": ["kmeans"], "seeds": [0]}}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake("-n", f"{tmp_path}/results/mine/t.csv", "--configfile", str(tmp_path / "c.yaml"))
+    first = sorted(root.iterdir())[0]
+    assert result.returncode != 0
+    assert f"mine/all: no label for {first} (and 0 more); every image needs one" in result.stdout + result.stderr
+    assert not (tmp_path / "results" / "mine" / "features").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,17 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def check_labelled(self) -> None:
+        """Refuse, naming the first image without one, a split that cannot be scored: evaluation
+        calls this, and so does planning, before anything is extracted or trained."""
+        if self.has_labels:
+            return
+        unlabelled = [s for s in self.samples if s.label_path is None]
+        if len(unlabelled) < len(self.samples):  # some have labels: name the first that does not
+            missing = f"no label for {unlabelled[0].image_path} (and {len(unlabelled) - 1} more)"
+            raise InputError(f"{self.name}/{self.split}: {missing}; every image needs one to evaluate")
+        raise InputError(f"{self.name}/{self.split}: no labels, nothing to evaluate against (use `nes segment`)")
 
     def load_image(self, index: int) -> np.ndarray:
         return read_rgb(self.samples[index].image_path)
@@ -139,35 +152,72 @@ def _lexical(path: Path | str) -> Path:
 
 def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8 as every viewer shows the image (its EXIF orientation applied: phone photos
-    are stored sideways), or a clear error naming the file. 16-bit greyscale images are scaled to
-    8 bits (PIL's RGB conversion would clip them to white)."""
-    try:
-        with Image.open(path) as stored:
-            im = ImageOps.exif_transpose(stored)
-            if im.mode.startswith("I;16") or im.mode == "I":
-                wide = np.asarray(im).astype(np.float64)
-                depth = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
-                grey = np.clip(np.round(wide / depth * 255.0), 0, 255).astype(np.uint8)
-                return np.repeat(grey[..., None], 3, axis=2)
-            return np.array(im.convert("RGB"))  # writable: the CRF needs a real buffer
-    except FileNotFoundError:
-        raise InputError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+    are stored sideways), or a clear error naming the file. Greyscale of 16 bits is scaled to 8
+    (PIL's RGB conversion would clip it to white) and floating-point greyscale in [0, 1] to
+    [0, 255] (it would read as black); a file of several pages or frames is refused rather than
+    read as its first."""
+    with _opened(path, "image") as im:
+        if im.mode == "F":
+            values = _float_values(path, np.asarray(im, dtype=np.float64), "image")
+            low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+            if low < 0 or high > 255:
+                raise InputError(
+                    f"{path}: a floating-point image with values from {low:g} to {high:g}; expected [0, 1] or [0, 255]"
+                )
+            grey = np.round(values * (255.0 if high <= 1 else 1.0)).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
+        if im.mode.startswith("I;16") or im.mode == "I":
+            wide = np.asarray(im).astype(np.float64)
+            depth = 65535.0 if im.mode.startswith("I;16") or wide.max() > 255 else 255.0
+            grey = np.clip(np.round(wide / depth * 255.0), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
+        return np.array(im.convert("RGB"))  # writable: the CRF needs a real buffer
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Class ids as displayed (EXIF orientation applied, as for the image it labels)."""
-    try:
-        with Image.open(path) as stored:
-            arr = np.asarray(ImageOps.exif_transpose(stored))
-    except FileNotFoundError:
-        raise InputError(f"{path}: label file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path}: cannot read label ({exc.__class__.__name__}: {exc})") from None
+    """Class ids as displayed (EXIF orientation applied, as for the image it labels): an integer
+    map. A floating-point map is accepted only where every value is a whole number (2.7 is not
+    a class); a file of several pages is refused."""
+    with _opened(path, "label") as im:
+        arr = np.asarray(im)
     if arr.ndim != 2:
         raise InputError(f"{path}: label must be a single-channel image of class ids, got shape {arr.shape}")
-    return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        values = _float_values(path, arr.astype(np.float64), "label")
+        fractional = values[values != np.round(values)]
+        if fractional.size or (values.size and values.min() < 0):
+            shown = fractional[0] if fractional.size else values.min()
+            raise InputError(f"{path}: labels must be whole, non-negative class ids; this map holds {shown:g}")
+        return values.astype(np.int64)
+    return arr.astype(np.int64) if arr.dtype == bool else arr
+
+
+@contextmanager
+def _opened(path: Path, what: str) -> Iterator[Image.Image]:
+    """The file's one image, decoded, with its EXIF orientation applied, or an error naming the
+    file: unreadable, or several pages or frames (the first is not taken silently)."""
+    try:
+        stored = Image.open(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+    with stored:
+        pages = getattr(stored, "n_frames", 1)
+        if pages > 1:
+            raise InputError(f"{path}: holds {pages} pages or frames; save the one to use as a file of its own")
+        try:
+            image = ImageOps.exif_transpose(stored)
+            image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{path}: cannot read {what} ({exc.__class__.__name__}: {exc})") from None
+        yield image
+
+
+def _float_values(path: Path, values: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: a floating-point {what} holding NaN or infinite values")
+    return values
 
 
 def lookup_table(mapping: dict[int, int], ignore_index: int, void: tuple[int, ...] = (), size: int = 256) -> np.ndarray:

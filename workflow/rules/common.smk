@@ -142,6 +142,8 @@ def data_index(dataset, split, parts, outputs):
     from pipeline.dataindex import tracked, update_index
 
     ds = loaded_dataset(dataset, split)
+    if "labels" in parts:
+        ds.check_labelled()  # found while planning, not after extraction and training
     if not tracked(outputs):
         return []
     indexes = []
