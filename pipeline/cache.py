@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .errors import InputError
-from .formats import ResumableStore, read_array, store_of, write_json, zarr_array
+from .formats import ResumableStore, naming_resource_errors, read_array, store_of, write_json, zarr_array
 
 ARRAYS = ("high", "input", "pixels")
 SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
@@ -145,9 +145,10 @@ class CacheWriter:
     def write(self, start: int, arrays: dict[str, np.ndarray], image_sizes: np.ndarray) -> None:
         """Write items [start, start + len) and only then advance `n_done`."""
         count = len(arrays["high"])
-        for name in ARRAYS:
-            zarr_array(self.group, name)[start : start + count] = arrays[name].astype(np.float16)
-        zarr_array(self.group, "image_size")[start : start + count] = image_sizes.astype(np.int32)
+        with naming_resource_errors(self.path):
+            for name in ARRAYS:
+                zarr_array(self.group, name)[start : start + count] = arrays[name].astype(np.float16)
+            zarr_array(self.group, "image_size")[start : start + count] = image_sizes.astype(np.int32)
         self.n_done = start + count
         self.store.advance(self.n_done)
 

@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,24 @@ def _link(source: Path, twin: Path) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, fields: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV with a header, atomically (a log rewritten as training goes stays whole)."""
+    import csv
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """A matplotlib figure as PNG, atomically."""
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -11,7 +11,6 @@ tuning benchmarks (studies/psi_tuning.py) report as `capture_ratio`.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from .clustering import centre_logits, fit_kmeans
+from .formats import save_figure, write_csv
 from .graph.batch import BatchKernel
 from .graph.spectral import partition_measures, spectral_embedding, top_eigenvectors
 
@@ -144,10 +144,7 @@ class CaptureMonitor:
     def write(self, out_dir: Path) -> None:
         if not self.rows:
             return
-        with open(out_dir / "capture_log.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        write_csv(out_dir / "capture_log.csv", FIELDS, self.rows)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -170,5 +167,5 @@ class CaptureMonitor:
         ax.legend(fontsize=8)
         ax.set_title("hard partition on G: psi vs exact spectral clustering")
         fig.tight_layout()
-        fig.savefig(out_dir / "capture.png", dpi=100)
+        save_figure(fig, out_dir / "capture.png")
         plt.close(fig)

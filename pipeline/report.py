@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from . import paths
-from .formats import write_text
+from .formats import save_figure, write_text
 from .visualise import colourise, palette, save_panel
 
 PER_CLASS, CONFUSION, SAMPLES = (
@@ -42,7 +42,7 @@ def plot_per_class_iou(metrics: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, 100)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -64,7 +64,7 @@ def plot_confusion(metrics: dict[str, Any], path: Path) -> None:
     ax.set_ylabel(f"{len(order)} of {len(conf)} clusters in use (sorted by assigned class)")
     fig.colorbar(im, ax=ax, label="fraction of the cluster's pixels")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -229,7 +229,7 @@ def write_table(metric_files: list[Path], csv_path: Path, alignment_files: Seque
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     runs = build_runs(metric_files, alignment_files)
     table = aggregate(runs)
-    for frame, path in ((runs, runs_path), (table, csv_path)):
-        write_text(path, frame.to_csv(index=False))
+    write_text(runs_path, runs.to_csv(index=False))
     write_text(markdown_path, to_markdown(table))
+    write_text(csv_path, table.to_csv(index=False))  # last: the file the workflow tracks
     return table

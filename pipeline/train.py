@@ -13,7 +13,6 @@ replaced. The caller removes the checkpoint once model.pt is saved.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from .eigenfunctions import (
     volume_weights,
 )
 from .errors import InputError
-from .formats import save_torch
+from .formats import save_figure, save_torch, write_csv
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .graph.spectral import perplexity
 from .models import RunModel, build_psi
@@ -334,10 +333,7 @@ def batch_kernel(data: dict[str, torch.Tensor], cfg: TrainSettings) -> BatchKern
 
 
 def write_log(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, LOG_FIELDS, rows)
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -361,5 +357,5 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         )
         ax.set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

@@ -208,3 +208,52 @@ def test_corrupt_or_missing_chunks_are_detected_naming_cache_and_item(tmp_path):
     chunk.unlink()
     with pytest.raises(InputError, match=r"shard-0-of-1/high: 1 of 3 items are missing \(deleted chunks\)"):
         FeatureCache(out)
+
+
+def test_a_file_size_limit_during_extraction_is_named_with_the_cache(tmp_path, camvid_spec, lite0_spec):
+    """A real limit (`ulimit -f`): the shard that cannot be written is named with the cause, in one
+    line, and what was written is a resumable store, never a complete-looking cache."""
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    from pipeline.spec import ExtractSpec
+
+    spec = ExtractSpec(
+        source={**camvid_spec, "max_images": 2},
+        backbone_spec=lite0_spec,
+        split="val",
+        view={"mode": "resize", "size": [180, 240]},
+        views=1,
+        scale=(0.5, 2.0),
+        flip=False,
+        seed=0,
+        batch_size=2,
+        device="cpu",
+    )
+    (tmp_path / "spec.json").write_text(spec.to_json())
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    cache = tmp_path / "val.zarr"
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "extract",
+        "--spec",
+        str(tmp_path / "spec.json"),
+        "--cache",
+        str(cache),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=limited)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {cache / 'shard-0-of-1'}: file larger than the file-size limit (ulimit -f) (nes extract); "
+        "free space or raise the limit, then rerun (complete work is kept)"
+    ]
+    assert not (cache / "shard-0-of-1" / "extracted.json").exists()
+    assert json.loads((cache / "shard-0-of-1" / "zarr.json").read_text())["attributes"]["complete"] is False

@@ -181,6 +181,7 @@ def test_dataset_graph_in_zarr_resumes_and_reports_recall(tmp_path, monkeypatch)
 
 def test_graph_command_on_a_cached_split(tmp_path):
     import json
+    import shutil
     import subprocess
     import sys
 
@@ -221,25 +222,28 @@ def test_graph_command_on_a_cached_split(tmp_path):
     )
     group = zarr.open_group(str(out.with_suffix(".zarr")), mode="r")
     assert group["indices"].shape == (36, 8) and (group["degrees"][:] > 0).all()
-    # an output that is not a graph this command made (here: the feature cache) is never deleted
+    # an output that is the command's input, or a store it did not make (here: a copy of the
+    # feature cache), is never replaced
+    shutil.copytree(tmp_path / "features" / "val.zarr", tmp_path / "features" / "copy.zarr")
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "graph",
-            "--features",
-            str(tmp_path / "features" / "val.json"),
-            "--spec",
-            json.dumps({"k": 8, "block": 10}),
-            "--out",
-            str(tmp_path / "features" / "val.json"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2 and "is not a dataset graph" in result.stderr and result.stderr.count("\n") <= 2
+    for name, refusal in (("val.json", "is also --features"), ("copy.json", "is not a dataset graph")):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "graph",
+                "--features",
+                str(tmp_path / "features" / "val.json"),
+                "--spec",
+                json.dumps({"k": 8, "block": 10}),
+                "--out",
+                str(tmp_path / "features" / name),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2 and refusal in result.stderr and result.stderr.count("\n") <= 2, result.stderr
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*")) == before
 
 

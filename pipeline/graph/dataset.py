@@ -32,7 +32,7 @@ import torch
 import zarr
 
 from ..errors import InputError
-from ..formats import ResumableStore, read_array, zarr_array
+from ..formats import ResumableStore, naming_resource_errors, read_array, zarr_array
 from ..runtime import faiss_gpu_resources, faiss_gpus, progress
 from .batch import DEFAULT_PIXEL_KNN, pixel_graph
 
@@ -212,8 +212,9 @@ def build_dataset_graph(
         range(done, n, block), desc=f"graph ({index_kind})", unit="block", initial=done // block, total=-(-n // block)
     ):
         sims, idx = search_block(search, x, start, min(start + block, n), k)
-        zarr_array(group, "indices")[start : start + len(idx)] = idx.astype(np.int32)
-        zarr_array(group, "similarities")[start : start + len(idx)] = sims.astype(np.float16)
+        with naming_resource_errors(out):
+            zarr_array(group, "indices")[start : start + len(idx)] = idx.astype(np.int32)
+            zarr_array(group, "similarities")[start : start + len(idx)] = sims.astype(np.float16)
         store.advance(start + len(idx))
     if index_kind != "exact":
         found = zarr_array(group, "indices").get_orthogonal_selection((np.sort(check_rows),))
