@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
             what = f"{exc.filename or 'an output'}: {RESOURCE_ERRORS[exc.errno]} (nes {args.command})"
             _fail(f"error: {what}; free space or raise the limit, then rerun (complete work is kept)", console)
             raise SystemExit(2) from None
+        if isinstance(exc, OSError) and exc.filename:  # a path that cannot be read or written
+            if console is not sys.stderr:
+                traceback.print_exc()  # into the log
+            _fail(f"error: {exc.filename}: {exc.strerror or exc} (nes {args.command})", console)
+            raise SystemExit(2) from None
         if console is sys.stderr:
             raise
         traceback.print_exc()  # into the log

@@ -86,8 +86,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
         with naming_resource_errors(path):
-            yield tmp
-        tmp.replace(path)
+            try:
+                yield tmp
+                tmp.replace(path)
+            except OSError as exc:  # name the file asked for, not its temporary twin
+                if exc.filename is None or str(tmp) not in str(exc.filename) or exc.errno in RESOURCE_ERRORS:
+                    raise
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -102,6 +107,8 @@ def whole_folder(target: str | Path, owned: Collection[str] = ()) -> Iterator[Pa
     target take turns at the swap (a lock beside it): the last one's folder stays. Between the
     two renames of the swap, for an instant, `target` is absent."""
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target}: exists and is not a folder; choose another output folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     stamp = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     fresh = target.with_name(f".{target.name}.{stamp}.partial")

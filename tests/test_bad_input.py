@@ -834,3 +834,28 @@ def test_missing_labels_of_an_evaluated_folder_are_found_while_planning(tmp_path
     assert result.returncode != 0
     assert f"mine/all: no label for {first} (and 0 more); every image needs one" in result.stdout + result.stderr
     assert not (tmp_path / "results" / "mine" / "features").exists()
+
+
+def test_paths_that_cannot_be_written_are_named_in_one_line(tmp_path):
+    """An output folder that is a file, an output in a folder that cannot hold it, a download
+    over a folder of one's own: one line naming the path, no traceback, nothing replaced."""
+    metrics = tmp_path / "m.json"
+    metrics.write_text('{"run": "x"}')
+    result = nes_command("table", "--out", "/proc/no/t.csv", metrics)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: /proc/no")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    result = nes_command("download", "camvid", "--dest", mine)
+    assert result.returncode == 2 and f"{mine}: exists and does not hold CamVid; not replacing it" in result.stderr
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
+    from pipeline.formats import whole_folder
+
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(InputError, match="out: exists and is not a folder"), whole_folder(tmp_path / "out"):
+        pass
+    assert (tmp_path / "out").read_text() == "a file"

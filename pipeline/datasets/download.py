@@ -22,6 +22,8 @@ def download_camvid(dest: Path, url: str = CAMVID_URL, timeout: float = 30.0) ->
     if (dest / "train.txt").exists():
         log.info("%s already holds CamVid", dest)
         return dest
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InputError(f"{dest}: exists and does not hold CamVid; not replacing it (choose another --dest)")
     try:
         log.info("downloading %s", url)
         with urllib.request.urlopen(url, timeout=timeout) as response:
