@@ -47,16 +47,21 @@ rule all:
     default_target: True
     input:
         [
-            path(paths.TABLE, folder=f, table=t)
+            path(pattern, folder=f, table=t)
             for f, t in TABLES
             if f in config.get("default_tables", [])
+            for pattern in (paths.TABLE, paths.TABLE_MARGINS)
         ],
 
 
 rule all_tables:
     """Every table of the config (the paper's need their datasets and, realistically, a GPU)."""
     input:
-        [path(paths.TABLE, folder=f, table=t) for f, t in TABLES],
+        [
+            path(pattern, folder=f, table=t)
+            for f, t in TABLES
+            for pattern in (paths.TABLE, paths.TABLE_MARGINS)
+        ],
 
 
 rule all_segmentations:

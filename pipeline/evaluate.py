@@ -24,6 +24,7 @@ from .cache import FeatureCache, cache_for
 from .datasets import Dataset, load_dataset
 from .errors import InputError
 from .formats import store_of, whole_folder, write_json
+from .intervals import ImageCounts, save_counts
 from .models import RunModel
 from .predict import backbone_for, image_logits, logits_to_image, scored_size
 from .runtime import progress, resolve_device
@@ -136,6 +137,7 @@ def evaluate(
 
         crf_pool = CRFPool(crf_workers or torch.get_num_threads())
     kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+    per_image: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # sparse (cluster, class, count)
     # sample images for panels and reports: spread evenly over the split (neighbouring video
     # frames look alike), the same for every run
     samples = set(np.linspace(0, len(dataset) - 1, n_overlays).round().astype(int).tolist()) if n_overlays else set()
@@ -153,7 +155,10 @@ def evaluate(
                 f"{dataset.samples[image_idx].id}"
             )
         clusters = logits.argmax(0).cpu().numpy()
-        conf += M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
+        image_conf = M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
+        conf += image_conf
+        rows, cols = np.nonzero(image_conf)
+        per_image[image_idx] = (rows, cols, image_conf[rows, cols])
         if crf_pool is not None:
             for lab, refined in crf_pool.submit(label, logits.softmax(0).cpu().numpy(), np.ascontiguousarray(image)):
                 conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
@@ -171,6 +176,11 @@ def evaluate(
         )
     result = summarise(conf, dataset.class_names)
     result.update(num_images=len(dataset), seconds=round(time.time() - started, 2), confusion=conf.tolist())
+    order = sorted(per_image)
+    mappings = {"majority": np.array(result["mapping"]), "hungarian": np.array(result["mapping_hungarian"])}
+    result["per_image"] = ImageCounts.from_confusions(
+        [dataset.samples[i].id for i in order], [per_image[i] for i in order], mappings, c
+    )  # for intervals over images (intervals.py); not part of metrics.json
     if conf_crf is not None:
         result["crf"] = summarise(conf_crf, dataset.class_names)
     if overlay_dir is not None and kept:
@@ -261,10 +271,12 @@ def evaluate_run(
     overlay_dir: Path | None = None,
     weights_dir: str | Path | None = None,
     data: list[str] | None = None,
+    per_image: Path | None = None,
 ) -> dict[str, Any]:
     """One run scored on one split under one view: its metrics record (metrics.json's content).
     Reads the spec's cache when it names one, runs the backbone live otherwise; `data` names the
-    split's data index files, whose digests the record keeps."""
+    split's data index files, whose digests the record keeps; `per_image` is where the per-image
+    counts go (intervals.ImageCounts), when wanted."""
     view = View.from_config(spec.view, "view")
     dataset = labelled_split(spec, view)
     device = resolve_device(spec.device)
@@ -280,6 +292,9 @@ def evaluate_run(
     result = evaluate(
         model, dataset, predictions, view, crf=view.crf, overlay_dir=overlay_dir, n_overlays=spec.overlays
     )
+    counts = result.pop("per_image")
+    if per_image is not None:
+        save_counts(per_image, counts)
     record = metrics_record(model, dataset, spec, result)
     if data:
         from .dataindex import digests
@@ -318,6 +333,7 @@ EVALUATION_FILES = tuple(
     paths.name(p)
     for p in (
         paths.METRICS,
+        paths.PER_IMAGE,
         paths.OVERLAYS,
         paths.EVALUATION_REPORT,
         paths.PER_CLASS_FIGURE,
@@ -349,7 +365,8 @@ def evaluate_into(
         with whole_folder(overlays_dir, owned=("samples",)) if overlays_dir else nullcontext() as folder:
             return evaluate_run(model, spec, folder, weights_dir, data)
     with whole_folder(out_dir, owned=EVALUATION_FILES) as folder:
-        record = evaluate_run(model, spec, folder / paths.name(paths.OVERLAYS), weights_dir, data)
+        overlays, counts = (folder / paths.name(p) for p in (paths.OVERLAYS, paths.PER_IMAGE))
+        record = evaluate_run(model, spec, overlays, weights_dir, data, counts)
         write_json(folder / paths.name(paths.METRICS), record)
         write_report(folder, record, compare)
     return record

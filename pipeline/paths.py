@@ -32,6 +32,7 @@ TRAIN_LOG = RUN + "/train_log.csv"
 CURVES = RUN + "/loss.png"
 EVALUATION = RUN + "/{evaluation}"
 METRICS = EVALUATION + "/metrics.json"
+PER_IMAGE = EVALUATION + "/per_image.npz"  # per-image counts for intervals over images (intervals.py)
 ALIGNMENT = EVALUATION + "/alignment.json"
 # what `nes evaluate --out-dir` writes beside the metrics (pipeline.report names them by these)
 OVERLAYS = EVALUATION + "/overlays"
@@ -45,6 +46,7 @@ SEGMENTATION = RUN + "/segment"
 TABLE = "{results}/{folder}/{table}.csv"
 TABLE_RUNS = "{results}/{folder}/{table}_runs.csv"
 TABLE_MARKDOWN = "{results}/{folder}/{table}.md"
+TABLE_MARGINS = "{results}/{folder}/{table}_margins.csv"  # the verdict's margins with intervals (verdicts.py)
 
 # the data index of a dataset's files (pipeline.dataindex), logs and Snakemake benchmarks
 DATA_INDEX = "{results}/{dataset}/data"

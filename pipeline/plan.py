@@ -274,6 +274,17 @@ def table_metrics(config: dict, folder: str, table: str) -> list[str]:
     return [metrics_path(config, spec, evaluation) for spec in table_runs(config, folder, table)]
 
 
+def table_counts(config: dict, folder: str, table: str) -> list[str]:
+    """The per-image counts beside every run's metrics: what the margins' intervals resample."""
+    evaluation = table_evaluation(config, folder, table)
+    return [
+        paths.fill(
+            paths.PER_IMAGE, results=config["results"], dataset=spec.dataset, run=spec.run, evaluation=evaluation
+        )
+        for spec in table_runs(config, folder, table)
+    ]
+
+
 def table_alignments(config: dict, folder: str, table: str) -> list[str]:
     """A table with the exact `spectral` reference also measures how well every run's partition
     serves the evaluated split's G, and how close each psi comes to its eigenvectors

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import paths
 from .errors import InputError
 from .formats import read_json, write_text
 from .spec import Method
@@ -118,8 +119,8 @@ def build_runs(metric_files: list[Path], alignment_files: Sequence[Path] = ()) -
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and (population) standard deviation over seeds of every setting; alignment and costs
-    as means."""
+    """Mean and sample standard deviation (ddof 1: the spread of seeds drawn from many) over seeds
+    of every setting; alignment and costs as means."""
     grouped = runs.groupby(SETTING, sort=False, dropna=False)
     out = grouped.agg(
         seeds=("seed", "count"),
@@ -127,7 +128,7 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         **{c: (c, "mean") for c in (*ALIGNMENT, *COSTS)},
     )
     for c in SCORES:
-        out[f"{c}_std"] = grouped[c].std(ddof=0).values
+        out[f"{c}_std"] = grouped[c].std(ddof=1).values
     out = out.reset_index().round(2)
     out[ALIGNMENT] = grouped[ALIGNMENT].mean().values.round(3)
     return out
@@ -156,7 +157,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         lead = [(row[c] or "defaults") if c == "settings" else _cell(row[c]) for c in varying]
-        cells = [f"{row[f'{c}_mean']:.1f} ± {row[f'{c}_std']:.1f}" for c in SCORES]
+        cells = [_mean_sd(row[f"{c}_mean"], row[f"{c}_std"]) for c in SCORES]
         lines.append(
             "| "
             + " | ".join(
@@ -187,6 +188,11 @@ TRAILING_NAMES = {
 }
 
 
+def _mean_sd(mean: float, sd: float) -> str:
+    """`mean ± sd`; one seed has no spread to show."""
+    return f"{mean:.1f}" if pd.isna(sd) else f"{mean:.1f} ± {sd:.1f}"
+
+
 def _cell(value, digits: int | None = None) -> str:
     if pd.isna(value):
         return "–"
@@ -195,12 +201,49 @@ def _cell(value, digits: int | None = None) -> str:
     return str(value)
 
 
-def table_outputs(csv_path: Path) -> tuple[Path, Path, Path]:
-    """The three files of a table: `{name}.csv`, `{name}_runs.csv` and `{name}.md` (its path must
-    end in .csv, or the Markdown twin would take the table's own name)."""
+def per_image_counts(metric_files: list[Path]) -> dict[tuple[str, str, str], Path]:
+    """(dataset, protocol, run) -> the per-image counts file beside its metrics.json, if written."""
+    out = {}
+    for path in metric_files:
+        counts = Path(path).with_name(paths.name(paths.PER_IMAGE))
+        if counts.is_file():
+            m = json.loads(Path(path).read_text())
+            out[(m.get("dataset"), m.get("protocol"), m.get("run"))] = counts
+    return out
+
+
+def margins_markdown(verdict: pd.DataFrame) -> str:
+    """The margins under the table, when it has any."""
+    if verdict.empty:
+        return ""
+    lines = [
+        "",
+        "Margins in mIoU points (seeds averaged; 95 % paired bootstrap over images; win / loss only when "
+        "the interval excludes 0):",
+        "",
+        "| backbone | K | score | comparison | margin | 95 % interval | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in verdict.iterrows():
+        lines.append(
+            f"| {r['backbone']} | {r['K']} | {r['score']} | {r['comparison']} ({r['b']}) | "
+            f"{r['margin']:+.1f} | [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {r['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def table_outputs(csv_path: Path) -> tuple[Path, Path, Path, Path]:
+    """The files of a table: `{name}.csv`, `{name}_runs.csv`, `{name}.md` and
+    `{name}_margins.csv` (its path must end in .csv, or the Markdown twin would take the table's
+    own name)."""
     if csv_path.suffix != ".csv":
         raise InputError(f"--out {csv_path}: a table's path ends in .csv ({csv_path.stem}.md is written beside it)")
-    return csv_path, csv_path.with_name(csv_path.stem + "_runs.csv"), csv_path.with_suffix(".md")
+    return (
+        csv_path,
+        csv_path.with_name(csv_path.stem + "_runs.csv"),
+        csv_path.with_suffix(".md"),
+        csv_path.with_name(csv_path.stem + "_margins.csv"),
+    )
 
 
 def table_inputs(
@@ -224,12 +267,17 @@ def table_inputs(
 
 
 def write_table(metric_files: list[Path], csv_path: Path, alignment_files: Sequence[Path] = ()) -> pd.DataFrame:
-    """Write the three files (each atomically) and return the aggregated table."""
-    csv_path, runs_path, markdown_path = table_outputs(Path(csv_path))
+    """Write the table's files (each atomically) and return the aggregated table. The margins
+    (verdicts.py) use the per-image counts beside each metrics.json, where there are any."""
+    from .verdicts import margins
+
+    csv_path, runs_path, markdown_path, margins_path = table_outputs(Path(csv_path))
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     runs = build_runs(metric_files, alignment_files)
     table = aggregate(runs)
+    verdict = margins(runs, per_image_counts(metric_files))
     write_text(runs_path, runs.to_csv(index=False))
-    write_text(markdown_path, to_markdown(table))
+    write_text(margins_path, verdict.to_csv(index=False))
+    write_text(markdown_path, to_markdown(table) + margins_markdown(verdict))
     write_text(csv_path, table.to_csv(index=False))  # last: the file the workflow tracks
     return table

@@ -305,17 +305,18 @@ def test_table_mean_std_over_seeds_runs_csv_and_markdown(tmp_path):
     assert len(runs) == 5 and runs.loc[runs["method"] == "nes", "acc"].tolist() == [70.0, 80.0, 75.0, 85.0]
     saved = pd.read_csv(tmp_path / "t.csv")
     nes = saved[(saved["method"] == "nes") & ~saved["crf"]].iloc[0]
+    # the sample SD over seeds (ddof 1): 70 and 80 -> sqrt((5^2 + 5^2) / 1) = 7.07
     assert (nes["seeds"], nes["acc_mean"], nes["acc_std"], nes["miou_mean"], nes["miou_std"]) == (
         2,
         75.0,
-        5.0,
+        7.07,
         45.0,
-        5.0,
+        7.07,
     )
     assert len(saved) == 3 and saved["alpha"].isna().sum() == 1  # K-means has no alpha
     md = (tmp_path / "t.md").read_text()
-    assert "| Ours | no | 2 | 75.0 ± 5.0 | 45.0 ± 5.0 | 30.0 ± 0.0 |" in md
-    assert "| K-means | no | 1 | 60.0 ± 0.0 | 30.0 ± 0.0 | 20.0 ± 0.0 |" in md
+    assert "| Ours | no | 2 | 75.0 ± 7.1 | 45.0 ± 7.1 | 30.0 ± 0.0 |" in md
+    assert "| K-means | no | 1 | 60.0 | 30.0 | 20.0 |" in md  # one seed: no spread to show
     assert to_markdown(table).count("\n") == 2 + 3
 
 
@@ -341,7 +342,7 @@ def test_runs_off_the_defaults_are_rows_of_their_own(tmp_path):
     assert sorted(zip(table["settings"], table["seeds"])) == [("", 2), ("epochs=10", 1)]
     md = to_markdown(table)
     assert md.splitlines()[0].startswith("| settings | method |")
-    assert "| defaults | Ours | no | 2 |" in md and "| epochs=10 | Ours | no | 1 | 60.0 ± 0.0 | 70.0 ± 0.0 |" in md
+    assert "| defaults | Ours | no | 2 |" in md and "| epochs=10 | Ours | no | 1 | 60.0 | 70.0 |" in md
 
 
 def test_alignment_and_costs_join_the_rows(tmp_path):

@@ -84,9 +84,32 @@ def test_table_has_every_method_with_sane_scores(workflow):
     assert (runs["miou"] >= runs["miou_hungarian"] - 1e-9).all()  # majority voting can only do better with K > C
     table = pd.read_csv(workflow["results"] / "camvid" / "table1.csv")
     assert sorted(table["method"]) == ["kmeans", "nes", "nes_star"] and (table["seeds"] == 1).all()
-    assert (table["miou_std"] == 0).all() and sorted(table["miou_mean"]) == sorted(runs["miou"])
+    # one seed: no spread (the sample SD, ddof 1, is undefined), the mean is the run
+    assert table["miou_std"].isna().all() and sorted(table["miou_mean"]) == sorted(runs["miou"])
     md = (workflow["results"] / "camvid" / "table1.md").read_text()
-    assert "| Ours |" in md and "| Ours* |" in md and "| K-means |" in md and "±" in md
+    assert "| Ours |" in md and "| Ours* |" in md and "| K-means |" in md and "±" not in md.split("Margins")[0]
+
+
+def test_every_evaluation_has_per_image_counts_and_the_table_its_margins(workflow):
+    """The counts beside each metrics.json give back its scores; the table's margins compare Ours
+    and Ours* with the best K-means under both protocols, each with an interval around it."""
+    from pipeline.intervals import load_counts
+
+    for metrics_path in (workflow["results"] / "camvid" / "runs").glob("*/camvid-native/metrics.json"):
+        metrics = json.loads(metrics_path.read_text())
+        counts = load_counts(metrics_path.with_name("per_image.npz"))
+        assert len(counts.ids) == metrics["num_images"]
+        assert counts.scores("majority")[1][0] == pytest.approx(metrics["miou"])
+        assert counts.scores("hungarian")[1][0] == pytest.approx(metrics["miou_hungarian"])
+    margins = pd.read_csv(workflow["results"] / "camvid" / "table1_margins.csv")
+    assert sorted(set(margins["comparison"])) == ["Ours - best K-means", "Ours* - best K-means"]
+    assert sorted(set(margins["score"])) == ["miou", "miou_hungarian"] and (margins["b"] == "kmeans").all()
+    assert ((margins["ci_low"] <= margins["margin"]) & (margins["margin"] <= margins["ci_high"])).all()
+    assert set(margins["verdict"]) <= {"win", "loss", "tie"}
+    runs = pd.read_csv(workflow["results"] / "camvid" / "table1_runs.csv").set_index("method")
+    ours = margins[(margins["comparison"] == "Ours - best K-means") & (margins["score"] == "miou")].iloc[0]
+    assert ours["margin"] == pytest.approx(runs.loc["nes", "miou"] - runs.loc["kmeans", "miou"], abs=0.02)
+    assert "Margins in mIoU points" in (workflow["results"] / "camvid" / "table1.md").read_text()
 
 
 def test_run_directories_hold_what_they_need(workflow):

@@ -24,6 +24,7 @@ from pipeline.plan import (
     segmentation_outputs,
     source_spec,
     table_alignments,
+    table_counts,
     table_metrics,
 )
 from pipeline.spec import Method

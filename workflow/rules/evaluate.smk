@@ -12,6 +12,7 @@ rule evaluate:
         data=evaluation_data,
     output:
         metrics=path(paths.METRICS),
+        per_image=path(paths.PER_IMAGE),
         overlays=report(
             directory(path(paths.OVERLAYS)),
             patterns=["{name}.png"],
