@@ -2,7 +2,8 @@ rule table:
     """results/{folder}/{table}.csv (mean and std over seeds), {table}_runs.csv (one row per run
     and CRF setting), {table}_margins.csv (the verdict's margins with bootstrap intervals over
     images, from the per-image counts beside each metrics.json) and the Markdown twin
-    {table}.md; with every run's partition measures where the table has the spectral reference."""
+    {table}.md; with every run's partition measures where the table has the spectral reference.
+    """
     input:
         metrics=lambda w: table_metrics(config, w.folder, w.table),
         alignments=lambda w: table_alignments(config, w.folder, w.table),
