@@ -150,6 +150,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x
 
 
+def final_layer_dim(spec: BackboneSpec, input_dim: int) -> int:
+    """Channels of the last layer in psi's input, from the architecture alone (no weights): a
+    ViT's final-block tokens (a third of the input: blocks 0, L/2 and L-1 are one width), a CNN's
+    last input stage."""
+    if spec.kind == "vit":
+        return input_dim // 3
+    import timm
+
+    net: Any = timm.create_model(
+        spec.model, pretrained=False, features_only=True, out_indices=tuple(spec.cnn_stages), **spec.model_args
+    )
+    return dict(zip(spec.cnn_stages, net.feature_info.channels()))[spec.input_stages[-1]]
+
+
 def _create(spec: BackboneSpec) -> nn.Module:
     import timm
 

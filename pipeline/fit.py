@@ -21,7 +21,7 @@ from .errors import InputError
 from .formats import read_eigen_reference, read_nystrom, save_torch, write_text
 from .models import RunModel
 from .runtime import measured, resolve_device
-from .spec import ReadOut, RunSpec
+from .spec import Embedding, ReadOut, RunSpec
 from .train import CHECKPOINT, train_psi
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def fitted_centres(cache: FeatureCache, model: RunModel) -> RunModel:
     arrays = (spec.embedding.cache_array,)
     points = sample_tokens(cache, model.clustered_points, arrays, spec.kmeans.max_points, spec.seed)
     centres = torch.from_numpy(fit_kmeans(points, spec.K, spec.seed, spec.kmeans.niter))
-    return RunModel(spec, model.psi, centres, input_dim=model.input_dim)
+    return RunModel(spec, model.psi, centres, input_dim=model.input_dim, final_dim=model.final_dim)
 
 
 def fit_run(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
@@ -155,6 +155,11 @@ def _fit(spec: RunSpec, run_dir: Path, resident: str = "auto") -> RunModel:
         if nes.psi is None:
             raise InputError(f"{run_dir.parent / spec.nes_run}: not a nes run (no psi) for {spec.run} to cluster")
         model = RunModel(spec, psi=nes.psi, input_dim=nes.input_dim)
+    elif spec.embedding is Embedding.FINAL_TOKENS:
+        from .backbones import BackboneSpec, final_layer_dim
+
+        final = final_layer_dim(BackboneSpec.from_config(spec.backbone_spec), cache.dim("input"))
+        model = RunModel(spec, final_dim=final)
     else:
         model = RunModel(spec)
     return fitted_centres(cache, model) if spec.read_out is ReadOut.CENTRES else model

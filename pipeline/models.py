@@ -69,9 +69,11 @@ class RunModel(nn.Module):
         input_dim: int | None = None,
         embedding: torch.Tensor | None = None,
         fit: dict[str, Any] | None = None,
+        final_dim: int | None = None,
     ):
         super().__init__()
         self.spec, self.psi, self.input_dim = spec, psi, input_dim
+        self.final_dim = final_dim  # channels of the last layer of psi's input (Embedding.FINAL_TOKENS)
         self.fit = fit or {}
         self.register_buffer("centres", centres if centres is not None else torch.empty(0))
         self.register_buffer("embedding", embedding if embedding is not None else torch.empty(0))
@@ -122,6 +124,10 @@ class RunModel(nn.Module):
             self.check_labels_new_images()
         if embedding is Embedding.BACKBONE and high is not None:
             return high.flatten(1, 2)
+        if embedding is Embedding.PSI_INPUT and inp is not None:
+            return inp.flatten(1, 2)
+        if embedding is Embedding.FINAL_TOKENS and inp is not None and self.final_dim:
+            return inp.flatten(1, 2)[..., -self.final_dim :]
         if self.psi is None or inp is None:
             raise InputError(f"{self.spec.run}: a {embedding} embedding needs psi and its input tokens")
         tokens = inp.flatten(1, 2)
@@ -163,6 +169,8 @@ class RunModel(nn.Module):
             "input_dim": self.input_dim,
             "fit": self.fit,
         }
+        if self.final_dim is not None:
+            out["final_dim"] = self.final_dim
         if self.psi is not None:
             out["psi"] = self.psi.state_dict()
         for name in ("centres", "embedding"):
@@ -198,7 +206,10 @@ class RunModel(nn.Module):
         spec = RunSpec.from_dict(ckpt["config"], f"{path}: config")
         if str(spec.method) != ckpt["method"]:
             raise InputError(f"{path}: a {ckpt['method']!r} model whose config is a {spec.method} run")
-        return cls(spec, *_checked_tensors(path, spec, ckpt), fit=ckpt.get("fit"))
+        final_dim = ckpt.get("final_dim")
+        if spec.embedding is Embedding.FINAL_TOKENS and not (isinstance(final_dim, int) and final_dim > 0):
+            raise InputError(f"{path}: a {spec.method} model without the width of the final layer (final_dim)")
+        return cls(spec, *_checked_tensors(path, spec, ckpt), fit=ckpt.get("fit"), final_dim=final_dim)
 
 
 def _checked_tensors(

@@ -22,6 +22,8 @@ class Method(StrEnum):
     """A way of turning cached tokens into clusters; its traits live in `TRAITS`."""
 
     KMEANS = "kmeans"
+    KMEANS_TOKENS = "kmeans_tokens"
+    KMEANS_INPUT = "kmeans_input"
     KMEANS_TRANSDUCTIVE = "kmeans_transductive"
     NES = "nes"
     NES_STAR = "nes_star"
@@ -43,7 +45,9 @@ class Method(StrEnum):
 class Embedding(StrEnum):
     """What a run maps each token to before its read-out (models.RunModel.embed)."""
 
-    BACKBONE = "backbone"  # the backbone's high-level features (the K-means baselines)
+    BACKBONE = "backbone"  # the backbone's high-level features, the kernel's (the K-means baseline)
+    FINAL_TOKENS = "final_tokens"  # the last layer of psi's input: a ViT's final-block tokens, a CNN's deepest stage
+    PSI_INPUT = "psi_input"  # psi's whole input, every cached layer (what psi itself sees)
     PSI_OUTPUTS = "psi_outputs"  # psi's K outputs, the learned eigenfunctions (nes)
     PSI_HIDDEN = "psi_hidden"  # psi's features before its orthogonal head (nes_star, the paper's Ours*)
     STORED = "stored"  # exact eigenvectors of the evaluated split's tokens, stored by item (spectral)
@@ -52,6 +56,11 @@ class Embedding(StrEnum):
     def cache_array(self) -> str:
         """The cached array it is computed from: the backbone's features or psi's input."""
         return "high" if self in (Embedding.BACKBONE, Embedding.STORED) else "input"
+
+    @property
+    def of_backbone(self) -> bool:
+        """Backbone features, as cached: what the K-means baselines cluster."""
+        return self in (Embedding.BACKBONE, Embedding.FINAL_TOKENS, Embedding.PSI_INPUT)
 
 
 class ReadOut(StrEnum):
@@ -111,6 +120,8 @@ _PSI_ID = "{method}-{backbone}-K{K}-a{alpha}-b{beta}{graph}{extra}-s{seed}"
 _SPECTRAL_ID = "{method}-{backbone}-K{K}-a{alpha}-{protocol}{extra}-s{seed}"
 TRAITS: dict[Method, MethodTraits] = {
     Method.KMEANS: MethodTraits("K-means"),
+    Method.KMEANS_TOKENS: MethodTraits("K-means (final tokens)", embedding=Embedding.FINAL_TOKENS),
+    Method.KMEANS_INPUT: MethodTraits("K-means (psi's input)", embedding=Embedding.PSI_INPUT),
     Method.KMEANS_TRANSDUCTIVE: MethodTraits(
         "K-means (transductive)",
         evaluated_split=True,

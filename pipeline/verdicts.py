@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .intervals import ImageCounts, load_counts, paired_margin
-from .spec import Embedding, Method
+from .spec import Method
 
 MARGIN_COLUMNS = [
     "dataset",
@@ -42,7 +42,7 @@ MARGIN_COLUMNS = [
 ]
 SCORE_MAPPINGS = {"miou": "majority", "miou_hungarian": "hungarian"}
 # K-means fitted on the training split on the backbone's features: the baselines
-BASELINES = {str(m) for m in Method if m.traits.embedding is Embedding.BACKBONE and not m.traits.transductive}
+BASELINES = {str(m) for m in Method if m.traits.embedding.of_backbone and not m.traits.transductive}
 GROUP = ["dataset", "protocol", "backbone", "K"]
 # which runs are measured against which: psi (Ours), and K-means on psi's hidden features (Ours*)
 AGAINST = {

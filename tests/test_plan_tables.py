@@ -20,7 +20,7 @@ from pipeline.plan import (
     table_metrics,
     table_runs,
 )
-from pipeline.spec import TrainSettings
+from pipeline.spec import Method, TrainSettings
 from pipeline.tables import build_runs, to_markdown, write_table
 
 
@@ -89,6 +89,8 @@ OTHER_VALUES = {
 DEPENDS_ON = {
     "kmeans": {"K"},
     "kmeans_transductive": {"K"},
+    "kmeans_tokens": {"K"},
+    "kmeans_input": {"K"},
     "spectral": {"K", "alpha", "pixel_knn"},
     "spectral_inductive": {"K", "alpha", "pixel_knn", "knn_k"},
 }
@@ -105,7 +107,7 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     sweepable = schema["$defs"]["sweep"]["propertyNames"]["enum"]
     assert set(sweepable) == set(OTHER_VALUES)
-    methods = ["kmeans", "kmeans_transductive", "spectral", "spectral_inductive", "nes", "nes_star"]
+    methods = [m.value for m in Method]
     default = {s.method: s.run for s in _sweep(config, "K", [config["train"]["K"]], methods)}
     assert (
         default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
@@ -433,7 +435,7 @@ def test_msrc_tables_train_on_their_batch_and_score_both_protocols(config):
         "nes-lite0-K21-a0.3-b0.975238-s0",
         "spectral_inductive-lite0-K21-a0.3-A-s1",
     } <= verdict
-    assert len(verdict) == 2 * 6 * 3 * 2
+    assert len(verdict) == 2 * 8 * 3 * 2
 
 
 def test_a_table_counts_each_run_once_and_only_numbers(tmp_path):

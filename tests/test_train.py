@@ -243,3 +243,39 @@ def test_a_file_size_limit_during_training_is_named_with_the_path(tiny_cache, tm
     ]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_kmeans_baselines_cluster_the_features_they_are_named_by(tiny_cache, tmp_path):
+    """The baseline rows of the verdict: K-means on the kernel's features (`high`), on the last
+    layer of psi's input (a CNN's deepest input stage here, a ViT's final-block tokens) and on
+    psi's whole input; each model keeps what it needs and labels tokens by its nearest centre."""
+    import dataclasses
+
+    from pipeline.fit import fit_run
+    from pipeline.models import RunModel
+    from pipeline.spec import KMeansSettings
+
+    data = tiny_cache.read(np.arange(2), ("high", "input"))
+    high, inp = torch.from_numpy(data["high"]), torch.from_numpy(data["input"])
+    widths = {}
+    for method in ("kmeans", "kmeans_tokens", "kmeans_input"):
+        spec = dataclasses.replace(
+            run_spec(method, run=f"{method}-test-s0", K=6),
+            features=str(tiny_cache.path.with_suffix(".json")),
+            backbone_spec={
+                "model": "tf_efficientnet_lite0",
+                "kind": "cnn",
+                "stride": 16,
+                "weights": "random",
+                "kernel_stages": [3, 4],
+                "input_stages": [2, 3, 4],
+            },
+            kmeans=KMeansSettings(niter=5, max_points=2000),
+        )
+        fit_run(spec, tmp_path / method)
+        model = RunModel.load(tmp_path / method)
+        widths[method] = model.centres.shape[1]
+        vectors = model.embed(high, inp).flatten(0, 1)
+        nearest = torch.cdist(torch.nn.functional.normalize(vectors, dim=-1), model.centres).argmin(1)
+        assert torch.equal(model.token_logits(high, inp).argmax(1).reshape(-1), nearest)
+    assert widths == {"kmeans": tiny_cache.dim("high"), "kmeans_tokens": 320, "kmeans_input": tiny_cache.dim("input")}

@@ -94,9 +94,10 @@ def test_every_file_a_sweep_plans_is_made_by_some_rule(tmp_path, camvid_root):
     from test_plan_tables import OTHER_VALUES
 
     from pipeline.plan import all_eigen, all_nystrom, all_tables, table_alignments, table_metrics
+    from pipeline.spec import Method
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    methods = ["kmeans", "kmeans_transductive", "spectral", "spectral_inductive", "nes", "nes_star"]
+    methods = [m.value for m in Method]
     config["results"] = str(tmp_path / "results")
     config["datasets"]["camvid"]["data_root"] = str(camvid_root)
     config["tables"] = {
