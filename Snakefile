@@ -64,6 +64,16 @@ rule all_tables:
         ],
 
 
+rule reproduction:
+    """Every table behind docs/reproduction.md (config `reproduction:`), with its margins."""
+    input:
+        [
+            path(pattern, folder=f, table=t)
+            for f, t in REPRODUCTION
+            for pattern in (paths.TABLE, paths.TABLE_MARGINS)
+        ],
+
+
 rule all_segmentations:
     """Every entry of `segmentations` (segment a dataset split with trained runs)."""
     input:

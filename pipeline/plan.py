@@ -211,6 +211,16 @@ def table_config(config: dict, folder: str, table: str) -> dict:
     return merged
 
 
+def reproduction_tables(config: dict) -> list[tuple[str, str]]:
+    """The tables of `reproduction:` as (folder, table), each refused by name unless configured."""
+    out = []
+    for entry in config.get("reproduction") or []:
+        folder, table = entry.split("/", 1)
+        table_config(config, folder, table)  # names the tables there are, when it is not one
+        out.append((folder, table))
+    return out
+
+
 def all_tables(config: dict) -> list[tuple[str, str]]:
     return [(folder, table) for folder, ts in (config.get("tables") or {}).items() for table in (ts or {})]
 

@@ -119,3 +119,24 @@ def test_every_file_a_sweep_plans_is_made_by_some_rule(tmp_path, camvid_root):
     made = {path for line in made for path in line.split(", ")}
     assert planned - made == set()
     assert any("-knn_k64.npz" in path for path in planned)  # the case that once had no rule
+
+
+def test_the_reproduction_target_plans_every_claim_table_with_its_margins(tmp_path):
+    """`snakemake reproduction` (docs/reproduction.md) builds one DAG over the claim tables of
+    `reproduction:`, each with its margins file, on the real datasets beside the project."""
+    import yaml
+
+    from pipeline.plan import reproduction_tables
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    claims = reproduction_tables(config)
+    assert len(claims) >= 8
+    results = tmp_path / "results"
+    result = run(
+        sys.executable, "-m", "snakemake", "-n", "reproduction", "--cores", "2", "--config", f"results={results}"
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    made = set(re.findall(r"^\s*output: (.*)$", result.stdout, flags=re.M))
+    made = {path for line in made for path in line.split(", ")}
+    for folder, table in claims:
+        assert {f"{results}/{folder}/{table}.csv", f"{results}/{folder}/{table}_margins.csv"} <= made, (folder, table)

@@ -15,6 +15,7 @@ from pipeline.plan import (
     all_runs,
     all_tables,
     as_param,
+    reproduction_tables,
     evaluation_spec,
     extraction_spec,
     feature_shards,
@@ -73,6 +74,7 @@ def hold_results_lock():
 
 RUNS = all_runs(config)
 TABLES = all_tables(config)
+REPRODUCTION = reproduction_tables(config)
 EIGEN = all_eigen(config)
 NYSTROM = all_nystrom(config)
 # one conda environment for every rule under `--sdm conda` (path relative to the rule files); its
