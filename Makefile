@@ -25,7 +25,7 @@ demo: $(STAMP)
 	@echo; cat results/camvid/table1.md
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not offline_kit" tests
+	$(BIN)/python -m pytest -q --durations=10 -m "not offline_kit" tests
 
 # the README's figure from the demo's run: its evaluation's sample grid (image / ground truth / Ours /
 # K-means) and psi's first four eigenfunctions on the first of those frames, into docs/img/

@@ -199,22 +199,13 @@ def test_graph_command_on_a_cached_split(tmp_path):
     extract_split(ds, backbone, tmp_path / "features" / "val.zarr", View("resize", (48, 64)))
     (tmp_path / "features" / "val.json").write_text("{}")
     out = tmp_path / "graphs" / "val.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "graph",
-            "--features",
-            str(tmp_path / "features" / "val.json"),
-            "--spec",
-            json.dumps({"k": 8, "block": 10}),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+
+    def graph(out):
+        features, spec = str(tmp_path / "features" / "val.json"), json.dumps({"k": 8, "block": 10})
+        command = [sys.executable, "-m", "pipeline", "graph", "--features", features, "--spec", spec, "--out", str(out)]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    result = graph(out)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads(out.read_text())
     assert (
@@ -227,22 +218,7 @@ def test_graph_command_on_a_cached_split(tmp_path):
     shutil.copytree(tmp_path / "features" / "val.zarr", tmp_path / "features" / "copy.zarr")
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*"))
     for name, refusal in (("val.json", "is also --features"), ("copy.json", "is not a dataset graph")):
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "graph",
-                "--features",
-                str(tmp_path / "features" / "val.json"),
-                "--spec",
-                json.dumps({"k": 8, "block": 10}),
-                "--out",
-                str(tmp_path / "features" / name),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        result = graph(tmp_path / "features" / name)
         assert result.returncode == 2 and refusal in result.stderr and result.stderr.count("\n") <= 2, result.stderr
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*")) == before
 
