@@ -170,7 +170,11 @@ def check_table(run: dict, folder: str, table: str) -> None:
     assert agg[["acc_mean", "miou_mean"]].notna().all().all() and (agg["acc_mean"] > 0).all()
     assert (agg["seeds"] == 1).all()
     md = (run["results"] / folder / f"{table}.md").read_text()
-    assert md.count("\n") == len(agg) + 2 and "±" in md
+    rows = md.split("\nMargins")[0]  # the table, then its margins where it has any
+    assert rows.count("\n") == len(agg) + 2 and "±" not in rows  # one seed: no spread to show
+    margins = pd.read_csv(run["results"] / folder / f"{table}_margins.csv")
+    if "kmeans" in tcfg["methods"] and "nes" in tcfg["methods"]:
+        assert "Ours - best K-means" in set(margins["comparison"]) and "Margins" in md
 
 
 @pytest.mark.parametrize(
