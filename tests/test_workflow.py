@@ -679,6 +679,7 @@ def test_an_evaluation_cut_short_leaves_the_previous_folder_whole(workflow, tmp_
     out = tmp_path / "evaluation"
     command = [sys.executable, "-m", "pipeline", "evaluate", "--run", str(run), "--split", "val", "--out-dir", str(out)]
     command += ["--dataset", "camvid", "--data-root", str(workflow["camvid_root"]), "--overlays", "1"]
+    command += ["--features", str(workflow["results"] / "camvid" / "features" / "lite0" / "native" / "val.json")]
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     (out / "notes.txt").write_text("mine")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
