@@ -205,6 +205,12 @@ def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: s
 NUMBER = (int, float)
 
 
+def _mapping(data: Any, where: str) -> None:
+    """A spec read from JSON must be a mapping of its fields."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+
+
 def _precision(data: dict[str, Any], key: str, where: str) -> str:
     value = _get(data, key, str, where, "float32")
     if value not in ("float32", "bfloat16"):
@@ -355,8 +361,7 @@ class ExtractSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "extraction spec") -> ExtractSpec:
-        if not isinstance(data, dict):
-            raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+        _mapping(data, where)
         scale = _get(data, "scale", (list, tuple), where)
         if len(scale) != 2 or not all(isinstance(v, NUMBER) and not isinstance(v, bool) for v in scale):
             raise InputError(f"{where}.scale: expected [low, high] numbers, got {scale!r}")
@@ -527,8 +532,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "run spec") -> RunSpec:
-        if not isinstance(data, dict):
-            raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+        _mapping(data, where)
         method = Method.parse(_get(data, "method", str, where), f"{where}.method")
         ds = dict(_get(data, "dataset_spec", dict, where))
         train = dict(_get(data, "train", dict, where))
@@ -612,8 +616,7 @@ class EvaluationSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "evaluation spec") -> EvaluationSpec:
-        if not isinstance(data, dict):
-            raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+        _mapping(data, where)
         return cls(
             source=dict(_get(data, "dataset_spec", dict, where)),
             split=_get(data, "split", str, where),
