@@ -19,6 +19,7 @@ win or a loss only when its interval excludes 0).
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +75,12 @@ def margins(runs: pd.DataFrame, counts: dict[tuple[str, str, str], Path], resamp
     return pd.DataFrame(rows, columns=MARGIN_COLUMNS)
 
 
+@cache
+def _counts(path: Path) -> ImageCounts:
+    """A run's counts, read once however many comparisons it takes part in."""
+    return load_counts(path)
+
+
 def _best(groups: list[pd.DataFrame], score: str) -> pd.DataFrame | None:
     """The group of runs with the highest mean score (on the evaluated split)."""
     return max(groups, key=lambda g: g[score].mean(), default=None)
@@ -101,7 +108,7 @@ def _compare(
     paths = [[counts.get((dataset, protocol, run)) for run in g["run"]] for g in (ours, other)]
     if any(p is None for side in paths for p in side):
         return None
-    loaded: list[list[ImageCounts]] = [[load_counts(p) for p in side if p is not None] for side in paths]
+    loaded: list[list[ImageCounts]] = [[_counts(p) for p in side if p is not None] for side in paths]
     result = paired_margin(loaded[0], loaded[1], mapping, resamples)
     return {
         **dict(zip(GROUP, key)),
