@@ -59,6 +59,7 @@ def margins(runs: pd.DataFrame, counts: dict[tuple[str, str, str], Path], resamp
     """`runs`: a table's runs (tables.build_runs); `counts`: (dataset, protocol, run) -> the
     per-image counts beside its metrics. Comparisons whose runs have no counts are left out."""
     rows: list[dict] = []
+    _counts.cache_clear()  # files are read afresh for every table
     plain = runs[~runs["crf"].astype(bool)]
     for key, group in plain.groupby(GROUP, sort=False, dropna=False):
         variants: dict[tuple, pd.DataFrame] = dict(list(group.groupby(VARIANT, sort=False, dropna=False)))
