@@ -24,7 +24,7 @@ from .cache import FeatureCache, cache_for
 from .datasets import Dataset, load_dataset
 from .errors import InputError
 from .formats import store_of, whole_folder, write_json
-from .intervals import ImageCounts, save_counts
+from .intervals import CRF_SUFFIX, ImageCounts, save_counts
 from .models import RunModel
 from .predict import backbone_for, image_logits, logits_to_image, scored_size
 from .runtime import progress, resolve_device
@@ -130,7 +130,7 @@ def evaluate(
     torch's thread count) while the next images are predicted."""
     k, c = model.num_clusters, dataset.num_classes
     conf = np.zeros((k, c), dtype=np.int64)
-    conf_crf = np.zeros((k, c), dtype=np.int64) if crf else None
+    conf_crf = np.zeros((k, c), dtype=np.int64)  # used when crf is on
     crf_pool = None
     if crf:
         from .crf import CRFPool
@@ -138,6 +138,14 @@ def evaluate(
         crf_pool = CRFPool(crf_workers or torch.get_num_threads())
     kept: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     per_image: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # sparse (cluster, class, count)
+    per_image_crf: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the same after the CRF
+
+    def add_refined(done: list) -> None:
+        for (idx, lab), refined in done:
+            refined_conf = M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
+            conf_crf[...] += refined_conf
+            per_image_crf[idx] = _sparse(refined_conf)
+
     # sample images for panels and reports: spread evenly over the split (neighbouring video
     # frames look alike), the same for every run
     samples = set(np.linspace(0, len(dataset) - 1, n_overlays).round().astype(int).tolist()) if n_overlays else set()
@@ -157,17 +165,15 @@ def evaluate(
         clusters = logits.argmax(0).cpu().numpy()
         image_conf = M.confusion_matrix(clusters, label, k, c, dataset.ignore_index)
         conf += image_conf
-        rows, cols = np.nonzero(image_conf)
-        per_image[image_idx] = (rows, cols, image_conf[rows, cols])
+        per_image[image_idx] = _sparse(image_conf)
         if crf_pool is not None:
-            for lab, refined in crf_pool.submit(label, logits.softmax(0).cpu().numpy(), np.ascontiguousarray(image)):
-                conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
+            probs = logits.softmax(0).cpu().numpy()
+            add_refined(crf_pool.submit((image_idx, label), probs, np.ascontiguousarray(image)))
         if image_idx in samples:
             kept.append((image_idx, image, label, clusters))
         bar.update(1)
     if crf_pool is not None:
-        for lab, refined in crf_pool.finish():
-            conf_crf += M.confusion_matrix(refined, lab, k, c, dataset.ignore_index)
+        add_refined(crf_pool.finish())
     bar.close()
     if conf.sum() == 0:
         raise InputError(
@@ -177,15 +183,32 @@ def evaluate(
     result = summarise(conf, dataset.class_names)
     result.update(num_images=len(dataset), seconds=round(time.time() - started, 2), confusion=conf.tolist())
     order = sorted(per_image)
-    mappings = {"majority": np.array(result["mapping"]), "hungarian": np.array(result["mapping_hungarian"])}
-    result["per_image"] = ImageCounts.from_confusions(
-        [dataset.samples[i].id for i in order], [per_image[i] for i in order], mappings, c
-    )  # for intervals over images (intervals.py); not part of metrics.json
-    if conf_crf is not None:
+    ids = [dataset.samples[i].id for i in order]
+    # for intervals over images (intervals.py); not part of metrics.json
+    result["per_image"] = ImageCounts.from_confusions(ids, [per_image[i] for i in order], _mappings(result), c)
+    if crf_pool is not None:
         result["crf"] = summarise(conf_crf, dataset.class_names)
+        refined_counts = ImageCounts.from_confusions(
+            ids, [per_image_crf[i] for i in order], _mappings(result["crf"], CRF_SUFFIX), c
+        )
+        result["per_image"] = result["per_image"].joined(refined_counts)
     if overlay_dir is not None and kept:
         write_overlays(kept, np.array(result["mapping"]), dataset, overlay_dir)
     return result
+
+
+def _sparse(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An image's confusion as (cluster, class, count) of its non-zero cells."""
+    rows, cols = np.nonzero(conf)
+    return rows, cols, conf[rows, cols]
+
+
+def _mappings(summary: dict[str, Any], suffix: str = "") -> dict[str, np.ndarray]:
+    """The cluster -> class mappings a summary was scored with, by protocol name."""
+    return {
+        f"majority{suffix}": np.array(summary["mapping"]),
+        f"hungarian{suffix}": np.array(summary["mapping_hungarian"]),
+    }
 
 
 def summarise(conf: np.ndarray, class_names: list[str]) -> dict[str, Any]:

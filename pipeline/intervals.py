@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-MAPPINGS = ("majority", "hungarian")  # the two protocols: majority voting, Hungarian matching
+CRF_SUFFIX = "_crf"  # the same protocols scored after the dense CRF: "majority_crf", "hungarian_crf"
+# the two protocols, majority voting and Hungarian matching, without and with the CRF
+MAPPINGS = ("majority", "hungarian", f"majority{CRF_SUFFIX}", f"hungarian{CRF_SUFFIX}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class ImageCounts:
                 hit = matched & (mapped == classes)
                 np.add.at(tp[name][i], classes[hit], counts[hit])
         return cls(np.asarray(ids), gt, predicted, tp)
+
+    def joined(self, other: ImageCounts) -> ImageCounts:
+        """These counts and `other`'s mappings (the same images and ground truth, e.g. after the CRF)."""
+        if not (np.array_equal(self.ids, other.ids) and np.array_equal(self.gt, other.gt)):
+            raise ValueError("per-image counts of different images or ground truth cannot be joined")
+        return ImageCounts(self.ids, self.gt, {**self.predicted, **other.predicted}, {**self.tp, **other.tp})
 
     def scores(self, mapping: str, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(acc, mIoU) for each row of `weights` (B, N): how often each image is drawn; None: the
@@ -108,11 +116,18 @@ class Margin:
 
 
 def paired_margin(
-    a: list[ImageCounts], b: list[ImageCounts], mapping: str, resamples: int = 1000, seed: int = 0, score: int = 1
+    a: list[ImageCounts],
+    b: list[ImageCounts],
+    mapping: str,
+    resamples: int = 1000,
+    seed: int = 0,
+    score: int = 1,
+    mapping_b: str | None = None,
 ) -> Margin:
     """mIoU (score 1; acc: 0) of method A's runs minus method B's, each averaged over its runs,
     in points, with the 95 % percentile interval of a paired bootstrap over images: one draw of
-    images per resample, shared by every run (all runs must score the same images in one order)."""
+    images per resample, shared by every run (all runs must score the same images in one order).
+    B's runs are scored under `mapping_b` where given (e.g. the same runs without the CRF)."""
     ids = a[0].ids
     for counts in [*a, *b]:
         if len(counts.ids) != len(ids) or not (counts.ids == ids).all():
@@ -120,10 +135,11 @@ def paired_margin(
     draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
     weights = np.stack([np.bincount(row, minlength=len(ids)) for row in draws])
 
-    def mean_score(group: list[ImageCounts], w: np.ndarray | None) -> np.ndarray:
-        return np.mean([c.scores(mapping, w)[score] for c in group], axis=0)
+    def mean_score(group: list[ImageCounts], how: str, w: np.ndarray | None) -> np.ndarray:
+        return np.mean([c.scores(how, w)[score] for c in group], axis=0)
 
-    observed = float(100 * (mean_score(a, None) - mean_score(b, None))[0])
-    spread = 100 * (mean_score(a, weights) - mean_score(b, weights))
+    how_b = mapping_b or mapping
+    observed = float(100 * (mean_score(a, mapping, None) - mean_score(b, how_b, None))[0])
+    spread = 100 * (mean_score(a, mapping, weights) - mean_score(b, how_b, weights))
     low, high = np.percentile(spread, [2.5, 97.5])
     return Margin(round(observed, 2), round(float(low), 2), round(float(high), 2))

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from fixtures import TINY_VIT_ARGS, write_ade20k, write_cityscapes, write_image_folder, write_pascal, write_tiny_vit
+from pipeline.intervals import load_counts
 
 pytestmark = pytest.mark.workflow  # runs Snakemake: left out of make test-fast
 
@@ -212,6 +213,11 @@ def test_class_counts_follow_the_protocol(paper_run):
     ):
         m = json.loads(path.read_text())
         assert len(m["per_class_iou"]) == classes and len(m["mapping"]) == 6 and "crf" in m
+        # the per-image counts reproduce the scores with and without the CRF (its intervals)
+        counts = load_counts(path.with_name("per_image.npz"))
+        for mapping, scores in (("majority", m), ("hungarian_crf", m["crf"])):
+            key = "miou" if mapping.startswith("majority") else "miou_hungarian"
+            assert counts.scores(mapping)[1][0] == pytest.approx(scores[key])
 
 
 def test_changing_a_backbone_reextracts_only_its_features(paper_run):
