@@ -29,7 +29,7 @@ from .models import RunModel
 from .predict import backbone_for, image_logits, logits_to_image, scored_size
 from .runtime import progress, resolve_device
 from .segmenter import default_view
-from .spec import EvaluationSpec
+from .spec import Embedding, EvaluationSpec
 from .views import View
 from .visualise import blend, colourise, palette, save_panel
 
@@ -91,19 +91,25 @@ def check_cache_for_run(model: RunModel, cache: FeatureCache) -> None:
         differ = sorted(k for k in cached.keys() | wanted.keys() if cached.get(k) != wanted.get(k))
         shown = "; ".join(f"{k}: {cached.get(k)!r} (cache) vs {wanted.get(k)!r} (run)" for k in differ[:3])
         raise InputError(f"{cache.path}: features of another backbone than run {model.spec.run} ({shown})")
-    if model.psi is not None and model.input_dim != cache.dim("input"):
+    embedding = model.spec.embedding
+    if (model.psi is not None or embedding.cache_array == "input") and model.input_dim not in (
+        None,
+        cache.dim("input"),
+    ):
         raise InputError(
             f"{cache.path}: psi's input has {cache.dim('input')} channels, run {model.spec.run} expects "
             f"{model.input_dim}"
         )
-    if (
-        model.psi is None
-        and model.centres.numel()
-        and not model.item_lookup
-        and model.centres.shape[1] != cache.dim("high")
-    ):
+    # the width of what a K-means run's centres were fitted on, taken from this cache
+    widths = {
+        Embedding.BACKBONE: cache.dim("high"),
+        Embedding.PSI_INPUT: cache.dim("input"),
+        Embedding.FINAL_TOKENS: model.final_dim,
+    }
+    width = widths.get(embedding)
+    if model.psi is None and model.centres.numel() and not model.item_lookup and model.centres.shape[1] != width:
         raise InputError(
-            f"{cache.path}: {cache.dim('high')}-channel features, run {model.spec.run}'s centres have "
+            f"{cache.path}: {width}-channel features ({embedding}), run {model.spec.run}'s centres have "
             f"{model.centres.shape[1]}"
         )
 

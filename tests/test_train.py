@@ -251,6 +251,7 @@ def test_kmeans_baselines_cluster_the_features_they_are_named_by(tiny_cache, tmp
     psi's whole input; each model keeps what it needs and labels tokens by its nearest centre."""
     import dataclasses
 
+    from pipeline.evaluate import check_cache_for_run
     from pipeline.fit import fit_run
     from pipeline.models import RunModel
     from pipeline.spec import KMeansSettings
@@ -278,4 +279,5 @@ def test_kmeans_baselines_cluster_the_features_they_are_named_by(tiny_cache, tmp
         vectors = model.embed(high, inp).flatten(0, 1)
         nearest = torch.cdist(torch.nn.functional.normalize(vectors, dim=-1), model.centres).argmin(1)
         assert torch.equal(model.token_logits(high, inp).argmax(1).reshape(-1), nearest)
+        check_cache_for_run(model, tiny_cache)  # evaluation from the cache accepts each of them
     assert widths == {"kmeans": tiny_cache.dim("high"), "kmeans_tokens": 320, "kmeans_input": tiny_cache.dim("input")}
