@@ -12,6 +12,8 @@ majority voting and under Hungarian matching):
 - Ours - exact inductive: psi against the exact eigenvectors of the training split's G extended
   to the evaluated split (`spectral_inductive`), the method psi approximates.
 
+Under Hungarian matching only at K = C, its protocol (above it most clusters go unmatched).
+
 And, where a table has them, the paper's other comparisons:
 
 - majority - Hungarian: the same runs at K = C (the number of classes) under majority voting and
@@ -87,7 +89,8 @@ def margins(runs: pd.DataFrame, counts: dict[tuple[str, str, str], Path], resamp
                 # the nes runs whose psi an Ours* variant clusters: same settings but the method
                 others = {"baseline": baseline, "exact": exact, "psi": variants.get((str(Method.NES), *v[1:]))}
                 for comparison, which in AGAINST.get(str(v[0]), ()):
-                    compare(key, score, comparison, ours, others[which], mapping=mapping)
+                    # Hungarian matching is the protocol of K = C: above it, most clusters go unmatched
+                    compare(key, score, comparison, ours, others[which], mapping=mapping, at_c=mapping == "hungarian")
                 if all(tuple(r[["dataset", "protocol", "run"]]) in with_crf for _, r in ours.iterrows()):
                     compare(key, score, "+ CRF - plain", ours, ours, mapping=mapping + CRF_SUFFIX, mapping_b=mapping)
         for ours in variants.values():
@@ -98,7 +101,7 @@ def margins(runs: pd.DataFrame, counts: dict[tuple[str, str, str], Path], resamp
         # K sets the default beta (20.48 / K): a K trend keeps beta free
         fixed = [c for c in ["dataset", "protocol", *STEPS, *VARIANT] if c != step and (step, c) != ("K", "beta")]
         for _, group in plain.groupby(fixed, sort=False, dropna=False):
-            values = list(dict.fromkeys(group[step].tolist()))
+            values = list(pd.unique(group[step].dropna()))  # a method without the setting has none
             for before, after in pairwise(values):
                 a, b = group[group[step] == after], group[group[step] == before]
                 key = tuple(a.iloc[0][GROUP])

@@ -99,9 +99,12 @@ def test_alpha_steps_compare_each_value_with_the_one_before(tmp_path):
         {"run": f"nes-a{a}", "method": "nes", "alpha": a, "beta": 0.16, "counts": _counts(0, noise)}
         for a, noise in ((0.0, 0.3), (0.3, 0.3), (0.5, 0.1))
     ]
+    # K-means has no alpha: its seeds make no step
+    runs += [{"run": f"km-s{seed}", "method": "kmeans", "counts": _counts(seed, 0.2)} for seed in (0, 1)]
     table = _table(tmp_path, runs)
     assert _row(table, "alpha 0.3 - alpha 0")["margin"] == 0.0
     assert _row(table, "alpha 0.5 - alpha 0.3")["verdict"] == "win"
+    assert table["comparison"].str.startswith("alpha").sum() == 2
 
 
 def test_crf_gain_and_majority_against_hungarian_compare_a_run_with_itself(tmp_path):
