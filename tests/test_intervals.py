@@ -65,3 +65,14 @@ def test_runs_of_other_images_are_not_paired():
     b, _, _ = _counts(_split(2, n=11))
     with pytest.raises(ValueError, match="did not score the same images"):
         paired_margin([a], [b], "majority")
+
+
+def test_the_interval_holds_the_spread_of_seeds_as_well_as_of_images():
+    """Two seeds far apart against a third: the seeds' draw alone moves the margin between 0 and
+    the full gap, so the interval spans most of it (images alone would give a narrow one)."""
+    better, _, _ = _counts(_split(3, noise=0.0))
+    worse, _, _ = _counts(_split(3, noise=0.9))
+    full = paired_margin([better], [worse], "majority", resamples=500).margin
+    mixed = paired_margin([better, worse], [worse], "majority", resamples=500)
+    assert mixed.margin == pytest.approx(full / 2, abs=0.01)
+    assert mixed.ci_low < 0.25 * full and mixed.ci_high > 0.75 * full and mixed.verdict == "tie"
