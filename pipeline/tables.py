@@ -218,15 +218,15 @@ def margins_markdown(verdict: pd.DataFrame) -> str:
         return ""
     lines = [
         "",
-        "Margins in mIoU points (seeds averaged; 95 % paired bootstrap over images; win / loss only when "
-        "the interval excludes 0):",
+        "Margins in mIoU points (seeds averaged; 95 % bootstrap interval over images, paired, and seeds; "
+        "win / loss only when the interval excludes 0):",
         "",
         "| backbone | K | score | comparison | margin | 95 % interval | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     for _, r in verdict.iterrows():
         lines.append(
-            f"| {r['backbone']} | {r['K']} | {r['score']} | {r['comparison']} ({r['b']}) | "
+            f"| {r['backbone']} | {r['K']} | {r['score']} | {r['comparison']} ({r['a']} vs {r['b']}) | "
             f"{r['margin']:+.1f} | [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {r['verdict']} |"
         )
     return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ win or a loss only when its interval excludes 0).
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from itertools import pairwise
 from pathlib import Path
@@ -126,9 +127,8 @@ def _best(groups: list[pd.DataFrame], score: str) -> pd.DataFrame | None:
 
 
 def _label(group: pd.DataFrame) -> str:
-    first = group.iloc[0]
-    extra = f" ({first['settings']})" if first["settings"] else ""
-    return f"{first['method']}{extra}"
+    """The runs' id without the seed: the method and every setting that tells variants apart."""
+    return re.sub(r"-s\d+$", "", str(group.iloc[0]["run"]))
 
 
 def _compare(

@@ -105,7 +105,10 @@ def test_every_evaluation_has_per_image_counts_and_the_table_its_margins(workflo
     assert sorted(set(margins["comparison"])) == ["Ours - best K-means", "Ours* - Ours", "Ours* - best K-means"]
     against_kmeans = margins["comparison"].str.endswith("best K-means")
     assert set(margins["score"]) == {"miou"}  # Hungarian matching is compared at K = C only (K 8 < 11 here)
-    assert (margins.loc[against_kmeans, "b"] == "kmeans").all() and (margins.loc[~against_kmeans, "b"] == "nes").all()
+    # each side named by its runs' id without the seed
+    b = margins["b"].str.split("-").str[0]
+    assert (b[against_kmeans] == "kmeans").all() and (b[~against_kmeans] == "nes").all()
+    assert not margins["a"].str.contains(r"-s\d+$").any()
     assert ((margins["ci_low"] <= margins["margin"]) & (margins["margin"] <= margins["ci_high"])).all()
     assert set(margins["verdict"]) <= {"win", "loss", "tie"}
     runs = pd.read_csv(workflow["results"] / "camvid" / "table1_runs.csv").set_index("method")
