@@ -1,4 +1,4 @@
-"""The margins a table's verdict rests on, each with a paired bootstrap interval over images.
+"""The margins a table's verdict rests on, each with a bootstrap interval over images and seeds.
 
 For every evaluated split, protocol, backbone and K of a table, and for both scores (mIoU under
 majority voting and under Hungarian matching):
