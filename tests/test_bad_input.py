@@ -491,8 +491,14 @@ def test_a_cache_of_another_backbone_is_not_scored_with_a_run(tmp_path):
     with pytest.raises(InputError, match=r"psi's input has 40 channels, run .* expects 32"):
         check_cache_for_run(model, cache(lite0, input_dim=40))
     kmeans = RunModel(run_spec("kmeans", K=2, backbone_spec=lite0), centres=torch.zeros(2, 16))
-    with pytest.raises(InputError, match=r"24-channel features, run .*centres have 16"):
+    with pytest.raises(InputError, match=r"24-channel features \(backbone\), run .*centres have 16"):
         check_cache_for_run(kmeans, cache(lite0))
+    # K-means on the last layer of psi's input: its centres' width is that layer's
+    tokens = RunModel(run_spec("kmeans_tokens", K=2, backbone_spec=lite0), centres=torch.zeros(2, 16), final_dim=16)
+    check_cache_for_run(tokens, cache(lite0))
+    tokens.final_dim = 20
+    with pytest.raises(InputError, match=r"20-channel features \(final_tokens\), run .*centres have 16"):
+        check_cache_for_run(tokens, cache(lite0))
 
 
 def test_inputs_are_checked_at_the_door(tmp_path):
