@@ -130,7 +130,9 @@ class Backbone(nn.Module):
         self._keys = output[..., c : 2 * c]
 
     def _cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        stages = self.net(x)
+        # channels-last input: oneDNN's depthwise and pointwise convolutions run about 1.3x faster
+        # on CPUs (bench/extraction.py); the features agree to float32 rounding
+        stages = self.net(x.contiguous(memory_format=torch.channels_last))
         grid = (x.shape[-2] // self.spec.stride, x.shape[-1] // self.spec.stride)
         resized = {s: _resample(stages[self.stage_position[s]], grid) for s in self.spec.cnn_stages}
         high = torch.cat([F.normalize(resized[s], dim=1) for s in self.spec.kernel_stages], dim=1)

@@ -33,6 +33,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def native_bfloat16(device: torch.device, cpu_flags: str | None = None) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo; elsewhere, or unreadable: no). Where bf16 is
+    emulated, autocast is slower than float32."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    if cpu_flags is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu_flags = f.read()
+        except OSError:
+            return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpu_flags) is not None
+
+
 def seed_everything(seed: int) -> torch.Generator:
     import torch
 

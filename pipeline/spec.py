@@ -211,10 +211,10 @@ def _mapping(data: Any, where: str) -> None:
         raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
 
 
-def _precision(data: dict[str, Any], key: str, where: str) -> str:
+def _precision(data: dict[str, Any], key: str, where: str, allowed: tuple[str, ...] = ("float32", "bfloat16")) -> str:
     value = _get(data, key, str, where, "float32")
-    if value not in ("float32", "bfloat16"):
-        raise InputError(f"{where}.{key}: expected float32 or bfloat16, got {value!r}")
+    if value not in allowed:
+        raise InputError(f"{where}.{key}: expected {' or '.join(allowed)}, got {value!r}")
     return value
 
 
@@ -255,7 +255,7 @@ class TrainSettings:
     # onehot: the paper's soft one-hot clusters; eigenfunctions: NeuralEF's plain eigenfunctions,
     # read out by K-means on psi's row-normalised outputs as the exact spectral methods are
     output: str = "onehot"
-    precision: str = "float32"  # psi's forward in training: float32, or bfloat16 autocast (the objective stays float32)
+    precision: str = "float32"  # psi's training forward: float32, bfloat16 autocast (the objective stays float32), or auto (bfloat16 where native)
     search_precision: str = "float32"  # the batch k-NN search's similarity products: float32, or bfloat16
     # keys the config left out (graph, monitor) stay out of the JSON form
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
@@ -312,7 +312,7 @@ class TrainSettings:
             image_centred=_get(data, "image_centred", bool, where, False),
             normalised_cut=_get(data, "normalised_cut", bool, where, False),
             output=output,
-            precision=_precision(data, "precision", where),
+            precision=_precision(data, "precision", where, ("float32", "bfloat16", "auto")),
             search_precision=_precision(data, "search_precision", where),
             given=frozenset(k for k in cls.OPTIONAL if k in data),
         )

@@ -12,6 +12,7 @@ from pipeline.plan import (
     all_eigen,
     all_runs,
     as_param,
+    default_train,
     evaluation_spec,
     extraction_spec,
     make_spec,
@@ -76,11 +77,11 @@ OTHER_VALUES = {
     "dim_head": 32,
     "mlp_ratio": 1.0,
     "graph": "dataset",
-    "monitor": 0,
+    "monitor": 6,
     "image_centred": True,
     "normalised_cut": True,
     "output": "eigenfunctions",
-    "precision": "bfloat16",
+    "precision": "float32",
     "search_precision": "bfloat16",
 }
 
@@ -112,10 +113,9 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     assert (
         default["nes"] == "nes-lite0-K128-a0.3-b0.16-s0" and default["spectral"] == "spectral-lite0-K128-a0.3-native-s0"
     )
+    defaults = default_train(config, "camvid")
     for key in sweepable:
-        specs = _sweep(
-            config, key, [config["train"].get(key, TrainSettings.BEYOND_PAPER.get(key)), OTHER_VALUES[key]], methods
-        )
+        specs = _sweep(config, key, [defaults.get(key, TrainSettings.BEYOND_PAPER.get(key)), OTHER_VALUES[key]], methods)
         for method in methods:
             runs = [s for s in specs if s.method == method]
             depends = key in DEPENDS_ON.get(method, {key})

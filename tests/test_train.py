@@ -135,6 +135,32 @@ def test_bfloat16_training_runs_psi_under_autocast_and_stays_close(tiny_cache, t
     assert not all(torch.equal(p, q) for p, q in zip(fp32.psi.parameters(), bf16.psi.parameters()))
 
 
+def test_auto_precision_is_bfloat16_exactly_where_the_device_has_it(tiny_cache, tmp_path, monkeypatch):
+    """`train.precision: auto` trains psi as `bfloat16` does where the device multiplies bf16 in
+    hardware and as `float32` does elsewhere: the same weights, bit for bit."""
+    import pipeline.train as train
+
+    runs = {
+        name: train_psi(tiny_cache, spec(0, precision=name), tmp_path / name, torch.device("cpu"))
+        for name in ("float32", "bfloat16")
+    }
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(train, "native_bfloat16", lambda device, native=native: native)
+        auto = train_psi(tiny_cache, spec(0, precision="auto"), tmp_path / f"auto{native}", torch.device("cpu"))
+        for p, q in zip(auto.psi.parameters(), runs[expected].psi.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_native_bfloat16_reads_the_cpu_flags():
+    from pipeline.runtime import native_bfloat16
+
+    cpu = torch.device("cpu")
+    assert native_bfloat16(cpu, "flags\t\t: fpu avx512f avx512_bf16 avx512_vnni")
+    assert native_bfloat16(cpu, "flags\t\t: fpu amx_bf16 amx_tile")
+    assert not native_bfloat16(cpu, "flags\t\t: fpu avx512f avx512bw avx512_vnni")
+    assert not native_bfloat16(torch.device("meta"))
+
+
 def test_resident_and_streamed_batches_train_the_same_weights(tiny_cache, tmp_path):
     """Holding the cache in memory changes where batches come from, never a result: the same
     weights and log, bit for bit, as streaming it from Zarr one batch ahead."""

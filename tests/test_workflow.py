@@ -43,7 +43,7 @@ def tiny_config(results: Path, camvid_root: Path, **train) -> dict:
                 "max_images": 6,
             }
         },
-        "train": {"K": 8, "epochs": 1, "batch_size": 3, "knn_k": 16, "heads": 2, "dim_head": 16, **train},
+        "train": {"K": 8, "epochs": 1, "batch_size": 3, "knn_k": 16, "heads": 2, "dim_head": 16, "monitor": 2, **train},
         "kmeans": {"niter": 5, "max_points": 1000},
         "evaluate": {"overlays": 1},
         "tables": {
