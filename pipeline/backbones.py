@@ -23,6 +23,8 @@ CamVid frame gives 23 rows of stride-16 tokens, not 24 of which the last is padd
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,7 @@ class Backbone(nn.Module):
             if spec.high_level == "keys":
                 self.net.blocks[-1].attn.qkv.register_forward_hook(self._keep_keys)
         else:
+            self.net = fold_batch_norms(self.net)
             self.pad_multiple = max(self.net.feature_info.reduction())
             self.stage_position = {s: i for i, s in enumerate(spec.cnn_stages)}
         dims = self._probe_dims()
@@ -138,6 +141,45 @@ class Backbone(nn.Module):
         high = torch.cat([F.normalize(resized[s], dim=1) for s in self.spec.kernel_stages], dim=1)
         psi_input = torch.cat([resized[s] for s in self.spec.input_stages], dim=1)
         return high, psi_input
+
+
+@torch.no_grad()
+def fold_batch_norms(net: nn.Module, tolerance: float = 1e-4) -> nn.Module:
+    """A frozen CNN with each batch norm that directly follows a convolution folded into that
+    convolution's weights (what inference engines do): the convolutions do the same work and the
+    normalisations cost nothing, 1.4x faster EfficientNet-Lite0 on CPUs (bench/extraction.py).
+    Pairs are read from the order in which modules are declared; the folded copy is kept only if
+    it reproduces `net` on a probe image (relative error under `tolerance`), else `net` is."""
+    from timm.layers import BatchNormAct2d
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    folded = copy.deepcopy(net)
+    count = 0
+    for module in folded.modules():
+        names = list(module._modules)
+        for conv_name, norm_name in itertools.pairwise(names):
+            conv, norm = module._modules[conv_name], module._modules[norm_name]
+            if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.BatchNorm2d):
+                continue
+            if type(norm) not in (nn.BatchNorm2d, BatchNormAct2d):
+                continue  # other norms (frozen, split, ...) act differently
+            if norm.running_mean is None or norm.running_var is None:
+                continue  # normalised by batch statistics: nothing fixed to fold
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+            )
+            conv.weight, conv.bias = weight, bias
+            module._modules[norm_name] = (
+                nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d) else nn.Identity()
+            )
+            count += 1
+    probe = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for before, after in zip(net(probe), folded(probe)):
+        if (after - before).abs().max() > tolerance * before.abs().max().clamp_min(1e-6):
+            log.warning("batch norms left unfolded: the folded network does not reproduce the original")
+            return net
+    log.debug("folded %d batch norms into their convolutions", count)
+    return folded.requires_grad_(False)
 
 
 def _resample(t: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

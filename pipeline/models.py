@@ -25,6 +25,7 @@ logits come by item of its own split (`item_logits`), never from new features; s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +37,10 @@ from torch import nn
 from .clustering import centre_logits
 from .eigenfunctions import Psi
 from .errors import InputError
+from .runtime import native_bfloat16
 from .spec import Embedding, Method, ReadOut, RunSpec, TrainSettings
+
+log = logging.getLogger(__name__)
 
 
 class TokenScorer(Protocol):
@@ -47,6 +51,15 @@ class TokenScorer(Protocol):
     def num_clusters(self) -> int: ...
 
     def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor: ...
+
+
+def forward_precision(cfg: TrainSettings, device: torch.device, quiet: bool = False) -> torch.autocast:
+    """psi's forward in float32, or under bfloat16 autocast (`train.precision`; `auto`: bfloat16
+    where the device multiplies it in hardware, float32 where it would be emulated and slower)."""
+    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and native_bfloat16(device))
+    if not quiet:
+        log.info("psi's forward in %s (train.precision: %s)", "bfloat16 autocast" if bf16 else "float32", cfg.precision)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def build_psi(input_dim: int, train: TrainSettings) -> Psi:
@@ -131,7 +144,9 @@ class RunModel(nn.Module):
         if self.psi is None or inp is None:
             raise InputError(f"{self.spec.run}: a {embedding} embedding needs psi and its input tokens")
         tokens = inp.flatten(1, 2)
-        return self.psi(tokens) if embedding is Embedding.PSI_OUTPUTS else self.psi.hidden(tokens)
+        with forward_precision(self.spec.psi, tokens.device, quiet=True):  # the forward psi was trained with
+            out = self.psi(tokens) if embedding is Embedding.PSI_OUTPUTS else self.psi.hidden(tokens)
+        return out.float()
 
     def read_out(self, vectors: torch.Tensor) -> torch.Tensor:
         """(N, D) embedded tokens -> (N, K) logits whose argmax is each token's cluster."""

@@ -255,7 +255,8 @@ class TrainSettings:
     # onehot: the paper's soft one-hot clusters; eigenfunctions: NeuralEF's plain eigenfunctions,
     # read out by K-means on psi's row-normalised outputs as the exact spectral methods are
     output: str = "onehot"
-    precision: str = "float32"  # psi's training forward: float32, bfloat16 autocast (the objective stays float32), or auto (bfloat16 where native)
+    # psi's forward: float32, bfloat16 autocast (the objective stays float32), or auto (bfloat16 where native)
+    precision: str = "float32"
     search_precision: str = "float32"  # the batch k-NN search's similarity products: float32, or bfloat16
     # keys the config left out (graph, monitor) stay out of the JSON form
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)

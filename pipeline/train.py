@@ -38,9 +38,9 @@ from .errors import InputError
 from .formats import save_figure, save_torch, write_csv
 from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
 from .graph.spectral import perplexity
-from .models import RunModel, build_psi
+from .models import RunModel, build_psi, forward_precision
 from .monitor import CaptureMonitor
-from .runtime import native_bfloat16, progress, seed_everything
+from .runtime import progress, seed_everything
 from .spec import RunSpec, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -191,14 +191,6 @@ def output_function(cfg: TrainSettings, cache: FeatureCache) -> OutputsOf:
     tokens_per_image = cache.grid[0] * cache.grid[1]
 
     return outputs_of
-
-
-def forward_precision(cfg: TrainSettings, device: torch.device) -> torch.autocast:
-    """psi's forward in float32, or under bfloat16 autocast (`train.precision`; `auto`: bfloat16
-    where the device multiplies it in hardware, float32 where it would be emulated and slower)."""
-    bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and native_bfloat16(device))
-    log.info("psi's forward in %s (train.precision: %s)", "bfloat16 autocast" if bf16 else "float32", cfg.precision)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def describe(cache: FeatureCache, cfg: TrainSettings, total: int, psi: torch.nn.Module) -> None:

@@ -82,6 +82,40 @@ def test_lite0_conversion_loads_strictly(lite0_spec):
     assert not missing and not unexpected
 
 
+def test_folded_batch_norms_give_the_features_of_timms_network(lite0, camvid_val):
+    """The backbone's CNN has its batch norms folded into its convolutions and takes channels-last
+    input: on a CamVid frame, every stage it keeps is timm's network's to float32 rounding."""
+    from pipeline.backbones import _create
+
+    timm_net = _create(lite0.spec).eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in timm_net.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in lite0.net.modules())
+    x = normalise_batch(lite0, [resize_image(camvid_val.load_image(0), (360, 480))], (360, 480))
+    with torch.no_grad():
+        for ours, theirs in zip(lite0.net(x.contiguous(memory_format=torch.channels_last)), timm_net(x)):
+            assert (ours - theirs).abs().max() < 1e-4 * theirs.abs().max()
+
+
+def test_batch_norms_stay_unfolded_where_folding_would_change_the_network():
+    """A norm declared after a convolution but applied before it cannot be folded into it: the
+    probe catches the difference and the network is returned as it was."""
+    from pipeline.backbones import fold_batch_norms
+
+    class NormFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(3).eval()
+            self.norm.running_mean.fill_(0.5)
+            self.norm.running_var.fill_(4.0)
+
+        def forward(self, x):
+            return [self.conv(self.norm(x))]
+
+    net = NormFirst().eval()
+    assert fold_batch_norms(net) is net
+
+
 def _token_probe(backbone: Backbone, dataset) -> float:
     """Nearest-class-centroid accuracy of the tokens wholly inside the image (labelled at their
     centre pixel): centroids from 3 images, scored on 3 others."""

@@ -115,7 +115,8 @@ def test_a_sweep_over_any_training_key_keeps_every_value(config):
     )
     defaults = default_train(config, "camvid")
     for key in sweepable:
-        specs = _sweep(config, key, [defaults.get(key, TrainSettings.BEYOND_PAPER.get(key)), OTHER_VALUES[key]], methods)
+        values = [defaults.get(key, TrainSettings.BEYOND_PAPER.get(key)), OTHER_VALUES[key]]
+        specs = _sweep(config, key, values, methods)
         for method in methods:
             runs = [s for s in specs if s.method == method]
             depends = key in DEPENDS_ON.get(method, {key})

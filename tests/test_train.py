@@ -138,14 +138,14 @@ def test_bfloat16_training_runs_psi_under_autocast_and_stays_close(tiny_cache, t
 def test_auto_precision_is_bfloat16_exactly_where_the_device_has_it(tiny_cache, tmp_path, monkeypatch):
     """`train.precision: auto` trains psi as `bfloat16` does where the device multiplies bf16 in
     hardware and as `float32` does elsewhere: the same weights, bit for bit."""
-    import pipeline.train as train
+    import pipeline.models as models
 
     runs = {
         name: train_psi(tiny_cache, spec(0, precision=name), tmp_path / name, torch.device("cpu"))
         for name in ("float32", "bfloat16")
     }
     for native, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(train, "native_bfloat16", lambda device, native=native: native)
+        monkeypatch.setattr(models, "native_bfloat16", lambda device, native=native: native)
         auto = train_psi(tiny_cache, spec(0, precision="auto"), tmp_path / f"auto{native}", torch.device("cpu"))
         for p, q in zip(auto.psi.parameters(), runs[expected].psi.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=0)
