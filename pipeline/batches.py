@@ -64,7 +64,7 @@ def _resident(cache: FeatureCache, schedule: list[np.ndarray], device: torch.dev
     held = {
         name: torch.cat(
             [
-                torch.from_numpy(cache.read(np.arange(s, min(s + block, len(cache))), (name,))[name]).half()
+                torch.from_numpy(cache.read(np.arange(s, min(s + block, len(cache))), (name,), np.float16)[name])
                 for s in range(0, len(cache), block)
             ]
         ).to(device)

@@ -227,13 +227,16 @@ class FeatureCache:
     def dim(self, name: str) -> int:
         return int(zarr_array(self.shards[0], name).shape[-1])
 
-    def read(self, items: np.ndarray | list[int], names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
-        """float32 arrays (len(items), h, w, C) for the given item indices (any order)."""
+    def read(
+        self, items: np.ndarray | list[int], names: tuple[str, ...] = ARRAYS, dtype: type = np.float32
+    ) -> dict[str, np.ndarray]:
+        """Arrays (len(items), h, w, C) for the given item indices (any order), float32 or, as
+        stored and without a conversion, float16."""
         items = np.asarray(items, dtype=np.int64)
         shard_of = np.searchsorted(self.offsets, items, side="right") - 1
         out = {}
         for name in names:
-            restored = np.empty((len(items), *zarr_array(self.shards[0], name).shape[1:]), dtype=np.float32)
+            restored = np.empty((len(items), *zarr_array(self.shards[0], name).shape[1:]), dtype=dtype)
             for s in np.unique(shard_of):
                 where = np.flatnonzero(shard_of == s)
                 local = items[where] - self.offsets[s]

@@ -36,7 +36,7 @@ from .eigenfunctions import (
 )
 from .errors import InputError
 from .formats import save_figure, save_torch, write_csv
-from .graph.batch import BatchKernel, block_sparse, build_kernel, pixel_graph
+from .graph.batch import BatchKernel, build_kernel, pixel_kernel
 from .graph.spectral import perplexity
 from .models import RunModel, build_psi, forward_precision
 from .monitor import CaptureMonitor
@@ -166,7 +166,7 @@ def kernel_source(cache: FeatureCache, spec: RunSpec, device: torch.device, gene
 
     def kernel_of(items: np.ndarray, data: dict[str, torch.Tensor]) -> BatchKernel:
         pixels = data["pixels"].reshape(len(items), h * w, 5)
-        pixel = block_sparse(pixel_graph(pixels, cfg.pixel_knn)) if cfg.alpha else None
+        pixel = pixel_kernel(pixels, cfg.pixel_knn) if cfg.alpha else None
         degree = torch.from_numpy(graph.degrees[graph.item_tokens(items)]).to(device) if cfg.normalised_cut else None
         return BatchKernel(graph.feature_kernel(items).to(device), pixel, cfg.alpha, degree)
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from pipeline.graph.batch import BatchKernel, build_kernel, feature_graph, knn_cosine, pixel_graph
@@ -115,6 +116,28 @@ def test_pixel_graph_has_only_in_image_edges_and_no_self_loops():
     assert g.shape == (2, 12, 12)
     assert torch.all(torch.diagonal(g, dim1=1, dim2=2) == 0)
     torch.testing.assert_close(g, g.transpose(1, 2))
+
+
+def test_pixel_graph_matches_its_definition_built_by_hand():
+    """method.md section 2: per image, binary k-NN graphs on [r, g, b, w*x, w*y] (k 10 at w 2, k 5
+    at w 0.1), each OR-symmetrised, OR-ed, no self-loops, D^-1/2 A D^-1/2; the batch's sparse
+    kernel holds these blocks on its diagonal and nothing else."""
+    from pipeline.graph.batch import pixel_kernel
+
+    pixels = torch.rand(3, 40, 5, generator=torch.Generator().manual_seed(0))
+    expected = np.zeros((3, 40, 40))
+    for image, p in enumerate(pixels.double().numpy()):
+        adjacency = np.zeros((40, 40), dtype=bool)
+        for k, weight in ((10, 2.0), (5, 0.1)):
+            vec = np.concatenate([p[:, :3], weight * p[:, 3:]], axis=1)
+            dist = np.linalg.norm(vec[:, None] - vec[None], axis=-1) + np.diag(np.full(40, np.inf))
+            one = np.zeros((40, 40), dtype=bool)
+            np.put_along_axis(one, np.argsort(dist, axis=1)[:, :k], True, axis=1)
+            adjacency |= one | one.T
+        d = adjacency.sum(1)
+        expected[image] = adjacency / np.sqrt(d[:, None] * d[None, :])
+    np.testing.assert_allclose(pixel_graph(pixels).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(pixel_kernel(pixels).to_dense().numpy(), scipy.linalg.block_diag(*expected), rtol=1e-6)
 
 
 def test_kernel_gradient_equals_dense_gradient():

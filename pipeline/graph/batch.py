@@ -7,8 +7,8 @@ G = D_f^-1/2 A_f D_f^-1/2 + alpha * D_p^-1/2 A_p D_p^-1/2, where
   each OR-symmetrised, OR-ed together, no self-loops; edges only inside an image.
 
 G is never materialised densely: the feature part is a sparse CSR matrix with about 2Nk entries
-and the pixel part a block-sparse CSR matrix with about 30 entries per row (built per image in a
-batched (B, hw, hw) tensor, never as a dense N x N `block_diag`).
+and the pixel part a block-diagonal sparse CSR matrix with about 30 entries per row, built from
+its edge list (never as (B, hw, hw) blocks or a dense N x N `block_diag`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def build_kernel(
     """high: (B, hw, C) kernel features; pixels: (B, hw, 5) [r, g, b, x, y] with everything in [0, 1]."""
     b, hw, c = high.shape
     feature, degree = normalised_feature_graph(high.reshape(b * hw, c).float(), k, search_precision)
-    pixel = block_sparse(pixel_graph(pixels.float(), pixel_knn)) if alpha else None
+    pixel = pixel_kernel(pixels.float(), pixel_knn) if alpha else None
     return BatchKernel(feature, pixel, float(alpha), degree)
 
 
@@ -206,29 +206,44 @@ class _SymmetricMatmul(torch.autograd.Function):
         return None, ctx.g @ grad
 
 
-def pixel_graph(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> torch.Tensor:
-    """Per image binary k-NN graphs on colour + weighted position, OR-ed, normalised: (B, hw, hw)."""
+def pixel_edges(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> tuple[torch.Tensor, ...]:
+    """Per image binary k-NN graphs on colour + weighted position, each OR-symmetrised and OR-ed
+    together, no self-loops: the edges (image, i, j), sorted and unique, with their normalised
+    weights D^-1/2 A D^-1/2, from pixels (B, hw, 5)."""
     b, hw, _ = pixels.shape
-    adj = torch.zeros(b, hw, hw, dtype=torch.bool, device=pixels.device)
-    eye = torch.eye(hw, dtype=torch.bool, device=pixels.device)
+    ends = []
     for k, weight in knn:
         k = min(k, hw - 1)
         vec = torch.cat([pixels[..., :3], weight * pixels[..., 3:5]], dim=-1)
-        dist = torch.cdist(vec, vec).masked_fill(eye, float("inf"))
-        nearest = dist.topk(k, dim=-1, largest=False).indices
-        one = torch.zeros_like(adj).scatter_(2, nearest, True)
-        adj |= one | one.transpose(1, 2)
-    a = adj.float()
-    inv_sqrt_deg = a.sum(-1).clamp_min(1e-12).rsqrt()
-    return a * inv_sqrt_deg.unsqueeze(2) * inv_sqrt_deg.unsqueeze(1)
-
-
-def block_sparse(blocks: torch.Tensor) -> torch.Tensor:
-    """(B, hw, hw) per-image blocks -> the (N, N) block-diagonal matrix as sparse CSR."""
-    b, hw, _ = blocks.shape
-    img, i, j = blocks.nonzero(as_tuple=True)  # row-major order: rows come out sorted
-    rows = img * hw + i
+        dist = torch.cdist(vec, vec)
+        dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+        nearest = dist.topk(k, dim=-1, largest=False).indices  # (B, hw, k) within each image
+        token = (torch.arange(b, device=pixels.device)[:, None, None] * hw + nearest).reshape(-1)
+        row = (torch.arange(b * hw, device=pixels.device)[:, None]).expand(b * hw, k).reshape(-1)
+        ends += [(row, token), (token, row)]
     n = b * hw
-    crow = torch.zeros(n + 1, dtype=torch.long, device=blocks.device)
+    key = torch.unique(torch.cat([r * n + c for r, c in ends]))  # sorted row-major, each edge once
+    rows, cols = key // n, key % n
+    inv_sqrt_deg = torch.bincount(rows, minlength=n).float().clamp_min(1e-12).rsqrt()
+    return rows // hw, rows % hw, cols % hw, inv_sqrt_deg[rows] * inv_sqrt_deg[cols]
+
+
+def pixel_graph(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> torch.Tensor:
+    """The per-image pixel graphs as dense blocks (B, hw, hw) (references and small graphs)."""
+    b, hw, _ = pixels.shape
+    image, i, j, values = pixel_edges(pixels, knn)
+    blocks = torch.zeros(b, hw, hw, dtype=values.dtype, device=pixels.device)
+    blocks[image, i, j] = values
+    return blocks
+
+
+def pixel_kernel(pixels: torch.Tensor, knn: Sequence[tuple[int, float]] = DEFAULT_PIXEL_KNN) -> torch.Tensor:
+    """The batch's pixel graph as a block-diagonal sparse CSR (N, N), built from its edges without
+    dense (B, hw, hw) blocks (half the time of the dense blocks at B = 8, hw = 690)."""
+    b, hw, _ = pixels.shape
+    image, i, j, values = pixel_edges(pixels, knn)
+    n = b * hw
+    rows = image * hw + i
+    crow = torch.zeros(n + 1, dtype=torch.long, device=pixels.device)
     crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    return torch.sparse_csr_tensor(crow, img * hw + j, blocks[img, i, j], (n, n), check_invariants=False)
+    return torch.sparse_csr_tensor(crow, image * hw + j, values, (n, n), check_invariants=False)
