@@ -19,7 +19,7 @@ import torch
 
 from pipeline.cache import cache_for
 from pipeline.eigenfunctions import neuralef_objective, training_output
-from pipeline.graph.batch import knn_cosine
+from pipeline.graph.batch import knn_cosine, pixel_graph, pixel_kernel
 from pipeline.models import build_psi
 from pipeline.plan import check_files
 from pipeline.spec import TrainSettings
@@ -31,8 +31,8 @@ PHASES = ("read", "kernel", "knn search", "psi forward", "backward", "optimiser"
 # (train keys over the config's, whether psi's head is torch's own orthogonal parametrisation):
 # the first column is the step as it was before the WY head, the reference of every ratio
 SETTINGS = {
-    "float32, torch's head": ({}, True),
-    "float32": ({}, False),
+    "float32, torch's head": ({"precision": "float32"}, True),
+    "float32": ({"precision": "float32"}, False),
     "bf16 psi + search": ({"precision": "bfloat16", "search_precision": "bfloat16"}, False),
 }
 
@@ -131,6 +131,32 @@ def main() -> None:
         ratios = [f"{row[names[0]] / max(row[n], 1e-9):.2f}x" for n in names[1:]]
         print(f"| {phase} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " | " + " | ".join(ratios) + " |")
     print("\n(`knn search` times the k-NN search alone (knn_cosine), part of the kernel row.)")
+    pixel_graph_costs(cache, cfg, args.steps)
+
+
+def dense_blocks_to_csr(pixels: torch.Tensor, knn) -> torch.Tensor:
+    """The pixel graph as it was built before its edge list: dense (B, hw, hw) blocks, then CSR."""
+    blocks = pixel_graph(pixels, knn)
+    b, hw, _ = blocks.shape
+    img, i, j = blocks.nonzero(as_tuple=True)
+    crow = torch.zeros(b * hw + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(img * hw + i, minlength=b * hw).cumsum(0)
+    return torch.sparse_csr_tensor(crow, img * hw + j, blocks[img, i, j], (b * hw, b * hw), check_invariants=False)
+
+
+def pixel_graph_costs(cache, cfg: TrainSettings, steps: int) -> None:
+    """The batch's pixel graph from dense blocks (before) and from its edge list (now), same batches."""
+    h, w = cache.grid
+    totals = {"dense blocks": 0.0, "edge list": 0.0}
+    for step in range(steps + 1):
+        items = np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size) % len(cache)
+        pixels = torch.from_numpy(cache.read(items, ("pixels",))["pixels"]).reshape(len(items), h * w, 5)
+        for name, build in (("dense blocks", dense_blocks_to_csr), ("edge list", pixel_kernel)):
+            started = time.perf_counter()
+            build(pixels, cfg.pixel_knn)
+            totals[name] += (time.perf_counter() - started) / steps if step else 0.0
+    before, now = totals["dense blocks"], totals["edge list"]
+    print(f"pixel graph per batch: dense blocks {before:.4f} s, edge list {now:.4f} s ({before / now:.2f}x)")
 
 
 if __name__ == "__main__":

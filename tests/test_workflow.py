@@ -41,6 +41,7 @@ def tiny_config(results: Path, camvid_root: Path, **train) -> dict:
                 "train_view": {"mode": "resize", "size": [360, 480]},
                 "protocols": {"native": {"mode": "resize", "size": [360, 480]}},
                 "max_images": 6,
+                "extract": {"shards": 1},  # the demo's two shards per split would double tiny jobs
             }
         },
         "train": {"K": 8, "epochs": 1, "batch_size": 3, "knn_k": 16, "heads": 2, "dim_head": 16, "monitor": 2, **train},
