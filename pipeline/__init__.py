@@ -1,3 +1,3 @@
 """neural-eigenseg: unsupervised semantic segmentation by neural eigenfunctions."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

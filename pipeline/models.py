@@ -143,9 +143,16 @@ class RunModel(nn.Module):
             return inp.flatten(1, 2)[..., -self.final_dim :]
         if self.psi is None or inp is None:
             raise InputError(f"{self.spec.run}: a {embedding} embedding needs psi and its input tokens")
-        tokens = inp.flatten(1, 2)
-        with forward_precision(self.spec.psi, tokens.device, quiet=True):  # the forward psi was trained with
-            out = self.psi(tokens) if embedding is Embedding.PSI_OUTPUTS else self.psi.hidden(tokens)
+        return self.psi_forward(inp.flatten(1, 2), hidden=embedding is not Embedding.PSI_OUTPUTS)
+
+    @torch.no_grad()
+    def psi_forward(self, tokens: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+        """psi's outputs (or its hidden features) of (B, n, C_in) tokens, in float32, computed in
+        the precision psi was trained with (`train.precision`): every inference path uses this."""
+        if self.psi is None:
+            raise InputError(f"{self.spec.run}: a {self.method} run has no psi")
+        with forward_precision(self.spec.psi, tokens.device, quiet=True):
+            out = self.psi.hidden(tokens) if hidden else self.psi(tokens)
         return out.float()
 
     def read_out(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -280,11 +287,11 @@ class PsiOutputs:
     def __init__(self, model: RunModel, n: int):
         if model.psi is None:
             raise InputError(f"{model.spec.run}: a {model.method} run has no psi; eigenfunction maps need a nes run")
-        self.psi, self.num_clusters = model.psi, max(1, min(n, model.spec.K))
+        self.model, self.num_clusters = model, max(1, min(n, model.spec.K))
 
     @torch.no_grad()
     def token_logits(self, high: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """inp (B, h, w, C_in) -> psi's first n outputs (B, n, h, w); `high` is not used."""
         b, h, w, _ = inp.shape
-        outputs = self.psi(inp.reshape(b, h * w, -1))[..., : self.num_clusters]
+        outputs = self.model.psi_forward(inp.reshape(b, h * w, -1))[..., : self.num_clusters]
         return outputs.reshape(b, h, w, -1).permute(0, 3, 1, 2)

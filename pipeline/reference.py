@@ -211,7 +211,7 @@ def psi_outputs(
     logits, random = [], []
     for start in range(0, len(cache), batch_items):
         inp = torch.from_numpy(cache.read(np.arange(start, min(start + batch_items, len(cache))), ("input",))["input"])
-        logits.append(model.psi(inp.flatten(1, 2)).flatten(0, 1).float().numpy())
+        logits.append(model.psi_forward(inp.flatten(1, 2)).flatten(0, 1).numpy())
         random.append((inp.flatten(0, 2) @ projection).numpy())
     return np.concatenate(logits), np.concatenate(random)
 
