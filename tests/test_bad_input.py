@@ -182,6 +182,7 @@ def test_check_config_names_the_file_and_line_of_a_yaml_syntax_error(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("ok: config/config.yaml, ")
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_snakemake_stops_on_a_bad_override_naming_the_key(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("tables:\n  camvid:\n    table1: {sweep: {K: [0, 64]}}\n")
@@ -349,6 +350,7 @@ def test_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
         read_rgb(path)
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_dry_run_finds_a_missing_dataset_naming_its_layout(tmp_path):
     """Planning a Pascal Context table without the data fails at once, naming where the data was
     looked for, instead of when an extraction job starts."""
@@ -357,6 +359,7 @@ def test_dry_run_finds_a_missing_dataset_naming_its_layout(tmp_path):
     assert "dataset 'pascal': no data found (looked in data/pascal_context" in result.stdout + result.stderr
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_a_failed_job_names_its_culprit_on_the_console(tmp_path, camvid_root):
     """The error line of a failed job's log is repeated where Snakemake reports the failure, so
     the console names the corrupt image, not only the log file to open."""
@@ -557,6 +560,7 @@ def test_folders_given_to_segment_name_the_files_they_skip(tmp_path, caplog):
     assert "skipped 1 file(s) that are not images: notes.txt" in caplog.text
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_a_second_workflow_on_one_results_folder_is_refused_before_any_job(tmp_path, camvid_root):
     """Snakemake locks per working directory; two runs from two folders on one `results:` would
     rerun (and on failure delete) each other's outputs. A real run takes results/.workflow.lock
@@ -677,6 +681,7 @@ def test_command_line_settings_get_the_checks_config_values_get(tmp_path, capsys
         ("results: -x\n", "results: '-x' does not match"),
     ],
 )
+@pytest.mark.workflow  # runs Snakemake
 def test_the_workflow_and_check_config_refuse_the_same_files(tmp_path, text, message):
     """One reader for both: a key given twice (Snakemake's reader alone would keep the last),
     an empty results folder or one that reads as an option are refused alike, naming the key."""
@@ -690,6 +695,7 @@ def test_the_workflow_and_check_config_refuse_the_same_files(tmp_path, text, mes
     assert planned.returncode != 0 and message in planned.stdout + planned.stderr
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_the_workflow_and_check_config_both_accept_yaml_merge_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(
@@ -806,6 +812,7 @@ def test_a_misspelt_split_of_a_folder_dataset_is_refused_not_read_as_the_whole_f
     assert [s.id for s in flat.samples] == ["a"] and flat.has_labels
 
 
+@pytest.mark.workflow  # runs Snakemake
 def test_missing_labels_of_an_evaluated_folder_are_found_while_planning(tmp_path, camvid_root):
     """A table over a folder dataset with labels for some images only stops at the dry run,
     naming the first image without one, before anything is extracted or trained."""
