@@ -133,7 +133,7 @@ class Backbone(nn.Module):
         self._keys = output[..., c : 2 * c]
 
     def _cnn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # channels-last input: oneDNN's depthwise and pointwise convolutions run about 1.3x faster
+        # channels-last input: oneDNN's depthwise and pointwise convolutions run 1.3-1.6x faster
         # on CPUs (bench/extraction.py); the features agree to float32 rounding
         stages = self.net(x.contiguous(memory_format=torch.channels_last))
         grid = (x.shape[-2] // self.spec.stride, x.shape[-1] // self.spec.stride)
@@ -147,7 +147,7 @@ class Backbone(nn.Module):
 def fold_batch_norms(net: nn.Module, tolerance: float = 1e-4) -> nn.Module:
     """A frozen CNN with each batch norm that directly follows a convolution folded into that
     convolution's weights (what inference engines do): the convolutions do the same work and the
-    normalisations cost nothing, 1.4x faster EfficientNet-Lite0 on CPUs (bench/extraction.py).
+    normalisations cost nothing: EfficientNet-Lite0 1.5-1.6x faster on CPUs (bench/extraction.py).
     Pairs are read from the order in which modules are declared; the folded copy is kept only if
     it reproduces `net` on a probe image (relative error under `tolerance`), else `net` is."""
     from timm.layers import BatchNormAct2d
