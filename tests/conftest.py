@@ -10,6 +10,18 @@ from pipeline.backbones import Backbone, BackboneSpec
 from pipeline.datasets import load_dataset, resolve_data_root
 from pipeline.errors import InputError
 
+
+def pytest_configure(config):
+    """Under `make test` several pytest-xdist workers share the cores: each computes on one thread
+    (oversubscribed OpenMP threads spin and cost CPU time); the jobs they start set their own."""
+    import os
+
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        import torch
+
+        torch.set_num_threads(1)
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
