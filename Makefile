@@ -24,8 +24,9 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --max-threads $(DEMO_THREADS) --printshellcmds results/camvid/table1.csv results/camvid/table1_margins.csv
 	@echo; cat results/camvid/table1.md
 
-# two workers, each taking whole files: the Snakemake-heavy files (the paper tables, the workflow)
-# run side by side and fill each other's gaps (9.5 minutes on 2 cores, against 11.5 in one process)
+# two workers of one thread each, each taking whole files: the Snakemake-heavy files (the paper
+# tables, the workflow) run side by side and fill each other's gaps (8.4 minutes on a fresh clone
+# with 2 cores, against 11.5 in one process)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist loadfile -m "not offline_kit" tests
