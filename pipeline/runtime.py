@@ -3,6 +3,7 @@ measurement and FAISS GPU resources."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -43,13 +44,18 @@ def native_bfloat16(device: torch.device, cpu_flags: str | None = None) -> bool:
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
-    if cpu_flags is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu_flags = f.read()
-        except OSError:
-            return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpu_flags) is not None
+    flags = _cpu_info() if cpu_flags is None else cpu_flags
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+@functools.cache
+def _cpu_info() -> str:
+    """/proc/cpuinfo, read once per process (every inference batch asks); "" where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def seed_everything(seed: int) -> torch.Generator:
